@@ -1,0 +1,1 @@
+//! Bundle files: the sealed, signed, encrypted unit that carries row changes between nodes.

@@ -1,0 +1,1 @@
+//! Trigger capture of every row change into ferry_change.

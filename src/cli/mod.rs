@@ -1,0 +1,132 @@
+//! The command line: parses argv once into a validated [`Config`] and typed arguments,
+//! runs one command, and maps the outcome to an exit code (0 ok, 1 operational failure,
+//! 2 usage). Nothing below this module sees argv; `anyhow` is used only here and in web
+//! handlers, the layers below return typed errors.
+
+mod capture_cmd;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG_PATH};
+
+pub use output::Output;
+
+/// Exit code of a successful run.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of an operational failure (a database down, a bundle refused, ...).
+pub const EXIT_FAILURE: i32 = 1;
+/// Exit code of a usage error (bad arguments, a missing config).
+pub const EXIT_USAGE: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Keep the databases of many OpenMRS servers in sync over slow, expensive or absent links.",
+    long_about = "ferry captures every row change of an OpenMRS database with triggers, seals the \
+changes into signed, encrypted bundle files, and applies bundles from other nodes in order, once, \
+atomically. Bundles travel by any means: a shared folder, rsync, a USB stick.\n\n\
+First steps on a node:\n  ferry init --db mysql://USER:PASS@127.0.0.1:3306/openmrs --node clinic-a\n  \
+ferry plan        # what ferry will do with every table\n  ferry setup       # install capture\n  \
+ferry status      # what is going on",
+    after_help = "Exit codes: 0 ok, 1 operational failure, 2 usage error.\n\
+Logs go to stderr; set FERRY_LOG=debug for more, FERRY_LOG_FORMAT=json for machine-readable logs."
+)]
+pub struct Cli {
+    /// The node's config file.
+    #[arg(long, global = true, env = "FERRY_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write this node's config file (database URL and node name).
+    Init(capture_cmd::InitArgs),
+}
+
+/// Parses argv, runs the command, and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            let code = if e.downcast_ref::<UsageError>().is_some()
+                || matches!(
+                    e.downcast_ref::<crate::config::ConfigError>(),
+                    Some(crate::config::ConfigError::Read { .. })
+                        | Some(crate::config::ConfigError::Parse { .. })
+                        | Some(crate::config::ConfigError::Exists { .. })
+                        | Some(crate::config::ConfigError::NodeName { .. })
+                        | Some(crate::config::ConfigError::DbUrl { .. })
+                ) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILURE
+            };
+            eprintln!("error: {}", format_error(&e));
+            code
+        }
+    }
+}
+
+/// An error in how ferry was called (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn format_error(e: &anyhow::Error) -> String {
+    // Typed errors already carry their cause and hint; show the chain once.
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("FERRY_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output::stdout();
+    match cli.command {
+        Command::Init(args) => capture_cmd::init(&cli.config, args, &out),
+    }
+}
+
+/// Loads the config for a command that needs one.
+pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}

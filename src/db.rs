@@ -1,0 +1,147 @@
+//! Connections to the OpenMRS database, and the session settings every ferry session uses.
+//!
+//! Every connection ferry opens runs in UTC (`time_zone = '+00:00'`) so that TIMESTAMP
+//! columns read and write the same instant on every server, whatever the servers' own
+//! time zones are, and in utf8mb4 so that any text round-trips.
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Opts};
+
+use crate::config::ConfigError;
+
+/// Errors talking to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database at {target}: {source}\nhint: check that MariaDB is running and that `database` in the config file is right")]
+    Connect {
+        target: String,
+        source: mysql_async::Error,
+    },
+    #[error("database error while {doing}: {source}")]
+    Query {
+        doing: String,
+        source: mysql_async::Error,
+    },
+}
+
+impl DbError {
+    /// Wraps a driver error with what ferry was doing at the time.
+    pub fn query(doing: impl Into<String>) -> impl FnOnce(mysql_async::Error) -> DbError {
+        let doing = doing.into();
+        move |source| DbError::Query { doing, source }
+    }
+}
+
+/// A parsed and validated `mysql://` URL.
+#[derive(Debug, Clone)]
+pub struct DbUrl {
+    opts: Opts,
+    /// The database (schema) name the URL names.
+    pub database: String,
+}
+
+impl DbUrl {
+    /// Parses `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?socket=PATH]`.
+    pub fn parse(url: &str) -> Result<DbUrl, ConfigError> {
+        let bad = |why: String| ConfigError::DbUrl {
+            url: redact(url),
+            why,
+        };
+        if !url.starts_with("mysql://") {
+            return Err(bad("it must start with mysql://".into()));
+        }
+        let opts = Opts::from_url(url).map_err(|e| bad(e.to_string()))?;
+        let database = opts
+            .db_name()
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| bad("it names no database".into()))?
+            .to_string();
+        Ok(DbUrl { opts, database })
+    }
+
+    /// The URL with any password replaced, for messages.
+    pub fn display(&self) -> String {
+        format!(
+            "{}@{}:{}/{}",
+            self.opts.user().unwrap_or(""),
+            self.opts.ip_or_hostname(),
+            self.opts.tcp_port(),
+            self.database
+        )
+    }
+
+    /// Opens one connection with ferry's session settings.
+    pub async fn connect(&self) -> Result<Conn, DbError> {
+        let mut conn = Conn::new(self.opts.clone())
+            .await
+            .map_err(|source| DbError::Connect {
+                target: self.display(),
+                source,
+            })?;
+        conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
+            .await
+            .map_err(DbError::query("setting up the session"))?;
+        Ok(conn)
+    }
+}
+
+/// Hides a password in a URL so it never reaches a log or an error message.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Quotes an identifier for MariaDB (`name` → `` `name` ``).
+pub fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// Quotes a string literal for MariaDB, for generated DDL (trigger bodies) where
+/// parameters cannot be used.
+pub fn literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            '\0' => out.push_str("\\0"),
+            _ => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let u = DbUrl::parse("mysql://root@127.0.0.1:3307/openmrs").unwrap();
+        assert_eq!(u.database, "openmrs");
+        assert!(DbUrl::parse("postgres://x@y/z").is_err());
+        assert!(DbUrl::parse("mysql://root@127.0.0.1:3307").is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("mysql://u:secret@h/d"), "mysql://u:***@h/d");
+        assert_eq!(redact("mysql://u@h/d"), "mysql://u@h/d");
+    }
+
+    #[test]
+    fn quotes() {
+        assert_eq!(ident("a`b"), "`a``b`");
+        assert_eq!(literal("it's\\"), "'it''s\\\\'");
+    }
+}

@@ -1,0 +1,1 @@
+//! Reading the database schema and deriving the sync plan from it.
