@@ -4,8 +4,13 @@ use std::path::Path;
 
 use clap::Args;
 
+use mysql_async::prelude::*;
+
 use super::Output;
+use crate::capture::{self, bookkeeping, tables::TableState};
 use crate::config::Config;
+use crate::db::DbUrl;
+use crate::schema::{Schema, SyncPlan};
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -30,5 +35,292 @@ pub fn init(path: &Path, args: InitArgs, out: &Output) -> anyhow::Result<()> {
         config.node,
         config.state_dir().display()
     ));
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Print the full plan as JSON (identity, columns, references of every table).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TeardownArgs {
+    /// Really remove ferry's triggers and tables, including unsent changes.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TablesArgs {
+    #[command(subcommand)]
+    pub action: Option<TablesAction>,
+    /// Print JSON for scripts instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TablesAction {
+    /// List tables with their state (the default).
+    List,
+    /// Switch capture on for tables.
+    Enable {
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+    },
+    /// Switch capture off for tables; their changes are no longer recorded.
+    Disable {
+        #[arg(required = true, value_name = "TABLE")]
+        tables: Vec<String>,
+    },
+}
+
+async fn connect(config: &Config) -> anyhow::Result<(mysql_async::Conn, String)> {
+    let url = DbUrl::parse(&config.database)?;
+    let conn = url.connect().await?;
+    Ok((conn, url.database))
+}
+
+/// `ferry plan`: derives the plan from the live schema.
+pub async fn plan(config: &Config, args: PlanArgs, out: &Output) -> anyhow::Result<()> {
+    let (mut conn, database) = connect(config).await?;
+    let schema = Schema::read(&mut conn, &database).await?;
+    let plan = SyncPlan::derive(&schema);
+    if args.json {
+        out.json(&plan);
+    } else {
+        out.line(crate::schema::render::plan_text(&plan).trim_end());
+    }
+    Ok(())
+}
+
+/// `ferry setup`.
+pub async fn setup(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Result<()> {
+    let (mut conn, database) = connect(config).await?;
+    let report = capture::setup::setup(&mut conn, &database).await?;
+    bookkeeping::set_meta(&mut conn, "node", &config.node).await?;
+    if args.json {
+        out.json(&report);
+    } else {
+        out.line(format!(
+            "capture installed in {database}: {} synced tables ({} enabled), {} node-local\n\
+             triggers: {} created or updated, {} unchanged, {} dropped; plan fingerprint {}",
+            report.synced_tables,
+            report.enabled_tables,
+            report.local_tables,
+            report.triggers_created,
+            report.triggers_unchanged,
+            report.triggers_dropped,
+            &report.plan_fingerprint[..16]
+        ));
+    }
+    Ok(())
+}
+
+/// `ferry teardown`.
+pub async fn teardown(config: &Config, args: TeardownArgs, out: &Output) -> anyhow::Result<()> {
+    if !args.yes {
+        return Err(super::UsageError(
+            "teardown removes ferry's triggers, change log and settings, including changes not yet sent\n\
+             hint: run `ferry teardown --yes` if that is what you want"
+                .into(),
+        )
+        .into());
+    }
+    let (mut conn, database) = connect(config).await?;
+    let report = capture::setup::teardown(&mut conn).await?;
+    if args.json {
+        out.json(&report);
+    } else {
+        out.line(format!(
+            "removed {} triggers and {} tables from {database}",
+            report.triggers_dropped.len(),
+            report.tables_dropped.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The capture part of `ferry status`.
+#[derive(Debug, serde::Serialize)]
+pub struct StatusReport {
+    pub node: String,
+    pub database: String,
+    pub installed: bool,
+    pub plan_fingerprint: Option<String>,
+    pub tables_enabled: usize,
+    pub tables_disabled: Vec<String>,
+    pub tables_local: usize,
+    pub pending_changes: u64,
+    pub pending_forwarded: u64,
+    pub oldest_pending_age_s: Option<i64>,
+    pub drift: Vec<capture::drift::DriftItem>,
+}
+
+/// `ferry status`.
+pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Result<()> {
+    let (mut conn, database) = connect(config).await?;
+    let installed = bookkeeping::installed(&mut conn).await?;
+    let mut report = StatusReport {
+        node: config.node.clone(),
+        database: database.clone(),
+        installed,
+        plan_fingerprint: None,
+        tables_enabled: 0,
+        tables_disabled: Vec::new(),
+        tables_local: 0,
+        pending_changes: 0,
+        pending_forwarded: 0,
+        oldest_pending_age_s: None,
+        drift: Vec::new(),
+    };
+    if installed {
+        report.plan_fingerprint = bookkeeping::get_meta(&mut conn, "plan_fingerprint").await?;
+        for t in capture::tables::list(&mut conn, &database).await? {
+            match t.state {
+                TableState::Enabled => report.tables_enabled += 1,
+                TableState::Disabled => report.tables_disabled.push(t.table),
+                TableState::Local => report.tables_local += 1,
+            }
+        }
+        let (local, forwarded, oldest): (u64, u64, Option<i64>) = conn
+            .query_first(format!(
+                "SELECT COALESCE(SUM(origin IS NULL), 0), COALESCE(SUM(origin IS NOT NULL), 0), \
+                 MIN(wall_us) FROM {}",
+                bookkeeping::CHANGE_TABLE
+            ))
+            .await?
+            .unwrap_or((0, 0, None));
+        report.pending_changes = local;
+        report.pending_forwarded = forwarded;
+        report.oldest_pending_age_s = oldest.map(|us| (now_us() - us) / 1_000_000);
+        report.drift = capture::drift::detect(&mut conn, &database).await?;
+    }
+    if args.json {
+        out.json(&report);
+        return Ok(());
+    }
+    out.line(format!("node      {}", report.node));
+    out.line(format!("database  {}", report.database));
+    if !installed {
+        out.line("capture   not installed (run `ferry setup`)");
+        return Ok(());
+    }
+    out.line(format!(
+        "capture   {} tables enabled, {} disabled, {} node-local; plan {}",
+        report.tables_enabled,
+        report.tables_disabled.len(),
+        report.tables_local,
+        report
+            .plan_fingerprint
+            .as_deref()
+            .map(|f| &f[..16.min(f.len())])
+            .unwrap_or("?")
+    ));
+    if !report.tables_disabled.is_empty() {
+        out.line(format!("disabled  {}", report.tables_disabled.join(", ")));
+    }
+    out.line(format!(
+        "changes   {} local and {} forwarded waiting{}",
+        report.pending_changes,
+        report.pending_forwarded,
+        report
+            .oldest_pending_age_s
+            .map(|s| format!(", oldest {s} s old"))
+            .unwrap_or_default()
+    ));
+    if report.drift.is_empty() {
+        out.line("drift     none");
+    } else {
+        out.line(format!(
+            "drift     {} table(s) changed since setup; run `ferry setup`:",
+            report.drift.len()
+        ));
+        for d in &report.drift {
+            out.line(format!("          {}: {}", d.table, d.change));
+        }
+    }
+    Ok(())
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `ferry tables`.
+pub async fn tables(config: &Config, args: TablesArgs, out: &Output) -> anyhow::Result<()> {
+    let (mut conn, database) = connect(config).await?;
+    match args.action.unwrap_or(TablesAction::List) {
+        TablesAction::List => {
+            let list = capture::tables::list(&mut conn, &database).await?;
+            if args.json {
+                out.json(&list);
+            } else {
+                let w = list.iter().map(|t| t.table.len()).max().unwrap_or(5);
+                out.line(format!(
+                    "{:w$}  {:8}  {:>8}  detail",
+                    "table", "state", "pending"
+                ));
+                for t in list {
+                    let state = match t.state {
+                        TableState::Enabled => "enabled",
+                        TableState::Disabled => "disabled",
+                        TableState::Local => "local",
+                    };
+                    out.line(format!(
+                        "{:w$}  {:8}  {:>8}  {}",
+                        t.table, state, t.pending_changes, t.detail
+                    ));
+                }
+            }
+        }
+        TablesAction::Enable { tables } => {
+            switch(&mut conn, &database, tables, true, args.json, out).await?
+        }
+        TablesAction::Disable { tables } => {
+            switch(&mut conn, &database, tables, false, args.json, out).await?
+        }
+    }
+    Ok(())
+}
+
+async fn switch(
+    conn: &mut mysql_async::Conn,
+    database: &str,
+    tables: Vec<String>,
+    enable: bool,
+    json: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let mut results = Vec::new();
+    for t in &tables {
+        let changed = capture::tables::set_enabled(conn, database, t, enable).await?;
+        results.push(serde_json::json!({"table": t, "enabled": enable, "changed": changed}));
+        if !json {
+            out.line(format!(
+                "{t}: capture {}{}",
+                if enable { "enabled" } else { "disabled" },
+                if changed { "" } else { " (it already was)" }
+            ));
+        }
+    }
+    if json {
+        out.json(&results);
+    }
     Ok(())
 }

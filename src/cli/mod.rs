@@ -48,6 +48,18 @@ pub struct Cli {
 pub enum Command {
     /// Write this node's config file (database URL and node name).
     Init(capture_cmd::InitArgs),
+    /// Show the sync plan ferry derives from the schema: identity, foreign keys and
+    /// columns of every table, and why a table stays node-local.
+    Plan(capture_cmd::PlanArgs),
+    /// Install capture: ferry's bookkeeping tables and triggers. Safe to run again;
+    /// run it after an OpenMRS upgrade to pick up schema changes.
+    Setup(capture_cmd::JsonArgs),
+    /// Remove every trigger and table ferry installed. OpenMRS tables are left as they were.
+    Teardown(capture_cmd::TeardownArgs),
+    /// Show capture state, pending changes and schema drift.
+    Status(capture_cmd::JsonArgs),
+    /// List tables with their sync state, or switch sync on or off per table.
+    Tables(capture_cmd::TablesArgs),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -123,6 +135,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::stdout();
     match cli.command {
         Command::Init(args) => capture_cmd::init(&cli.config, args, &out),
+        Command::Plan(args) => capture_cmd::plan(&load(&cli.config)?, args, &out).await,
+        Command::Setup(args) => capture_cmd::setup(&load(&cli.config)?, args, &out).await,
+        Command::Teardown(args) => capture_cmd::teardown(&load(&cli.config)?, args, &out).await,
+        Command::Status(args) => capture_cmd::status(&load(&cli.config)?, args, &out).await,
+        Command::Tables(args) => capture_cmd::tables(&load(&cli.config)?, args, &out).await,
     }
 }
 

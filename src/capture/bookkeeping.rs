@@ -1,0 +1,118 @@
+//! ferry's bookkeeping tables, all named `ferry_*`, in the OpenMRS database itself so
+//! that a change and its log entry commit together.
+//!
+//! - `ferry_meta`: key/value facts (bookkeeping version, the stored plan and its fingerprint).
+//! - `ferry_table`: per synced table, whether capture is enabled (the operator's
+//!   choice, kept across `setup`) and the table's shape at the last setup (for drift).
+//! - `ferry_change`: the change log the triggers append to.
+//!
+//! [`MIGRATIONS`] brings an older bookkeeping schema up to date; each step runs once.
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+
+use crate::db::DbError;
+
+/// The change log table.
+pub const CHANGE_TABLE: &str = "ferry_change";
+/// The per-table state table.
+pub const TABLE_STATE: &str = "ferry_table";
+/// The key/value table.
+pub const META_TABLE: &str = "ferry_meta";
+
+const TABLE_OPTIONS: &str = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+
+/// Bookkeeping schema steps, in order; the version is the number of steps applied.
+pub const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS ferry_table (\
+       table_name VARCHAR(64) NOT NULL PRIMARY KEY,\
+       enabled TINYINT(1) NOT NULL DEFAULT 1,\
+       shape LONGTEXT NULL,\
+       signature CHAR(64) NULL,\
+       changed_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))",
+    "CREATE TABLE IF NOT EXISTS ferry_change (\
+       change_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\
+       table_name VARCHAR(64) NOT NULL,\
+       row_id BIGINT NULL,\
+       row_key VARCHAR(1024) NOT NULL,\
+       op CHAR(1) NOT NULL,\
+       changed_cols TEXT NULL,\
+       wall_us BIGINT NOT NULL,\
+       origin VARCHAR(64) NULL)",
+];
+
+/// Creates the bookkeeping tables and applies pending migrations. Idempotent.
+pub async fn install(conn: &mut Conn) -> Result<(), DbError> {
+    conn.query_drop(format!(
+        "CREATE TABLE IF NOT EXISTS {META_TABLE} (\
+           name VARCHAR(64) NOT NULL PRIMARY KEY,\
+           value LONGTEXT NOT NULL) {TABLE_OPTIONS}"
+    ))
+    .await
+    .map_err(DbError::query("creating ferry_meta"))?;
+    let version: usize = get_meta(conn, "bookkeeping_version")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.query_drop(format!("{step} {TABLE_OPTIONS}"))
+            .await
+            .map_err(DbError::query(format!(
+                "applying bookkeeping migration {}",
+                i + 1
+            )))?;
+        set_meta(conn, "bookkeeping_version", &(i + 1).to_string()).await?;
+    }
+    Ok(())
+}
+
+/// Whether ferry's bookkeeping exists in this database.
+pub async fn installed(conn: &mut Conn) -> Result<bool, DbError> {
+    let n: Option<u64> = conn
+        .query_first(format!(
+            "SELECT COUNT(*) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{META_TABLE}'"
+        ))
+        .await
+        .map_err(DbError::query("looking for ferry_meta"))?;
+    Ok(n.unwrap_or(0) > 0)
+}
+
+/// Reads a value from `ferry_meta`.
+pub async fn get_meta(conn: &mut Conn, name: &str) -> Result<Option<String>, DbError> {
+    conn.exec_first(
+        format!("SELECT value FROM {META_TABLE} WHERE name = ?"),
+        (name,),
+    )
+    .await
+    .map_err(DbError::query(format!("reading {name} from ferry_meta")))
+}
+
+/// Writes a value to `ferry_meta`.
+pub async fn set_meta(conn: &mut Conn, name: &str, value: &str) -> Result<(), DbError> {
+    conn.exec_drop(
+        format!("REPLACE INTO {META_TABLE} (name, value) VALUES (?, ?)"),
+        (name, value),
+    )
+    .await
+    .map_err(DbError::query(format!("writing {name} to ferry_meta")))
+}
+
+/// Names of every ferry table and trigger in the current database.
+pub async fn ferry_objects(conn: &mut Conn) -> Result<(Vec<String>, Vec<String>), DbError> {
+    let tables: Vec<String> = conn
+        .query(
+            "SELECT TABLE_NAME FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME LIKE 'ferry\\_%' ORDER BY 1",
+        )
+        .await
+        .map_err(DbError::query("listing ferry tables"))?;
+    let triggers: Vec<String> = conn
+        .query(
+            "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'ferry\\_%' ORDER BY 1",
+        )
+        .await
+        .map_err(DbError::query("listing ferry triggers"))?;
+    Ok((tables, triggers))
+}

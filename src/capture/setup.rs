@@ -1,0 +1,189 @@
+//! `ferry setup` and `ferry teardown`.
+//!
+//! Setup reads the schema, derives and stores the plan, records every synced table's
+//! shape, and makes the installed triggers exactly the wanted set: missing or outdated
+//! ones are created with `CREATE OR REPLACE TRIGGER` (an atomic swap, so no write slips
+//! through uncaptured), unwanted ones dropped. Running it twice equals running it once.
+//! Teardown drops every `ferry_*` trigger and table and nothing else.
+
+use std::collections::BTreeMap;
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use serde::Serialize;
+
+use super::bookkeeping::{self, TABLE_STATE};
+use super::triggers::{triggers_for, TriggerSql};
+use super::CaptureError;
+use crate::db::{ident, DbError};
+use crate::schema::{Schema, SyncPlan};
+
+/// What setup did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SetupReport {
+    pub synced_tables: usize,
+    pub local_tables: usize,
+    pub enabled_tables: usize,
+    pub triggers_created: usize,
+    pub triggers_unchanged: usize,
+    pub triggers_dropped: usize,
+    pub plan_fingerprint: String,
+}
+
+/// Installs or refreshes capture in the connected database.
+pub async fn setup(conn: &mut Conn, database: &str) -> Result<SetupReport, CaptureError> {
+    bookkeeping::install(conn).await?;
+    let schema = Schema::read(conn, database).await?;
+    let plan = SyncPlan::derive(&schema);
+    bookkeeping::set_meta(conn, "plan", &serde_json::to_string(&plan).expect("plan")).await?;
+    let fingerprint = hex::encode(plan.fingerprint());
+    bookkeeping::set_meta(conn, "plan_fingerprint", &fingerprint).await?;
+
+    let mut report = SetupReport {
+        plan_fingerprint: fingerprint,
+        ..Default::default()
+    };
+    for (name, _) in plan.synced() {
+        let table = &schema.tables[name];
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {TABLE_STATE} (table_name, enabled, shape, signature) VALUES (?, 1, ?, ?) \
+                 ON DUPLICATE KEY UPDATE shape = VALUES(shape), signature = VALUES(signature)"
+            ),
+            (name, serde_json::to_string(table).expect("table"), table.signature()),
+        )
+        .await
+        .map_err(DbError::query(format!("recording table {name}")))?;
+        report.synced_tables += 1;
+    }
+    report.local_tables = plan.tables.len() - report.synced_tables;
+    let enabled = enabled_tables(conn).await?;
+
+    let mut wanted: BTreeMap<String, TriggerSql> = BTreeMap::new();
+    for (name, _) in plan.synced() {
+        if enabled.get(name) == Some(&true) {
+            report.enabled_tables += 1;
+            for t in triggers_for(&plan, &schema, name).expect("synced table has triggers") {
+                wanted.insert(t.name.clone(), t);
+            }
+        }
+    }
+    let installed = installed_triggers(conn).await?;
+    for (name, (table, body)) in &installed {
+        match wanted.get(name) {
+            Some(t) if &t.table == table && t.body.trim() == body.trim() => {
+                report.triggers_unchanged += 1;
+                wanted.remove(name);
+            }
+            Some(_) => {}
+            None => {
+                drop_trigger(conn, name).await?;
+                report.triggers_dropped += 1;
+            }
+        }
+    }
+    for t in wanted.values() {
+        conn.query_drop(t.create_statement())
+            .await
+            .map_err(DbError::query(format!("creating trigger {}", t.name)))?;
+        report.triggers_created += 1;
+    }
+    Ok(report)
+}
+
+/// Installs (or refreshes) the triggers of one table from the stored plan.
+pub async fn install_table_triggers(
+    conn: &mut Conn,
+    plan: &SyncPlan,
+    schema: &Schema,
+    table: &str,
+) -> Result<(), CaptureError> {
+    let triggers = triggers_for(plan, schema, table).ok_or_else(|| CaptureError::UnknownTable {
+        table: table.to_string(),
+    })?;
+    for t in triggers {
+        conn.query_drop(t.create_statement())
+            .await
+            .map_err(DbError::query(format!("creating trigger {}", t.name)))?;
+    }
+    Ok(())
+}
+
+/// Drops the triggers of one table.
+pub async fn drop_table_triggers(conn: &mut Conn, table: &str) -> Result<(), CaptureError> {
+    for (name, (t, _)) in installed_triggers(conn).await? {
+        if t == table {
+            drop_trigger(conn, &name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What teardown removed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TeardownReport {
+    pub triggers_dropped: Vec<String>,
+    pub tables_dropped: Vec<String>,
+}
+
+/// Removes every ferry trigger and table.
+pub async fn teardown(conn: &mut Conn) -> Result<TeardownReport, CaptureError> {
+    let (tables, triggers) = bookkeeping::ferry_objects(conn).await?;
+    for t in &triggers {
+        drop_trigger(conn, t).await?;
+    }
+    for t in &tables {
+        conn.query_drop(format!("DROP TABLE IF EXISTS {}", ident(t)))
+            .await
+            .map_err(DbError::query(format!("dropping table {t}")))?;
+    }
+    Ok(TeardownReport {
+        triggers_dropped: triggers,
+        tables_dropped: tables,
+    })
+}
+
+/// The stored plan, or `NotInstalled`.
+pub async fn stored_plan(conn: &mut Conn, database: &str) -> Result<SyncPlan, CaptureError> {
+    if !bookkeeping::installed(conn).await? {
+        return Err(CaptureError::NotInstalled {
+            database: database.to_string(),
+        });
+    }
+    let text =
+        bookkeeping::get_meta(conn, "plan")
+            .await?
+            .ok_or_else(|| CaptureError::NotInstalled {
+                database: database.to_string(),
+            })?;
+    serde_json::from_str(&text).map_err(|e| CaptureError::Corrupt(format!("stored plan: {e}")))
+}
+
+/// Enabled flag per table from `ferry_table`.
+pub async fn enabled_tables(conn: &mut Conn) -> Result<BTreeMap<String, bool>, DbError> {
+    let rows: Vec<(String, bool)> = conn
+        .query(format!("SELECT table_name, enabled FROM {TABLE_STATE}"))
+        .await
+        .map_err(DbError::query("reading ferry_table"))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// ferry's installed triggers: name → (table, body).
+pub async fn installed_triggers(
+    conn: &mut Conn,
+) -> Result<BTreeMap<String, (String, String)>, DbError> {
+    let rows: Vec<(String, String, String)> = conn
+        .query(
+            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'ferry\\_%'",
+        )
+        .await
+        .map_err(DbError::query("listing triggers"))?;
+    Ok(rows.into_iter().map(|(n, t, b)| (n, (t, b))).collect())
+}
+
+async fn drop_trigger(conn: &mut Conn, name: &str) -> Result<(), DbError> {
+    conn.query_drop(format!("DROP TRIGGER IF EXISTS {}", ident(name)))
+        .await
+        .map_err(DbError::query(format!("dropping trigger {name}")))
+}

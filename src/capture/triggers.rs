@@ -1,0 +1,178 @@
+//! The capture triggers: their names and the SQL that creates them.
+//!
+//! Every synced, enabled table gets three AFTER triggers (insert, update, delete). Each
+//! appends one row to `ferry_change` in the writing transaction: the table, the local
+//! integer key when there is one, the row's identity (computed from the row, so a
+//! deleted row can still be named), the operation, for updates the changed columns, the
+//! wall time in microseconds, and `@ferry_origin`, which ferry's importer sets to the
+//! node a change came from (NULL for a local write). An update that changes no column
+//! records nothing; an update that changes the identity records a delete of the old
+//! identity and an insert of the new one.
+
+use sha2::{Digest, Sha256};
+
+use super::bookkeeping::CHANGE_TABLE;
+use super::ORIGIN_VARIABLE;
+use crate::db::{ident, literal};
+use crate::schema::identity_sql::row_identity;
+use crate::schema::{Schema, SyncPlan};
+
+/// The three trigger events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl Event {
+    pub const ALL: [Event; 3] = [Event::Insert, Event::Update, Event::Delete];
+
+    fn suffix(self) -> &'static str {
+        match self {
+            Event::Insert => "ai",
+            Event::Update => "au",
+            Event::Delete => "ad",
+        }
+    }
+
+    fn sql(self) -> &'static str {
+        match self {
+            Event::Insert => "INSERT",
+            Event::Update => "UPDATE",
+            Event::Delete => "DELETE",
+        }
+    }
+}
+
+/// The name of ferry's trigger for `event` on `table` (at most 64 characters).
+pub fn trigger_name(table: &str, event: Event) -> String {
+    let name = format!("ferry_{table}_{}", event.suffix());
+    if name.len() <= 64 {
+        return name;
+    }
+    let hash = hex::encode(&Sha256::digest(table.as_bytes())[..4]);
+    let mut head: String = table.chars().take(64 - 6 - 1 - 8 - 3).collect();
+    while format!("ferry_{head}_{hash}_{}", event.suffix()).len() > 64 {
+        head.pop();
+    }
+    format!("ferry_{head}_{hash}_{}", event.suffix())
+}
+
+/// A trigger ready to be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerSql {
+    pub name: String,
+    pub table: String,
+    pub event: Event,
+    /// The body (`BEGIN ... END`), as information_schema reports it back.
+    pub body: String,
+}
+
+impl TriggerSql {
+    /// The statement that creates or atomically replaces the trigger.
+    pub fn create_statement(&self) -> String {
+        format!(
+            "CREATE OR REPLACE TRIGGER {} AFTER {} ON {} FOR EACH ROW {}",
+            ident(&self.name),
+            self.event.sql(),
+            ident(&self.table),
+            self.body
+        )
+    }
+}
+
+/// The three triggers for a synced table; `None` when the table is not synced.
+pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec<TriggerSql>> {
+    let info = schema.tables.get(table)?;
+    let synced = plan.table(table)?.synced()?;
+    let key_of = |row: &'static str| {
+        let expr = row_identity(plan, schema, table, &|c| format!("{row}.{}", ident(c)))?;
+        Some(format!("COALESCE({expr}, '')"))
+    };
+    let (new_key, old_key) = (key_of("NEW")?, key_of("OLD")?);
+    let row_id = |row: &str| match info.primary_key.as_slice() {
+        [pk] if info.column(pk).is_some_and(|c| c.is_integer()) => format!("{row}.{}", ident(pk)),
+        _ => "NULL".to_string(),
+    };
+    let insert = |op: &str, row: &str, key: &str, cols: &str| {
+        format!(
+            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us, origin) \
+             VALUES ({}, {}, {key}, '{op}', {cols}, {NOW_US}, {ORIGIN_VARIABLE});",
+            literal(table),
+            row_id(row)
+        )
+    };
+    // Text is compared as bytes so that a change of case or trailing spaces counts.
+    let differs = |c: &str| {
+        let col = info.column(c).expect("plan columns exist");
+        if col.is_text() {
+            format!("NOT (BINARY OLD.{0} <=> BINARY NEW.{0})", ident(c))
+        } else {
+            format!("NOT (OLD.{0} <=> NEW.{0})", ident(c))
+        }
+    };
+    let changed_list = info
+        .columns
+        .iter()
+        .map(|c| format!("IF({}, {}, NULL)", differs(&c.name), literal(&c.name)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let identity_changed = synced
+        .identity
+        .columns()
+        .iter()
+        .map(|c| differs(c))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+
+    let mut out = Vec::new();
+    for event in Event::ALL {
+        let body = match event {
+            Event::Insert => format!("BEGIN {} END", insert("I", "NEW", &new_key, "NULL")),
+            Event::Delete => format!("BEGIN {} END", insert("D", "OLD", &old_key, "NULL")),
+            Event::Update => format!(
+                "BEGIN DECLARE ferry_cols TEXT DEFAULT CONCAT_WS(',', {changed_list}); \
+                 IF {identity_changed} THEN {} {} \
+                 ELSEIF ferry_cols <> '' THEN {} END IF; END",
+                insert("D", "OLD", &old_key, "NULL"),
+                insert("I", "NEW", &new_key, "NULL"),
+                insert("U", "NEW", &new_key, "ferry_cols"),
+            ),
+        };
+        out.push(TriggerSql {
+            name: trigger_name(table, event),
+            table: table.to_string(),
+            event,
+            body,
+        });
+    }
+    Some(out)
+}
+
+/// Wall time in microseconds since the epoch, independent of the session time zone.
+const NOW_US: &str = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_in_64_characters() {
+        assert_eq!(trigger_name("person", Event::Insert), "ferry_person_ai");
+        let long = "x".repeat(70);
+        for e in Event::ALL {
+            let n = trigger_name(&long, e);
+            assert!(n.len() <= 64, "{n}");
+            assert!(n.starts_with("ferry_"));
+        }
+        assert_ne!(
+            trigger_name(&long, Event::Insert),
+            trigger_name(&long, Event::Update)
+        );
+        assert_ne!(
+            trigger_name(&format!("{long}a"), Event::Insert),
+            trigger_name(&format!("{long}b"), Event::Insert)
+        );
+    }
+}
