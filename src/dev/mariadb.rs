@@ -121,6 +121,17 @@ impl MariaServer {
         Ok(server)
     }
 
+    /// Leaves the server running after this process exits (for the demo's shell
+    /// script): writes the port to `DIR/port` and forgets the child process.
+    /// [`stop_detached`] stops it later.
+    pub fn detach(mut self) -> Result<u16, HarnessError> {
+        fs::write(self.dir.join("port"), self.port.to_string())
+            .map_err(io_err("writing the port file"))?;
+        self.remove_on_drop = false;
+        self.child = None;
+        Ok(self.port)
+    }
+
     /// Keeps the data directory when the server is dropped.
     pub fn keep(&mut self) {
         self.remove_on_drop = false;
@@ -269,6 +280,30 @@ impl Drop for MariaServer {
             self.stop();
         }
     }
+}
+
+/// Stops a server left running by [`MariaServer::detach`] in `dir`, and waits for it.
+pub fn stop_detached(dir: &Path) -> Result<(), HarnessError> {
+    let pid_file = dir.join("mysqld.pid");
+    let Ok(text) = fs::read_to_string(&pid_file) else {
+        return Ok(()); // not running
+    };
+    let Ok(pid) = text.trim().parse::<libc::pid_t>() else {
+        return Err(HarnessError::Failed {
+            what: format!("reading {}", pid_file.display()),
+            detail: format!("not a process id: {text:?}"),
+        });
+    };
+    // SAFETY: kill(2) with a pid read from the server's own pid file.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // SAFETY: signal 0 only checks that the process exists.
+    while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Answers whether the server accepts a MySQL handshake and a query.

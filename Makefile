@@ -1,0 +1,34 @@
+# ferry: the two commands in the README are `make demo` and `make test`.
+# Each installs what it needs first (scripts/deps.sh).
+
+CARGO ?= cargo
+FUZZ_SECONDS ?= 60
+
+.PHONY: demo test deps lint unit fuzz bench soak clean
+
+## make demo: a private MariaDB per site, the fixture, capture, a workload, status.
+demo: deps
+	scripts/demo.sh
+
+## make test: everything CI runs: format, lints, unit and integration tests, fuzzing.
+test: deps lint unit fuzz
+
+deps:
+	scripts/deps.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit:
+	$(CARGO) test --all-targets
+
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## make bench: throughput and memory, against baselines run side by side.
+bench: deps
+	$(CARGO) bench
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,277 @@
+//! Capture against real MariaDB: one change-log entry per row write, importer writes
+//! recorded with their origin, idempotent setup, a clean teardown, the per-table switch
+//! and schema drift. Each test runs on the fixture and, when `FERRY_OPENMRS_DUMP` is
+//! set, on the real OpenMRS 2.6.4 dump.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{block_on, conn, site, sources, Node};
+use ferry::dev::gen::{generate, GenOptions};
+use mysql_async::prelude::*;
+
+type Counts = BTreeMap<(String, String), u64>;
+
+async fn change_counts(c: &mut mysql_async::Conn, local: bool) -> Counts {
+    let filter = if local { "origin IS NULL" } else { "origin IS NOT NULL" };
+    let rows: Vec<(String, String, u64)> = c
+        .query(format!(
+            "SELECT table_name, op, COUNT(*) FROM ferry_change WHERE {filter} GROUP BY 1, 2"
+        ))
+        .await
+        .unwrap();
+    rows.into_iter().map(|(t, o, n)| ((t, o), n)).collect()
+}
+
+/// SHOW CREATE TABLE of every table, and the names of every trigger.
+async fn snapshot(c: &mut mysql_async::Conn) -> (BTreeMap<String, String>, Vec<String>) {
+    let tables: Vec<String> = c
+        .query("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() ORDER BY 1")
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for t in tables {
+        let row: Option<(String, String)> =
+            c.query_first(format!("SHOW CREATE TABLE `{t}`")).await.unwrap();
+        out.insert(t, row.unwrap().1);
+    }
+    let triggers: Vec<String> = c
+        .query("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY 1")
+        .await
+        .unwrap();
+    (out, triggers)
+}
+
+/// Everything setup leaves behind, except timestamps.
+async fn ferry_state(c: &mut mysql_async::Conn) -> String {
+    let triggers: Vec<(String, String, String)> = c
+        .query(
+            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() ORDER BY 1",
+        )
+        .await
+        .unwrap();
+    let tables: Vec<(String, bool, Option<String>)> = c
+        .query("SELECT table_name, enabled, signature FROM ferry_table ORDER BY 1")
+        .await
+        .unwrap();
+    let meta: Vec<(String, String)> = c.query("SELECT name, value FROM ferry_meta ORDER BY 1").await.unwrap();
+    let (creates, _) = snapshot(c).await;
+    format!("{triggers:?}\n{tables:?}\n{meta:?}\n{creates:?}")
+}
+
+#[test]
+fn change_log_holds_one_entry_per_row_write() {
+    for source in sources() {
+        eprintln!("capture counts on {}", source.name());
+        let site = site("counts", &source);
+        let node = Node::new("clinic-a", &site.url);
+        node.ok(&["setup"]);
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            let opts = GenOptions {
+                seed: 7,
+                patients: 1000,
+                ..GenOptions::default()
+            };
+            let report = generate(&mut c, &opts).await.unwrap();
+            let mut expected = Counts::new();
+            for (table, w) in &report.per_table {
+                for (op, n) in [("I", w.inserts), ("U", w.updates), ("D", w.deletes)] {
+                    if n > 0 {
+                        expected.insert((table.clone(), op.to_string()), n);
+                    }
+                }
+            }
+            assert!(expected.len() >= 10, "the workload touches many tables: {expected:?}");
+            assert!(expected.keys().any(|(_, op)| op == "U"), "edits are part of the workload");
+            assert!(expected.keys().any(|(_, op)| op == "D"), "deletes are part of the workload");
+            assert_eq!(change_counts(&mut c, true).await, expected);
+
+            // Writes made in an importer session leave no local entry, only origin-tagged ones.
+            let before = change_counts(&mut c, true).await;
+            c.query_drop("SET @ferry_origin = 'clinic-b'").await.unwrap();
+            c.query_drop(
+                "INSERT INTO person (gender, creator, date_created, voided, uuid) \
+                 VALUES ('F', 1, '2024-01-01', 0, 'aaaaaaaa-0000-4000-8000-000000000001')",
+            )
+            .await
+            .unwrap();
+            c.query_drop("UPDATE person SET gender = 'M' WHERE uuid = 'aaaaaaaa-0000-4000-8000-000000000001'")
+                .await
+                .unwrap();
+            c.query_drop("DELETE FROM person WHERE uuid = 'aaaaaaaa-0000-4000-8000-000000000001'")
+                .await
+                .unwrap();
+            c.query_drop("SET @ferry_origin = NULL").await.unwrap();
+            assert_eq!(change_counts(&mut c, true).await, before, "no local entry for importer writes");
+            let forwarded = change_counts(&mut c, false).await;
+            assert_eq!(forwarded.values().sum::<u64>(), 3);
+            let origins: Vec<String> = c
+                .query("SELECT DISTINCT origin FROM ferry_change WHERE origin IS NOT NULL")
+                .await
+                .unwrap();
+            assert_eq!(origins, vec!["clinic-b".to_string()]);
+        });
+    }
+}
+
+#[test]
+fn setup_is_idempotent_and_teardown_restores_every_table() {
+    for source in sources() {
+        eprintln!("setup/teardown on {}", source.name());
+        let site = site("idem", &source);
+        let node = Node::new("clinic-a", &site.url);
+        let before = block_on(async { snapshot(&mut conn(&site.url).await).await });
+        assert!(before.1.is_empty());
+
+        let first = node.json(&["setup", "--json"]);
+        assert!(first["triggers_created"].as_u64().unwrap() > 0);
+        let once = block_on(async { ferry_state(&mut conn(&site.url).await).await });
+        let second = node.json(&["setup", "--json"]);
+        assert_eq!(second["triggers_created"], 0);
+        assert_eq!(second["triggers_dropped"], 0);
+        assert_eq!(second["triggers_unchanged"], first["triggers_created"]);
+        let twice = block_on(async { ferry_state(&mut conn(&site.url).await).await });
+        assert_eq!(once, twice, "setup twice equals setup once");
+
+        let (code, _, err) = node.run(&["teardown"]);
+        assert_eq!(code, 2, "teardown without --yes is a usage error");
+        assert!(err.contains("hint:"), "{err}");
+        node.ok(&["teardown", "--yes"]);
+        let after = block_on(async { snapshot(&mut conn(&site.url).await).await });
+        assert_eq!(after, before, "SHOW CREATE TABLE of every table equals what it was");
+    }
+}
+
+#[test]
+fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
+    let source = common::Source::Fixture;
+    let site = site("switch", &source);
+    let node = Node::new("clinic-a", &site.url);
+    node.ok(&["setup"]);
+    let count = |c: &mut mysql_async::Conn| {
+        let c = c;
+        async move {
+            let n: Option<u64> = c
+                .query_first("SELECT COUNT(*) FROM ferry_change WHERE table_name = 'location'")
+                .await
+                .unwrap();
+            n.unwrap()
+        }
+    };
+    let write = |n: u32| {
+        format!(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) \
+             VALUES ('room {n}', 1, '2024-01-01', 0, 'bbbbbbbb-0000-4000-8000-{n:012}')"
+        )
+    };
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(write(1)).await.unwrap();
+        assert_eq!(count(&mut c).await, 1);
+    });
+    assert!(node.ok(&["tables", "disable", "location"]).contains("disabled"));
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(write(2)).await.unwrap();
+        assert_eq!(count(&mut c).await, 1, "no capture while disabled");
+    });
+    // The choice survives setup.
+    node.ok(&["setup"]);
+    let tables = node.json(&["tables", "--json"]);
+    let loc = tables.as_array().unwrap().iter().find(|t| t["table"] == "location").unwrap();
+    assert_eq!(loc["state"], "disabled");
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(write(3)).await.unwrap();
+        assert_eq!(count(&mut c).await, 1, "still disabled after setup");
+    });
+    node.ok(&["tables", "enable", "location"]);
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(write(4)).await.unwrap();
+        assert_eq!(count(&mut c).await, 2, "capture resumes");
+    });
+    let status = node.json(&["status", "--json"]);
+    assert_eq!(status["tables_disabled"].as_array().unwrap().len(), 0);
+
+    // A node-local or unknown table cannot be switched, with a hint.
+    let (code, _, err) = node.run(&["tables", "enable", "liquibasechangelog"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("stays node-local") && err.contains("hint:"), "{err}");
+    let (code, _, err) = node.run(&["tables", "disable", "no_such_table"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no table named no_such_table"), "{err}");
+}
+
+#[test]
+fn added_column_is_reported_as_drift_then_captured_after_setup() {
+    for source in sources() {
+        eprintln!("drift on {}", source.name());
+        let site = site("drift", &source);
+        let node = Node::new("clinic-a", &site.url);
+        node.ok(&["setup"]);
+        assert_eq!(node.json(&["status", "--json"])["drift"], serde_json::json!([]));
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            c.query_drop("ALTER TABLE person ADD COLUMN clinic_code VARCHAR(20) NULL")
+                .await
+                .unwrap();
+        });
+        let status = node.json(&["status", "--json"]);
+        let drift = status["drift"].as_array().unwrap();
+        assert_eq!(drift.len(), 1, "{drift:?}");
+        assert_eq!(drift[0]["table"], "person");
+        assert!(drift[0]["change"].as_str().unwrap().contains("column clinic_code added"));
+        assert!(node.ok(&["status"]).contains("run `ferry setup`"));
+        // Enabling a drifted table is refused until setup.
+        node.ok(&["tables", "disable", "person"]);
+        let (code, _, err) = node.run(&["tables", "enable", "person"]);
+        assert_eq!(code, 1);
+        assert!(err.contains("changed since the last setup"), "{err}");
+
+        node.ok(&["setup"]);
+        node.ok(&["tables", "enable", "person"]);
+        assert_eq!(node.json(&["status", "--json"])["drift"], serde_json::json!([]));
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            c.query_drop("DELETE FROM ferry_change").await.unwrap();
+            c.query_drop("UPDATE person SET clinic_code = 'X1' WHERE person_id = 1").await.unwrap();
+            let cols: Vec<(String, Option<String>)> = c
+                .query("SELECT op, changed_cols FROM ferry_change WHERE table_name = 'person'")
+                .await
+                .unwrap();
+            assert_eq!(cols, vec![("U".to_string(), Some("clinic_code".to_string()))]);
+        });
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&missing)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("hint: run `ferry init"), "{err}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("no-such-command")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["--config", missing.to_str().unwrap(), "init", "--db", "mysql://r@h/d", "--node", "Bad Name"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid node name"));
+}
