@@ -4,6 +4,7 @@
 //! handlers, the layers below return typed errors.
 
 mod capture_cmd;
+mod dev_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ pub struct Cli {
 pub enum Command {
     /// Write this node's config file (database URL and node name).
     Init(capture_cmd::InitArgs),
+    /// Developer tools for tests, benchmarks and the demo (no config file needed).
+    #[command(subcommand)]
+    Dev(dev_cmd::DevCommand),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -123,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::stdout();
     match cli.command {
         Command::Init(args) => capture_cmd::init(&cli.config, args, &out),
+        Command::Dev(cmd) => dev_cmd::run(cmd, &out).await,
     }
 }
 
