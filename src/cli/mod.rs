@@ -4,6 +4,7 @@
 //! handlers, the layers below return typed errors.
 
 mod capture_cmd;
+mod dev_cmd;
 mod output;
 
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ pub enum Command {
     Status(capture_cmd::JsonArgs),
     /// List tables with their sync state, or switch sync on or off per table.
     Tables(capture_cmd::TablesArgs),
+    /// Developer tools for tests, benchmarks and the demo (no config file needed).
+    #[command(subcommand)]
+    Dev(dev_cmd::DevCommand),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -140,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Teardown(args) => capture_cmd::teardown(&load(&cli.config)?, args, &out).await,
         Command::Status(args) => capture_cmd::status(&load(&cli.config)?, args, &out).await,
         Command::Tables(args) => capture_cmd::tables(&load(&cli.config)?, args, &out).await,
+        Command::Dev(cmd) => dev_cmd::run(cmd, &out).await,
     }
 }
 

@@ -1,0 +1,94 @@
+//! Developer commands (`ferry dev ...`) that tests, benchmarks and the demo use: today
+//! `ferry dev gen`, the deterministic OpenMRS workload generator. They name the database
+//! directly with `--db` and need no config file.
+
+use clap::{Args, Subcommand};
+
+use super::{Output, UsageError};
+use crate::db::DbUrl;
+use crate::dev::gen::{generate, GenOptions};
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Write a deterministic clinic workload (registrations, visits, encounters, obs,
+    /// orders, edits, voids, retirements, deletes) into an OpenMRS database.
+    Gen(GenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// The OpenMRS database, e.g. mysql://root@127.0.0.1:3306/openmrs
+    #[arg(long = "db", value_name = "URL")]
+    pub db: String,
+    /// Seed of every random choice; use a different seed on every site.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Patients to register.
+    #[arg(long, default_value_t = 100)]
+    pub patients: u32,
+    /// Visits per patient.
+    #[arg(long, default_value_t = 2)]
+    pub visits_per_patient: u32,
+    /// Encounters per visit.
+    #[arg(long, default_value_t = 2)]
+    pub encounters_per_visit: u32,
+    /// Top-level obs per encounter (every fifth is a group of a parent and two members).
+    #[arg(long, default_value_t = 6)]
+    pub obs_per_encounter: u32,
+    /// Orders per encounter (drug and test orders, alternating).
+    #[arg(long, default_value_t = 1)]
+    pub orders_per_encounter: u32,
+    /// Edits per patient on average (e.g. 0.5): name/birthdate/address changes, voided obs, deleted attributes.
+    #[arg(long, default_value_t = 1.5)]
+    pub edits_per_patient: f64,
+    /// Users to create first (person + users with an OpenMRS-style system_id + user_role).
+    #[arg(long, default_value_t = 0)]
+    pub users: u32,
+    /// Throttle to about this many row writes per second.
+    #[arg(long, value_name = "ROWS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Do not retire (or unretire) a location and a concept at the end.
+    #[arg(long)]
+    pub no_retire: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a `ferry dev` command.
+pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        DevCommand::Gen(args) => gen(args, out).await,
+    }
+}
+
+async fn gen(args: GenArgs, out: &Output) -> anyhow::Result<()> {
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(UsageError("--rate must be a positive number of rows per second".into()).into());
+    }
+    if !(args.edits_per_patient >= 0.0 && args.edits_per_patient.is_finite()) {
+        return Err(UsageError("--edits-per-patient must be a non-negative number".into()).into());
+    }
+    let url = DbUrl::parse(&args.db)?;
+    let mut conn = url.connect().await?;
+    let opts = GenOptions {
+        seed: args.seed,
+        patients: args.patients,
+        visits_per_patient: args.visits_per_patient,
+        encounters_per_visit: args.encounters_per_visit,
+        obs_per_encounter: args.obs_per_encounter,
+        orders_per_encounter: args.orders_per_encounter,
+        edits_per_patient: args.edits_per_patient,
+        users: args.users,
+        rate: args.rate,
+        retire_metadata: !args.no_retire,
+    };
+    let report = generate(&mut conn, &opts).await?;
+    let _ = conn.disconnect().await;
+    if args.json {
+        out.json(&report);
+    } else {
+        out.line(report.render());
+    }
+    Ok(())
+}
