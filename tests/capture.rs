@@ -145,22 +145,24 @@ fn setup_is_idempotent_and_teardown_restores_every_table() {
     }
 }
 
+async fn count(c: &mut mysql_async::Conn) -> u64 {
+    let n: Option<u64> = c
+        .query_first("SELECT COUNT(*) FROM ferry_change WHERE table_name = 'location'")
+        .await
+        .unwrap();
+    n.unwrap()
+}
+
 #[test]
 fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     let source = common::Source::Fixture;
     let site = site("switch", &source);
     let node = Node::new("clinic-a", &site.url);
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop("CREATE TABLE scratch_pad (note TEXT)").await.unwrap();
+    });
     node.ok(&["setup"]);
-    let count = |c: &mut mysql_async::Conn| {
-        let c = c;
-        async move {
-            let n: Option<u64> = c
-                .query_first("SELECT COUNT(*) FROM ferry_change WHERE table_name = 'location'")
-                .await
-                .unwrap();
-            n.unwrap()
-        }
-    };
     let write = |n: u32| {
         format!(
             "INSERT INTO location (name, creator, date_created, retired, uuid) \
@@ -198,9 +200,9 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     assert_eq!(status["tables_disabled"].as_array().unwrap().len(), 0);
 
     // A node-local or unknown table cannot be switched, with a hint.
-    let (code, _, err) = node.run(&["tables", "enable", "liquibasechangelog"]);
+    let (code, _, err) = node.run(&["tables", "enable", "scratch_pad"]);
     assert_eq!(code, 1);
-    assert!(err.contains("stays node-local") && err.contains("hint:"), "{err}");
+    assert!(err.contains("stays node-local: no primary key") && err.contains("hint:"), "{err}");
     let (code, _, err) = node.run(&["tables", "disable", "no_such_table"]);
     assert_eq!(code, 1);
     assert!(err.contains("no table named no_such_table"), "{err}");
