@@ -98,7 +98,7 @@ pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec
     let insert = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
             "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us, origin) \
-             VALUES ({}, {}, {key}, '{op}', {cols}, {NOW_US}, {ORIGIN_VARIABLE});",
+             VALUES ({}, {}, {key}, '{op}', {cols}, {NOW_US}, {ORIGIN_VARIABLE})",
             literal(table),
             row_id(row)
         )
@@ -129,12 +129,12 @@ pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec
     let mut out = Vec::new();
     for event in Event::ALL {
         let body = match event {
-            Event::Insert => format!("BEGIN {} END", insert("I", "NEW", &new_key, "NULL")),
-            Event::Delete => format!("BEGIN {} END", insert("D", "OLD", &old_key, "NULL")),
+            Event::Insert => insert("I", "NEW", &new_key, "NULL"),
+            Event::Delete => insert("D", "OLD", &old_key, "NULL"),
             Event::Update => format!(
                 "BEGIN DECLARE ferry_cols TEXT DEFAULT CONCAT_WS(',', {changed_list}); \
-                 IF {identity_changed} THEN {} {} \
-                 ELSEIF ferry_cols <> '' THEN {} END IF; END",
+                 IF {identity_changed} THEN {}; {}; \
+                 ELSEIF ferry_cols <> '' THEN {}; END IF; END",
                 insert("D", "OLD", &old_key, "NULL"),
                 insert("I", "NEW", &new_key, "NULL"),
                 insert("U", "NEW", &new_key, "ferry_cols"),

@@ -13,6 +13,28 @@ pub enum DevCommand {
     /// Write a deterministic clinic workload (registrations, visits, encounters, obs,
     /// orders, edits, voids, retirements, deletes) into an OpenMRS database.
     Gen(GenArgs),
+    /// Start or stop a private MariaDB server in a directory (used by the demo).
+    #[command(subcommand)]
+    Mariadb(MariadbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MariadbCommand {
+    /// Start a private mariadbd on a fresh copy of a prepared data directory in DIR
+    /// (or on DIR's existing data) and leave it running; prints its TCP port.
+    Start {
+        /// The server's directory (data/, socket, error log, port file).
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// InnoDB buffer pool size in MiB.
+        #[arg(long, default_value_t = 128)]
+        buffer_pool_mb: u32,
+    },
+    /// Stop the server started in DIR.
+    Stop {
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +81,22 @@ pub struct GenArgs {
 pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         DevCommand::Gen(args) => gen(args, out).await,
+        DevCommand::Mariadb(MariadbCommand::Start { dir, buffer_pool_mb }) => {
+            let options = crate::dev::mariadb::ServerOptions {
+                buffer_pool_mb,
+                ..Default::default()
+            };
+            let server = tokio::task::spawn_blocking(move || {
+                crate::dev::mariadb::MariaServer::start_in(&dir, options)
+            })
+            .await??;
+            out.line(server.detach()?.to_string());
+            Ok(())
+        }
+        DevCommand::Mariadb(MariadbCommand::Stop { dir }) => {
+            tokio::task::spawn_blocking(move || crate::dev::mariadb::stop_detached(&dir)).await??;
+            Ok(())
+        }
     }
 }
 
