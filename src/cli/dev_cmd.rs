@@ -64,7 +64,9 @@ pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
 
 async fn gen(args: GenArgs, out: &Output) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(UsageError("--rate must be a positive number of rows per second".into()).into());
+        return Err(
+            UsageError("--rate must be a positive number of rows per second".into()).into(),
+        );
     }
     if !(args.edits_per_patient >= 0.0 && args.edits_per_patient.is_finite()) {
         return Err(UsageError("--edits-per-patient must be a non-negative number".into()).into());

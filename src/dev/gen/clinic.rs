@@ -53,7 +53,13 @@ const INSERT_OBS: &str = "INSERT INTO obs (person_id, concept_id, encounter_id, 
     date_created, voided, uuid, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, 'FINAL')";
 
 impl<'c> Writer<'c> {
-    pub fn new(conn: &'c mut Conn, rng: ChaCha20Rng, meta: Meta, rate: Option<f64>, started: Instant) -> Self {
+    pub fn new(
+        conn: &'c mut Conn,
+        rng: ChaCha20Rng,
+        meta: Meta,
+        rate: Option<f64>,
+        started: Instant,
+    ) -> Self {
         Writer {
             conn,
             rng,
@@ -81,7 +87,13 @@ impl<'c> Writer<'c> {
         uuid(&mut self.rng)
     }
 
-    async fn write(&mut self, op: Op, table: &'static str, sql: &str, params: Vec<Value>) -> Result<u64, GenError> {
+    async fn write(
+        &mut self,
+        op: Op,
+        table: &'static str,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<u64, GenError> {
         self.conn
             .exec_drop(sql, params)
             .await
@@ -96,7 +108,12 @@ impl<'c> Writer<'c> {
         Ok(n)
     }
 
-    async fn insert(&mut self, table: &'static str, sql: &str, params: Vec<Value>) -> Result<i64, GenError> {
+    async fn insert(
+        &mut self,
+        table: &'static str,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<i64, GenError> {
         self.write(Op::Insert, table, sql, params).await?;
         Ok(self.conn.last_insert_id().unwrap_or(0) as i64)
     }
@@ -115,6 +132,9 @@ impl<'c> Writer<'c> {
             .await
             .map_err(GenError::db("committing"))?;
         for (table, w) in std::mem::take(&mut self.pending) {
+            if w.rows() == 0 {
+                continue;
+            }
             self.committed_rows += w.rows();
             self.counts.entry(table.to_string()).or_default().add(&w);
         }
@@ -189,9 +209,21 @@ impl<'c> Writer<'c> {
         let system_id = format!("{next}-{}", values::luhn_check_digit(&next.to_string()));
         let creator = self.meta.creator;
         let female = self.rng.gen_bool(0.5);
-        let given = *pick(&mut self.rng, if female { values::GIVEN_F } else { values::GIVEN_M });
+        let given = *pick(
+            &mut self.rng,
+            if female {
+                values::GIVEN_F
+            } else {
+                values::GIVEN_M
+            },
+        );
         let family = *pick(&mut self.rng, values::FAMILY);
-        let (ts, u1, u2, u3) = (self.tick(600), self.new_uuid(), self.new_uuid(), self.new_uuid());
+        let (ts, u1, u2, u3) = (
+            self.tick(600),
+            self.new_uuid(),
+            self.new_uuid(),
+            self.new_uuid(),
+        );
         let person = self
             .insert(
                 "person",
@@ -230,7 +262,14 @@ impl<'c> Writer<'c> {
     async fn register(&mut self) -> Result<Patient, GenError> {
         let creator = self.meta.creator;
         let female = self.rng.gen_bool(0.5);
-        let given = *pick(&mut self.rng, if female { values::GIVEN_F } else { values::GIVEN_M });
+        let given = *pick(
+            &mut self.rng,
+            if female {
+                values::GIVEN_F
+            } else {
+                values::GIVEN_M
+            },
+        );
         let family = *pick(&mut self.rng, values::FAMILY);
         let birth_days = self.rng.gen_range(-10_000..18_000);
         let estimated = self.rng.gen_bool(0.1);
@@ -254,7 +293,11 @@ impl<'c> Writer<'c> {
             )
             .await?;
         let city = *pick(&mut self.rng, values::CITIES);
-        let address1 = format!("{} {}", self.rng.gen_range(1..400), pick(&mut self.rng, values::STREETS));
+        let address1 = format!(
+            "{} {}",
+            self.rng.gen_range(1..400),
+            pick(&mut self.rng, values::STREETS)
+        );
         let u = self.new_uuid();
         let address_id = self
             .insert(
@@ -266,14 +309,26 @@ impl<'c> Writer<'c> {
             .await?;
         let location = *pick(&mut self.rng, &self.meta.locations);
         let mut attributes = Vec::new();
-        let attr_sql = "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, \
+        let attr_sql =
+            "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, \
              date_created, uuid) VALUES (?, ?, ?, ?, ?, ?)";
         if !self.meta.string_attribute_types.is_empty() {
             let t = *pick(&mut self.rng, &self.meta.string_attribute_types);
             let phone = format!("+250 78{:07}", self.rng.gen_range(0..10_000_000));
             let u = self.new_uuid();
             let id = self
-                .insert("person_attribute", attr_sql, vec![person_id.into(), phone.into(), t.into(), creator.into(), ts.clone(), u.into()])
+                .insert(
+                    "person_attribute",
+                    attr_sql,
+                    vec![
+                        person_id.into(),
+                        phone.into(),
+                        t.into(),
+                        creator.into(),
+                        ts.clone(),
+                        u.into(),
+                    ],
+                )
                 .await?;
             attributes.push(id);
         }
@@ -281,7 +336,18 @@ impl<'c> Writer<'c> {
             // A soft reference: the value is a location_id, as OpenMRS stores org.openmrs.Location attributes.
             let u = self.new_uuid();
             let id = self
-                .insert("person_attribute", attr_sql, vec![person_id.into(), location.to_string().into(), t.into(), creator.into(), ts.clone(), u.into()])
+                .insert(
+                    "person_attribute",
+                    attr_sql,
+                    vec![
+                        person_id.into(),
+                        location.to_string().into(),
+                        t.into(),
+                        creator.into(),
+                        ts.clone(),
+                        u.into(),
+                    ],
+                )
                 .await?;
             attributes.push(id);
         }
@@ -301,14 +367,28 @@ impl<'c> Writer<'c> {
             vec![person_id.into(), identifier.into(), self.meta.identifier_type.into(), location.into(), creator.into(), ts, u.into()],
         )
         .await?;
-        Ok(Patient { person_id, name_id, given, birth_days, address_id, city, attributes, obs: Vec::new(), location })
+        Ok(Patient {
+            person_id,
+            name_id,
+            given,
+            birth_days,
+            address_id,
+            city,
+            attributes,
+            obs: Vec::new(),
+            location,
+        })
     }
 
     async fn visit(&mut self, p: &Patient) -> Result<(i64, i64), GenError> {
         self.now += self.rng.gen_range(86_400..30 * 86_400);
         let start = self.now;
         let stop = datetime(start + self.rng.gen_range(3_600..8 * 3_600));
-        let location = if self.rng.gen_bool(0.8) { p.location } else { *pick(&mut self.rng, &self.meta.locations) };
+        let location = if self.rng.gen_bool(0.8) {
+            p.location
+        } else {
+            *pick(&mut self.rng, &self.meta.locations)
+        };
         let visit_type = *pick(&mut self.rng, &self.meta.visit_types);
         let u = self.new_uuid();
         let id = self
@@ -322,7 +402,13 @@ impl<'c> Writer<'c> {
         Ok((id, location))
     }
 
-    async fn encounter(&mut self, p: &mut Patient, visit_id: i64, location: i64, opts: &GenOptions) -> Result<(), GenError> {
+    async fn encounter(
+        &mut self,
+        p: &mut Patient,
+        visit_id: i64,
+        location: i64,
+        opts: &GenOptions,
+    ) -> Result<(), GenError> {
         let creator = self.meta.creator;
         let ts = self.tick(1_200);
         let et = *pick(&mut self.rng, &self.meta.encounter_types);
@@ -345,12 +431,18 @@ impl<'c> Writer<'c> {
             vec![enc.into(), provider.into(), role.into(), creator.into(), ts.clone(), u.into()],
         )
         .await?;
-        let ctx = ObsCtx { person: p.person_id, encounter: enc, location, at: ts.clone() };
+        let ctx = ObsCtx {
+            person: p.person_id,
+            encounter: enc,
+            location,
+            at: ts.clone(),
+        };
         for k in 0..opts.obs_per_encounter {
             self.obs(&ctx, k, p).await?;
         }
         for k in 0..opts.orders_per_encounter {
-            self.order(p.person_id, enc, provider, k, ts.clone()).await?;
+            self.order(p.person_id, enc, provider, k, ts.clone())
+                .await?;
         }
         Ok(())
     }
@@ -358,7 +450,12 @@ impl<'c> Writer<'c> {
     /// The value columns of one obs: (concept, value_coded, value_coded_name_id, value_datetime, value_numeric, value_text).
     fn obs_value(&mut self, kind: u32) -> (i64, Value, Value, Value, Value, Value) {
         let m = &self.meta;
-        let available = [!m.numeric.is_empty(), m.can_code(), !m.text.is_empty(), !m.datetime.is_empty()];
+        let available = [
+            !m.numeric.is_empty(),
+            m.can_code(),
+            !m.text.is_empty(),
+            !m.datetime.is_empty(),
+        ];
         let mut kind = (kind % 4) as usize;
         while !available[kind] {
             kind = (kind + 1) % 4;
@@ -368,7 +465,11 @@ impl<'c> Writer<'c> {
             0 => {
                 let n = pick(&mut self.rng, &self.meta.numeric).clone();
                 let mut v = self.rng.gen_range(n.low..=n.high);
-                v = if n.decimal { (v * 10.0).round() / 10.0 } else { v.round() };
+                v = if n.decimal {
+                    (v * 10.0).round() / 10.0
+                } else {
+                    v.round()
+                };
                 (n.concept, null(), null(), null(), v.into(), null())
             }
             1 => {
@@ -384,7 +485,14 @@ impl<'c> Writer<'c> {
             _ => {
                 let c = *pick(&mut self.rng, &self.meta.datetime);
                 let when = self.now + self.rng.gen_range(7..90) * 86_400;
-                (c, null(), null(), datetime(when - when % 86_400), null(), null())
+                (
+                    c,
+                    null(),
+                    null(),
+                    datetime(when - when % 86_400),
+                    null(),
+                    null(),
+                )
             }
         }
     }
@@ -395,7 +503,23 @@ impl<'c> Writer<'c> {
             let set = *pick(&mut self.rng, &self.meta.sets);
             let u = self.new_uuid();
             let parent = self
-                .insert("obs", INSERT_OBS, ctx.params(set, Value::NULL, (Value::NULL, Value::NULL, Value::NULL, Value::NULL, Value::NULL), self.meta.creator, u))
+                .insert(
+                    "obs",
+                    INSERT_OBS,
+                    ctx.params(
+                        set,
+                        Value::NULL,
+                        (
+                            Value::NULL,
+                            Value::NULL,
+                            Value::NULL,
+                            Value::NULL,
+                            Value::NULL,
+                        ),
+                        self.meta.creator,
+                        u,
+                    ),
+                )
                 .await?;
             p.obs.push(parent);
             Some(parent)
@@ -407,23 +531,50 @@ impl<'c> Writer<'c> {
             let (concept, coded, name, dt, num, text) = self.obs_value(k + i);
             let u = self.new_uuid();
             let id = self
-                .insert("obs", INSERT_OBS, ctx.params(concept, group.into(), (coded, name, dt, num, text), self.meta.creator, u))
+                .insert(
+                    "obs",
+                    INSERT_OBS,
+                    ctx.params(
+                        concept,
+                        group.into(),
+                        (coded, name, dt, num, text),
+                        self.meta.creator,
+                        u,
+                    ),
+                )
                 .await?;
             p.obs.push(id);
         }
         Ok(())
     }
 
-    async fn order(&mut self, patient: i64, enc: i64, orderer: i64, k: u32, ts: Value) -> Result<(), GenError> {
+    async fn order(
+        &mut self,
+        patient: i64,
+        enc: i64,
+        orderer: i64,
+        k: u32,
+        ts: Value,
+    ) -> Result<(), GenError> {
         let drug_ok = self.meta.drug_order_type.is_some() && !self.meta.drugs.is_empty();
-        let drug = drug_ok && (self.meta.test_order_type.is_none() || (k + self.rng.gen_range(0..2)) % 2 == 0);
+        let drug = drug_ok
+            && (self.meta.test_order_type.is_none() || (k + self.rng.gen_range(0..2)) % 2 == 0);
         let (order_type, concept) = if drug {
             (self.meta.drug_order_type, None)
         } else {
-            (self.meta.test_order_type, Some(*pick(&mut self.rng, &self.meta.test_concepts)))
+            (
+                self.meta.test_order_type,
+                Some(*pick(&mut self.rng, &self.meta.test_concepts)),
+            )
         };
-        let chosen_drug = if drug { Some(pick(&mut self.rng, &self.meta.drugs).clone()) } else { None };
-        let concept = concept.or(chosen_drug.as_ref().map(|d| d.concept)).unwrap_or_default();
+        let chosen_drug = if drug {
+            Some(pick(&mut self.rng, &self.meta.drugs).clone())
+        } else {
+            None
+        };
+        let concept = concept
+            .or(chosen_drug.as_ref().map(|d| d.concept))
+            .unwrap_or_default();
         let care = *pick(&mut self.rng, &self.meta.care_settings);
         let number = format!("ORD-{:08x}", self.rng.gen::<u32>());
         let u = self.new_uuid();
@@ -439,7 +590,8 @@ impl<'c> Writer<'c> {
         if let Some(d) = chosen_drug {
             let dose = f64::from(self.rng.gen_range(1..=4)) * 250.0;
             let days = self.rng.gen_range(3..=30);
-            let freq = (!self.meta.frequencies.is_empty()).then(|| *pick(&mut self.rng, &self.meta.frequencies));
+            let freq = (!self.meta.frequencies.is_empty())
+                .then(|| *pick(&mut self.rng, &self.meta.frequencies));
             self.insert(
                 "drug_order",
                 "INSERT INTO drug_order (order_id, drug_inventory_id, dose, as_needed, dosing_type, quantity, \
@@ -473,7 +625,11 @@ impl<'c> Writer<'c> {
         match kind {
             0 => {
                 // A corrected given name: always a different value.
-                let list = if values::GIVEN_F.contains(&p.given) { values::GIVEN_F } else { values::GIVEN_M };
+                let list = if values::GIVEN_F.contains(&p.given) {
+                    values::GIVEN_F
+                } else {
+                    values::GIVEN_M
+                };
                 let given = pick_other(&mut self.rng, list, p.given);
                 p.given = given;
                 self.write(Op::Update, "person_name",
@@ -494,9 +650,16 @@ impl<'c> Writer<'c> {
                     vec![by.into(), ts, obs.into()]).await?;
             }
             3 => {
-                let attr = p.attributes.swap_remove(self.rng.gen_range(0..p.attributes.len()));
-                self.write(Op::Delete, "person_attribute",
-                    "DELETE FROM person_attribute WHERE person_attribute_id = ?", vec![attr.into()]).await?;
+                let attr = p
+                    .attributes
+                    .swap_remove(self.rng.gen_range(0..p.attributes.len()));
+                self.write(
+                    Op::Delete,
+                    "person_attribute",
+                    "DELETE FROM person_attribute WHERE person_attribute_id = ?",
+                    vec![attr.into()],
+                )
+                .await?;
             }
             _ => {
                 let city = pick_other(&mut self.rng, values::CITIES, p.city);
@@ -515,7 +678,11 @@ impl<'c> Writer<'c> {
         let ts = self.tick(3_600);
         for (table, key, list) in [
             ("location", "location_id", self.meta.all_locations.clone()),
-            ("concept", "concept_id", self.meta.all_answer_concepts.clone()),
+            (
+                "concept",
+                "concept_id",
+                self.meta.all_answer_concepts.clone(),
+            ),
         ] {
             if list.is_empty() {
                 continue;
@@ -553,11 +720,30 @@ struct ObsCtx {
 }
 
 impl ObsCtx {
-    fn params(&self, concept: i64, group: Value, v: (Value, Value, Value, Value, Value), creator: i64, uuid: String) -> Vec<Value> {
+    fn params(
+        &self,
+        concept: i64,
+        group: Value,
+        v: (Value, Value, Value, Value, Value),
+        creator: i64,
+        uuid: String,
+    ) -> Vec<Value> {
         let (coded, name, dt, num, text) = v;
         vec![
-            self.person.into(), concept.into(), self.encounter.into(), self.at.clone(), self.location.into(),
-            group, coded, name, dt, num, text, creator.into(), self.at.clone(), uuid.into(),
+            self.person.into(),
+            concept.into(),
+            self.encounter.into(),
+            self.at.clone(),
+            self.location.into(),
+            group,
+            coded,
+            name,
+            dt,
+            num,
+            text,
+            creator.into(),
+            self.at.clone(),
+            uuid.into(),
         ]
     }
 }
