@@ -259,6 +259,11 @@ fn fixture_run_is_exact_and_covers_every_kind_of_write() {
             .await
             .expect("soft references");
         assert_eq!(dangling, Some(0));
+        let repeated: Option<i64> = conn
+            .query_first("SELECT COUNT(*) - COUNT(DISTINCT identifier) FROM patient_identifier")
+            .await
+            .expect("identifiers");
+        assert_eq!(repeated, Some(0), "an OpenMRS ID was assigned twice");
         conn.disconnect().await.expect("disconnect");
     });
 }

@@ -46,6 +46,8 @@ pub(super) struct Writer<'c> {
     pending: BTreeMap<&'static str, TableWrites>,
     counts: BTreeMap<String, TableWrites>,
     committed_rows: u64,
+    /// Four digits that open every OpenMRS ID this run assigns (like an idgen site prefix).
+    site_code: u32,
 }
 
 const INSERT_OBS: &str = "INSERT INTO obs (person_id, concept_id, encounter_id, obs_datetime, location_id, \
@@ -55,12 +57,14 @@ const INSERT_OBS: &str = "INSERT INTO obs (person_id, concept_id, encounter_id, 
 impl<'c> Writer<'c> {
     pub fn new(
         conn: &'c mut Conn,
-        rng: ChaCha20Rng,
+        mut rng: ChaCha20Rng,
         meta: Meta,
         rate: Option<f64>,
         started: Instant,
     ) -> Self {
+        let site_code = rng.gen_range(1_000..10_000);
         Writer {
+            site_code,
             conn,
             rng,
             meta,
@@ -357,7 +361,8 @@ impl<'c> Writer<'c> {
             vec![person_id.into(), creator.into(), ts.clone()],
         )
         .await?;
-        let body = self.rng.gen_range(1_000_000..10_000_000u32).to_string();
+        // Unique within the database: the person_id part never repeats and the code has a fixed width.
+        let body = format!("{}{:06}", self.site_code, person_id);
         let identifier = format!("{body}-{}", values::luhn_check_digit(&body));
         let u = self.new_uuid();
         self.insert(
