@@ -13,8 +13,10 @@
 //! same database writes fresh uuids. Metadata is discovered at run time ([`meta`]), so the
 //! generator runs on ferry's fixture and on a real OpenMRS dump alike.
 
+mod care;
 mod clinic;
 mod meta;
+mod people;
 mod values;
 
 use std::collections::BTreeMap;
