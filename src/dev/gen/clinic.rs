@@ -177,6 +177,9 @@ impl<'c> Writer<'c> {
             self.begin().await?;
             let r = self.register().await;
             let mut patient = self.rollback_on(r).await?;
+            // The patient's visits and edits follow its registration on its own timeline;
+            // the run's clock moves on by registrations only, so dates stay near the start.
+            let registered_at = self.now;
             for _ in 0..opts.visits_per_patient {
                 self.begin().await?;
                 let r = self.visit(&patient).await;
@@ -194,6 +197,7 @@ impl<'c> Writer<'c> {
                 let r = self.edit(&mut patient).await;
                 self.rollback_on(r).await?;
             }
+            self.now = registered_at;
         }
         if opts.retire_metadata {
             self.begin().await?;
