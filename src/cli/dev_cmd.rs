@@ -102,7 +102,9 @@ pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
 
 async fn gen(args: GenArgs, out: &Output) -> anyhow::Result<()> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(UsageError("--rate must be a positive number of rows per second".into()).into());
+        return Err(
+            UsageError("--rate must be a positive number of rows per second".into()).into(),
+        );
     }
     if !(args.edits_per_patient >= 0.0 && args.edits_per_patient.is_finite()) {
         return Err(UsageError("--edits-per-patient must be a non-negative number".into()).into());
@@ -129,4 +131,43 @@ async fn gen(args: GenArgs, out: &Output) -> anyhow::Result<()> {
         out.line(report.render());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::DevCommand;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn parses_dev_gen_without_a_config() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "dev",
+            "gen",
+            "--db",
+            "mysql://root@127.0.0.1/x",
+            "--seed",
+            "9",
+            "--patients",
+            "3",
+            "--edits-per-patient",
+            "0.25",
+            "--users",
+            "2",
+            "--rate",
+            "100",
+            "--json",
+        ])
+        .expect("parses");
+        let Command::Dev(DevCommand::Gen(args)) = cli.command else {
+            panic!("not dev gen: {:?}", cli.command);
+        };
+        assert_eq!((args.seed, args.patients, args.users), (9, 3, 2));
+        assert_eq!(args.edits_per_patient, 0.25);
+        assert_eq!(args.rate, Some(100.0));
+        assert!(args.json && !args.no_retire);
+        assert_eq!(args.visits_per_patient, 2);
+    }
 }

@@ -94,7 +94,11 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
         what: "an active user (creator)".into(),
     })?;
     let locations = need(
-        ids(conn, "SELECT location_id FROM location WHERE retired = 0 ORDER BY location_id").await?,
+        ids(
+            conn,
+            "SELECT location_id FROM location WHERE retired = 0 ORDER BY location_id",
+        )
+        .await?,
         "an active location",
     )?;
     let identifier_type = one(
@@ -119,7 +123,11 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
     )
     .await?;
     let visit_types = need(
-        ids(conn, "SELECT visit_type_id FROM visit_type WHERE retired = 0 ORDER BY visit_type_id").await?,
+        ids(
+            conn,
+            "SELECT visit_type_id FROM visit_type WHERE retired = 0 ORDER BY visit_type_id",
+        )
+        .await?,
         "an active visit type",
     )?;
     let encounter_types = need(
@@ -131,7 +139,11 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
         "an active encounter role",
     )?;
     let providers = need(
-        ids(conn, "SELECT provider_id FROM provider WHERE retired = 0 ORDER BY provider_id").await?,
+        ids(
+            conn,
+            "SELECT provider_id FROM provider WHERE retired = 0 ORDER BY provider_id",
+        )
+        .await?,
         "an active provider",
     )?;
     let numeric_sql = "SELECT c.concept_id, n.low_normal, n.hi_normal, n.low_absolute, n.hi_absolute, \
@@ -139,7 +151,10 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
          JOIN concept_datatype d ON d.concept_datatype_id = c.datatype_id \
          WHERE c.retired = 0 AND d.name = 'Numeric' ORDER BY c.concept_id";
     type NumRow = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>, i64);
-    let rows: Vec<NumRow> = conn.query(numeric_sql).await.map_err(GenError::db(numeric_sql))?;
+    let rows: Vec<NumRow> = conn
+        .query(numeric_sql)
+        .await
+        .map_err(GenError::db(numeric_sql))?;
     let numeric = rows
         .into_iter()
         .map(|(concept, ln, hn, la, ha, dec)| {
@@ -153,15 +168,29 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
             }
         })
         .collect();
-    let coded_questions = ids(conn, &format!("{BY_DATATYPE}('Coded') ORDER BY c.concept_id")).await?;
+    let coded_questions = ids(
+        conn,
+        &format!("{BY_DATATYPE}('Coded') ORDER BY c.concept_id"),
+    )
+    .await?;
     let answer_sql = "SELECT c.concept_id, (SELECT n.concept_name_id FROM concept_name n \
          WHERE n.concept_id = c.concept_id AND n.voided = 0 ORDER BY n.locale_preferred DESC, n.concept_name_id LIMIT 1) \
          FROM concept c JOIN concept_datatype d ON d.concept_datatype_id = c.datatype_id \
          WHERE c.retired = 0 AND c.is_set = 0 AND d.name = 'N/A' ORDER BY c.concept_id";
-    let answers: Vec<(i64, Option<i64>)> =
-        conn.query(answer_sql).await.map_err(GenError::db(answer_sql))?;
-    let text = ids(conn, &format!("{BY_DATATYPE}('Text') ORDER BY c.concept_id")).await?;
-    let datetime = ids(conn, &format!("{BY_DATATYPE}('Datetime', 'Date') ORDER BY c.concept_id")).await?;
+    let answers: Vec<(i64, Option<i64>)> = conn
+        .query(answer_sql)
+        .await
+        .map_err(GenError::db(answer_sql))?;
+    let text = ids(
+        conn,
+        &format!("{BY_DATATYPE}('Text') ORDER BY c.concept_id"),
+    )
+    .await?;
+    let datetime = ids(
+        conn,
+        &format!("{BY_DATATYPE}('Datetime', 'Date') ORDER BY c.concept_id"),
+    )
+    .await?;
     let sets = ids(
         conn,
         "SELECT concept_id FROM concept WHERE retired = 0 AND is_set = 1 ORDER BY concept_id",
@@ -186,7 +215,11 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
         conn.query(drug_sql).await.map_err(GenError::db(drug_sql))?;
     let drugs = drug_rows
         .into_iter()
-        .map(|(drug, concept, route)| Drug { drug, concept, route })
+        .map(|(drug, concept, route)| Drug {
+            drug,
+            concept,
+            route,
+        })
         .collect();
     let frequencies = ids(
         conn,
@@ -199,16 +232,25 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
              WHERE c.retired = 0 AND k.name IN ({classes}) ORDER BY c.concept_id"
         )
     };
-    let dose_units = ids(conn, &by_class("'Units of Measure'")).await?.first().copied();
+    let dose_units = ids(conn, &by_class("'Units of Measure'"))
+        .await?
+        .first()
+        .copied();
     let mut test_concepts = ids(conn, &by_class("'Test', 'LabSet'")).await?;
     if test_concepts.is_empty() {
         test_concepts = rows_concepts(&answers);
     }
     let user_roles: Vec<String> = conn
-        .query("SELECT role FROM role WHERE role NOT IN ('Anonymous', 'Authenticated') ORDER BY role")
+        .query(
+            "SELECT role FROM role WHERE role NOT IN ('Anonymous', 'Authenticated') ORDER BY role",
+        )
         .await
         .map_err(GenError::db("reading roles"))?;
-    let all_locations = ids(conn, "SELECT location_id FROM location ORDER BY location_id").await?;
+    let all_locations = ids(
+        conn,
+        "SELECT location_id FROM location ORDER BY location_id",
+    )
+    .await?;
     let all_answer_concepts = ids(
         conn,
         "SELECT c.concept_id FROM concept c JOIN concept_datatype d ON d.concept_datatype_id = c.datatype_id \
@@ -219,7 +261,10 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
          (SELECT COUNT(*) FROM person), (SELECT COALESCE(MAX(obs_id), 0) FROM obs), \
          (SELECT COALESCE(MAX(encounter_id), 0) FROM encounter), (SELECT COUNT(*) FROM users), \
          (SELECT COUNT(*) FROM person_attribute), (SELECT COALESCE(SUM(voided), 0) FROM obs))";
-    let fingerprint: Option<String> = conn.query_first(fp_sql).await.map_err(GenError::db(fp_sql))?;
+    let fingerprint: Option<String> = conn
+        .query_first(fp_sql)
+        .await
+        .map_err(GenError::db(fp_sql))?;
     let meta = Meta {
         creator,
         locations,
@@ -248,9 +293,14 @@ pub async fn discover(conn: &mut Conn) -> Result<Meta, GenError> {
         all_answer_concepts,
         fingerprint: fingerprint.unwrap_or_default(),
     };
-    if meta.numeric.is_empty() && meta.text.is_empty() && meta.datetime.is_empty() && !meta.can_code() {
+    if meta.numeric.is_empty()
+        && meta.text.is_empty()
+        && meta.datetime.is_empty()
+        && !meta.can_code()
+    {
         return Err(GenError::MissingMetadata {
-            what: "a concept to record obs with (numeric, text, datetime or coded with answers)".into(),
+            what: "a concept to record obs with (numeric, text, datetime or coded with answers)"
+                .into(),
         });
     }
     Ok(meta)

@@ -13,8 +13,10 @@
 //! same database writes fresh uuids. Metadata is discovered at run time ([`meta`]), so the
 //! generator runs on ferry's fixture and on a real OpenMRS dump alike.
 
+mod care;
 mod clinic;
 mod meta;
+mod people;
 mod values;
 
 use std::collections::BTreeMap;
@@ -122,7 +124,9 @@ impl GenOptions {
         }
         if let Some(rate) = self.rate {
             if !rate.is_finite() || rate <= 0.0 {
-                return Err(GenError::Options(format!("rate {rate} is not a positive number")));
+                return Err(GenError::Options(format!(
+                    "rate {rate} is not a positive number"
+                )));
             }
         }
         Ok(())
@@ -178,12 +182,24 @@ impl GenReport {
     /// A table of row writes per table, for people.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(s, "{:<22} {:>9} {:>9} {:>9}", "table", "inserts", "updates", "deletes");
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9} {:>9} {:>9}",
+            "table", "inserts", "updates", "deletes"
+        );
         for (table, w) in &self.per_table {
-            let _ = writeln!(s, "{:<22} {:>9} {:>9} {:>9}", table, w.inserts, w.updates, w.deletes);
+            let _ = writeln!(
+                s,
+                "{:<22} {:>9} {:>9} {:>9}",
+                table, w.inserts, w.updates, w.deletes
+            );
         }
         let t = &self.total;
-        let _ = writeln!(s, "{:<22} {:>9} {:>9} {:>9}", "total", t.inserts, t.updates, t.deletes);
+        let _ = writeln!(
+            s,
+            "{:<22} {:>9} {:>9} {:>9}",
+            "total", t.inserts, t.updates, t.deletes
+        );
         let _ = write!(
             s,
             "{} row writes for {} patients and {} users in {:.2} s ({:.0} rows/s), seed {}",

@@ -95,22 +95,63 @@ pub fn pick_other<'a>(rng: &mut ChaCha20Rng, items: &'a [&'a str], current: &str
 }
 
 pub const GIVEN_F: &[&str] = &[
-    "Amina", "Grace", "Claudine", "Esperance", "Josiane", "Marie", "Aline", "Divine", "Fatuma",
-    "Immaculee", "Jeanne", "Solange", "Chantal", "Ruth", "Naomi", "Beatrice",
+    "Amina",
+    "Grace",
+    "Claudine",
+    "Esperance",
+    "Josiane",
+    "Marie",
+    "Aline",
+    "Divine",
+    "Fatuma",
+    "Immaculee",
+    "Jeanne",
+    "Solange",
+    "Chantal",
+    "Ruth",
+    "Naomi",
+    "Beatrice",
 ];
 pub const GIVEN_M: &[&str] = &[
     "Jean", "Emmanuel", "Patrick", "Eric", "Innocent", "Olivier", "Samuel", "Joseph", "Theogene",
     "Didier", "Fabrice", "Claude", "Moses", "Peter", "Daniel", "Yves",
 ];
 pub const FAMILY: &[&str] = &[
-    "Uwimana", "Habimana", "Mukamana", "Niyonzima", "Mugisha", "Nshimiyimana", "Ingabire",
-    "Hakizimana", "Uwase", "Bizimana", "Tuyishime", "Nsengiyumva", "Mutoni", "Kayitesi",
-    "Ndayisaba", "Iradukunda",
+    "Uwimana",
+    "Habimana",
+    "Mukamana",
+    "Niyonzima",
+    "Mugisha",
+    "Nshimiyimana",
+    "Ingabire",
+    "Hakizimana",
+    "Uwase",
+    "Bizimana",
+    "Tuyishime",
+    "Nsengiyumva",
+    "Mutoni",
+    "Kayitesi",
+    "Ndayisaba",
+    "Iradukunda",
 ];
 pub const CITIES: &[&str] = &[
-    "Kigali", "Musanze", "Huye", "Rubavu", "Nyagatare", "Muhanga", "Rwamagana", "Karongi",
+    "Kigali",
+    "Musanze",
+    "Huye",
+    "Rubavu",
+    "Nyagatare",
+    "Muhanga",
+    "Rwamagana",
+    "Karongi",
 ];
-pub const STREETS: &[&str] = &["KN 5 Rd", "KG 11 Ave", "RN1", "Main St", "Market Rd", "Hill Rd"];
+pub const STREETS: &[&str] = &[
+    "KN 5 Rd",
+    "KG 11 Ave",
+    "RN1",
+    "Main St",
+    "Market Rd",
+    "Hill Rd",
+];
 pub const NOTES: &[&str] = &[
     "patient reports improvement",
     "cough for two weeks, no fever",
