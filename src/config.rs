@@ -221,7 +221,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ferry.toml");
         fs::write(&path, "node='a'\ndatabase='mysql://r@h/d'\nbogus=1\n").unwrap();
-        assert!(matches!(Config::load(&path), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            Config::load(&path),
+            Err(ConfigError::Parse { .. })
+        ));
         fs::write(
             &path,
             "node='a'\ndatabase='mysql://r@h/d'\n[[peer]]\nname='b'\npublic_key='x'\n[[peer]]\nname='b'\npublic_key='y'\n",

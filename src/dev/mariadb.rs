@@ -107,7 +107,8 @@ impl MariaServer {
     pub fn start_in(dir: &Path, options: ServerOptions) -> Result<MariaServer, HarnessError> {
         if !dir.join("data").exists() {
             fs::create_dir_all(dir).map_err(io_err("creating the server directory"))?;
-            copy_dir(&template_dir()?, &dir.join("data")).map_err(io_err("copying the template"))?;
+            copy_dir(&template_dir()?, &dir.join("data"))
+                .map_err(io_err("copying the template"))?;
         }
         let mut server = MariaServer {
             dir: dir.to_path_buf(),
@@ -203,8 +204,14 @@ impl MariaServer {
             let mut cmd = Command::new(&mariadbd);
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", self.dir.join("data").display()))
-                .arg(format!("--socket={}", self.dir.join("mysqld.sock").display()))
-                .arg(format!("--pid-file={}", self.dir.join("mysqld.pid").display()))
+                .arg(format!(
+                    "--socket={}",
+                    self.dir.join("mysqld.sock").display()
+                ))
+                .arg(format!(
+                    "--pid-file={}",
+                    self.dir.join("mysqld.pid").display()
+                ))
                 .arg(format!("--log-error={}", log.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
@@ -213,7 +220,10 @@ impl MariaServer {
                 .arg("--max-connections=500")
                 .arg("--innodb-flush-log-at-trx-commit=2")
                 .arg("--innodb-doublewrite=0")
-                .arg(format!("--innodb-buffer-pool-size={}M", self.options.buffer_pool_mb))
+                .arg(format!(
+                    "--innodb-buffer-pool-size={}M",
+                    self.options.buffer_pool_mb
+                ))
                 .args(COMMON_ARGS)
                 .args(&self.options.extra_args)
                 .stdin(Stdio::null())
@@ -286,7 +296,9 @@ fn ping(port: u16) -> bool {
 
 fn free_port() -> Result<u16, HarnessError> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
-    Ok(l.local_addr().map_err(io_err("finding a free port"))?.port())
+    Ok(l.local_addr()
+        .map_err(io_err("finding a free port"))?
+        .port())
 }
 
 fn tail(path: &Path) -> String {
@@ -440,8 +452,10 @@ impl Drop for TestSite {
         if self.server.is_none() {
             let url = self.url.clone();
             let db = self.database.clone();
-            let _ = std::thread::spawn(move || run_sql_blocking(&url, &format!("DROP DATABASE IF EXISTS `{db}`")))
-                .join();
+            let _ = std::thread::spawn(move || {
+                run_sql_blocking(&url, &format!("DROP DATABASE IF EXISTS `{db}`"))
+            })
+            .join();
         }
     }
 }
