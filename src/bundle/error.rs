@@ -70,6 +70,12 @@ pub enum BundleError {
         recipient: String,
         me: String,
     },
+    #[error("{file} is named for {named} but its signed header says {actual}\nhint: the file was renamed; restore its name or ask the sender for the bundle again")]
+    NameMismatch {
+        file: String,
+        named: String,
+        actual: String,
+    },
     #[error("{file} has a bad signature for sender {sender:?}\nhint: the file was tampered with, or the key configured for {sender} is wrong; compare it with `ferry key` on {sender}")]
     BadSignature { file: String, sender: String },
     #[error("{file} body does not match the hash its signed header states (hash mismatch)\nhint: the file was damaged in transit; copy it again from the sender's outbox")]
@@ -126,6 +132,7 @@ impl BundleError {
             BundleError::OverLimit { .. } => "over-limit",
             BundleError::UnknownSender { .. } => "unknown-sender",
             BundleError::WrongRecipient { .. } => "wrong-recipient",
+            BundleError::NameMismatch { .. } => "name-mismatch",
             BundleError::BadSignature { .. } => "bad-signature",
             BundleError::HashMismatch { .. } => "hash-mismatch",
             BundleError::ZipBomb { .. } => "zip-bomb",

@@ -21,5 +21,7 @@ pub use format::BundleName;
 pub use header::Header;
 pub use keys::{KeyError, NodeKeys, Peers, PublicKey};
 pub use model::{Change, Identity, Op, Value, Version};
-pub use reader::{open, verify_header, verify_reader, BundleReader, Verified};
+pub use reader::{
+    open, open_named, verify_header, verify_named, verify_reader, BundleReader, Verified,
+};
 pub use writer::{BundleMeta, BundleWriter, Sealed};

@@ -47,14 +47,14 @@ pub fn label(path: &Path) -> String {
 /// known peer, the sizes, the body's hash, and that nothing precedes or follows. Does
 /// not check the recipient (relays verify bundles for other nodes).
 pub fn verify_header(path: &Path, peers: &Peers) -> Result<Verified, BundleError> {
+    verify_named(path, &label(path), peers)
+}
+
+/// [`verify_header`], naming the file `name` in messages (e.g. while it has a temp name).
+pub fn verify_named(path: &Path, name: &str, peers: &Peers) -> Result<Verified, BundleError> {
     let file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
-    verify_reader(
-        BufReader::with_capacity(64 * 1024, file),
-        &label(path),
-        len,
-        peers,
-    )
+    verify_reader(BufReader::with_capacity(64 * 1024, file), name, len, peers)
 }
 
 /// [`verify_header`] over any reader of `len` bytes (used by tests and the fuzzer).
@@ -202,8 +202,19 @@ pub fn open(
     keys: &NodeKeys,
     peers: &Peers,
 ) -> Result<BundleReader, BundleError> {
-    let verified = verify_header(path, peers)?;
-    let file = label(path);
+    open_named(path, &label(path), me, keys, peers)
+}
+
+/// [`open`], naming the file `file` in messages.
+pub fn open_named(
+    path: &Path,
+    file: &str,
+    me: &str,
+    keys: &NodeKeys,
+    peers: &Peers,
+) -> Result<BundleReader, BundleError> {
+    let verified = verify_named(path, file, peers)?;
+    let file = file.to_string();
     let h = &verified.header;
     if h.recipient != me {
         return Err(BundleError::WrongRecipient {

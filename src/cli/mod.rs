@@ -3,6 +3,7 @@
 //! 2 usage). Nothing below this module sees argv; `anyhow` is used only here and in web
 //! handlers, the layers below return typed errors.
 
+mod bundle_cmd;
 mod capture_cmd;
 mod output;
 
@@ -46,8 +47,23 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write this node's config file (database URL and node name).
+    /// Write this node's config file (database URL and node name) and create its keys.
     Init(capture_cmd::InitArgs),
+    /// Print this node's public key, for `ferry peer add` on other nodes.
+    Key,
+    /// Manage the nodes this node exchanges bundles with.
+    #[command(subcommand)]
+    Peer(bundle_cmd::PeerCommand),
+    /// Copy outbox bundles not yet carried onto a carrier directory (e.g. a USB stick).
+    Send(bundle_cmd::CarryArgs),
+    /// Take the bundles for this node (and nodes it relays for) off a carrier directory.
+    Receive(bundle_cmd::CarryArgs),
+    /// Look at and check bundle files.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCommand),
+    /// Developer tools (tests and measurements).
+    #[command(subcommand, hide = true)]
+    Dev(bundle_cmd::DevCommand),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -123,6 +139,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::stdout();
     match cli.command {
         Command::Init(args) => capture_cmd::init(&cli.config, args, &out),
+        Command::Key => bundle_cmd::key(&cli.config, &out),
+        Command::Peer(cmd) => bundle_cmd::peer(&cli.config, cmd, &out),
+        Command::Send(args) => bundle_cmd::send(&cli.config, args, &out),
+        Command::Receive(args) => bundle_cmd::receive(&cli.config, args, &out),
+        Command::Bundle(cmd) => bundle_cmd::bundle(&cli.config, cmd, &out),
+        Command::Dev(cmd) => bundle_cmd::dev(cmd, &out),
     }
 }
 
