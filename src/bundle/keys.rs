@@ -158,10 +158,7 @@ impl NodeKeys {
                 path: path.to_path_buf(),
             });
         }
-        let text = Zeroizing::new(format!(
-            "{SECRET_KEY_PREFIX}{}\n",
-            URL_SAFE_NO_PAD.encode(&self.to_bytes()[..])
-        ));
+        let text = self.to_text();
         crate::transport::atomic::write_file(path, |f| {
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
@@ -192,16 +189,25 @@ impl NodeKeys {
             });
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_err)?);
-        let malformed = || KeyError::Malformed {
+        NodeKeys::from_text(&text).ok_or_else(|| KeyError::Malformed {
             path: path.to_path_buf(),
-        };
-        let b64 = text
-            .trim()
-            .strip_prefix(SECRET_KEY_PREFIX)
-            .ok_or_else(malformed)?;
-        let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(b64).map_err(|_| malformed())?);
-        let raw: &[u8; 64] = raw[..].try_into().map_err(|_| malformed())?;
-        Ok(NodeKeys::from_bytes(raw))
+        })
+    }
+
+    /// Parses the key file's text (`ferry1-secret:` + base64url of 64 bytes).
+    pub fn from_text(text: &str) -> Option<NodeKeys> {
+        let b64 = text.trim().strip_prefix(SECRET_KEY_PREFIX)?;
+        let raw = Zeroizing::new(URL_SAFE_NO_PAD.decode(b64).ok()?);
+        let raw: &[u8; 64] = raw[..].try_into().ok()?;
+        Some(NodeKeys::from_bytes(raw))
+    }
+
+    /// The key file's text.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "{SECRET_KEY_PREFIX}{}\n",
+            URL_SAFE_NO_PAD.encode(&self.to_bytes()[..])
+        ))
     }
 
     /// The key file of a node whose state directory is `state_dir`.

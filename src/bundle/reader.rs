@@ -95,6 +95,8 @@ pub fn verify_reader(
     tar.read_exact(&mut signature)?;
     tar.skip_padding(sig_len)?;
     header::verify(file, &header.sender, key, &encoded, &signature)?;
+    tar.set_expected_len(archive_len(&[header_len, SIGNATURE_LEN, header.body_len]));
+    let (_, body_len) = tar.next_member()?;
     let expected = archive_len(&[header_len, SIGNATURE_LEN, header.body_len]);
     if len < expected {
         return Err(BundleError::Truncated {
@@ -103,7 +105,6 @@ pub fn verify_reader(
             expected,
         });
     }
-    let (_, body_len) = tar.next_member()?;
     if body_len != header.body_len {
         return Err(BundleError::MalformedTar {
             file: file.into(),

@@ -70,6 +70,7 @@ pub struct TarReader<R> {
     file_len: u64,
     pos: u64,
     next: usize,
+    expected_len: Option<u64>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -81,6 +82,7 @@ impl<R: Read> TarReader<R> {
             file_len,
             pos: 0,
             next: 0,
+            expected_len: None,
         }
     }
 
@@ -94,11 +96,17 @@ impl<R: Read> TarReader<R> {
         self.file_len
     }
 
-    fn truncated(&self, expected: u64) -> BundleError {
+    /// Tells the reader the whole file's length once the header states it, so a
+    /// truncation is reported against it.
+    pub fn set_expected_len(&mut self, len: u64) {
+        self.expected_len = Some(len);
+    }
+
+    fn truncated(&self, want: u64) -> BundleError {
         BundleError::Truncated {
             file: self.file.clone(),
             got: self.file_len,
-            expected: expected.max(self.file_len + 1),
+            expected: self.expected_len.unwrap_or(want).max(self.file_len + 1),
         }
     }
 

@@ -14,6 +14,7 @@ use std::path::Path;
 use rand::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
 
 use super::body::BodyEncoder;
 use super::error::{io_err, BundleError};
@@ -112,13 +113,28 @@ pub struct BundleWriter {
 
 impl BundleWriter {
     /// Starts a bundle from `keys`'s node to the holder of `recipient_key`; the body is
-    /// staged in an anonymous temporary file in `temp_dir`.
+    /// staged in an anonymous temporary file in `temp_dir`. The ephemeral key is drawn
+    /// from `rng`.
     pub fn new(
         temp_dir: &Path,
         keys: &NodeKeys,
         recipient_key: &PublicKey,
         meta: BundleMeta,
         rng: &mut (impl RngCore + CryptoRng),
+    ) -> Result<BundleWriter, BundleError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut secret[..]);
+        BundleWriter::with_ephemeral(temp_dir, keys, recipient_key, meta, &secret)
+    }
+
+    /// [`BundleWriter::new`] with a given ephemeral X25519 secret (for test vectors; a
+    /// secret must never be used twice).
+    pub fn with_ephemeral(
+        temp_dir: &Path,
+        keys: &NodeKeys,
+        recipient_key: &PublicKey,
+        meta: BundleMeta,
+        ephemeral_secret: &[u8; 32],
     ) -> Result<BundleWriter, BundleError> {
         let invalid = |why: &str| {
             Err(BundleError::InvalidParams {
@@ -134,9 +150,7 @@ impl BundleWriter {
         if meta.acks.len() > MAX_ACKS || !meta.acks.keys().all(|n| valid_node_name(n)) {
             return invalid("acks name too many or invalid nodes");
         }
-        let mut secret = [0u8; 32];
-        rng.fill_bytes(&mut secret);
-        let secret = StaticSecret::from(secret);
+        let secret = StaticSecret::from(*ephemeral_secret);
         let ephemeral = x25519_dalek::PublicKey::from(&secret).to_bytes();
         let shared = secret.diffie_hellman(&recipient_key.x25519);
         let ctx = KdfContext {
