@@ -29,12 +29,14 @@ pub struct InitArgs {
 pub fn init(path: &Path, args: InitArgs, out: &Output) -> anyhow::Result<()> {
     let config = Config::new(path, &args.node, &args.db)?;
     config.save(args.force)?;
+    let public = super::bundle_cmd::ensure_keys(&config)?;
     out.line(format!(
         "wrote {} for node {} (state directory {})",
         path.display(),
         config.node,
         config.state_dir().display()
     ));
+    out.line(format!("public key: {public}"));
     Ok(())
 }
 

@@ -13,6 +13,15 @@ pub enum DevCommand {
     /// Write a deterministic clinic workload (registrations, visits, encounters, obs,
     /// orders, edits, voids, retirements, deletes) into an OpenMRS database.
     Gen(GenArgs),
+    /// Seal and open N synthetic changes in one bundle (to measure peak memory).
+    BundleStress {
+        /// How many changes.
+        #[arg(long, default_value_t = 1_000_000)]
+        changes: u64,
+        /// Where to write the bundle (a temporary directory by default).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Start or stop a private MariaDB server in a directory (used by the demo).
     #[command(subcommand)]
     Mariadb(MariadbCommand),
@@ -81,6 +90,9 @@ pub struct GenArgs {
 pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
     match cmd {
         DevCommand::Gen(args) => gen(args, out).await,
+        DevCommand::BundleStress { changes, dir } => {
+            super::bundle_cmd::bundle_stress(changes, dir, out)
+        }
         DevCommand::Mariadb(MariadbCommand::Start { dir, buffer_pool_mb }) => {
             let options = crate::dev::mariadb::ServerOptions {
                 buffer_pool_mb,

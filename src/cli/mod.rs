@@ -3,6 +3,7 @@
 //! 2 usage). Nothing below this module sees argv; `anyhow` is used only here and in web
 //! handlers, the layers below return typed errors.
 
+mod bundle_cmd;
 mod capture_cmd;
 mod dev_cmd;
 mod output;
@@ -47,7 +48,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write this node's config file (database URL and node name).
+    /// Write this node's config file (database URL and node name) and create its keys.
     Init(capture_cmd::InitArgs),
     /// Show the sync plan ferry derives from the schema: identity, foreign keys and
     /// columns of every table, and why a table stays node-local.
@@ -64,6 +65,18 @@ pub enum Command {
     /// Developer tools for tests, benchmarks and the demo (no config file needed).
     #[command(subcommand)]
     Dev(dev_cmd::DevCommand),
+    /// Print this node's public key, for `ferry peer add` on other nodes.
+    Key,
+    /// Manage the nodes this node exchanges bundles with.
+    #[command(subcommand)]
+    Peer(bundle_cmd::PeerCommand),
+    /// Copy outbox bundles not yet carried onto a carrier directory (e.g. a USB stick).
+    Send(bundle_cmd::CarryArgs),
+    /// Take the bundles for this node (and nodes it relays for) off a carrier directory.
+    Receive(bundle_cmd::CarryArgs),
+    /// Look at and check bundle files.
+    #[command(subcommand)]
+    Bundle(bundle_cmd::BundleCommand),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -145,6 +158,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => capture_cmd::status(&load(&cli.config)?, args, &out).await,
         Command::Tables(args) => capture_cmd::tables(&load(&cli.config)?, args, &out).await,
         Command::Dev(cmd) => dev_cmd::run(cmd, &out).await,
+        Command::Key => bundle_cmd::key(&cli.config, &out),
+        Command::Peer(cmd) => bundle_cmd::peer(&cli.config, cmd, &out),
+        Command::Send(args) => bundle_cmd::send(&cli.config, args, &out),
+        Command::Receive(args) => bundle_cmd::receive(&cli.config, args, &out),
+        Command::Bundle(cmd) => bundle_cmd::bundle(&cli.config, cmd, &out),
     }
 }
 

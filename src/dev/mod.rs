@@ -2,4 +2,7 @@
 //! deterministic OpenMRS workload generator. Operators never need these.
 
 pub mod gen;
+pub mod bundle_craft;
+pub mod bundle_synth;
+pub mod bundle_vectors;
 pub mod mariadb;

@@ -1,0 +1,500 @@
+//! The body's record stream (the plaintext inside the zstd frame): a sequence of
+//! length-prefixed postcard records. A `Table` record declares a table's columns once
+//! and a `Node` record a node name once, each taking the next index; `Change` records
+//! refer to them by index; one `End` record closes the stream.
+//!
+//! Framing: `varint(u32 record length) || postcard(Record)`. Records are decoded one at
+//! a time into a reused buffer, so memory stays bounded by [`MAX_RECORD_LEN`].
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::BundleError;
+use super::format::{valid_node_name, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES};
+use super::model::{Change, Identity, Op, Value, Version};
+
+/// A version with its node given as a node index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WireVersion {
+    wall_us: i64,
+    counter: u32,
+    node: u32,
+}
+
+/// A change as it is encoded (owned, for decoding).
+#[derive(Debug, Serialize, Deserialize)]
+struct WireChange {
+    table: u32,
+    identity: Identity,
+    op: Op,
+    version: WireVersion,
+    base_version: Option<WireVersion>,
+    origin: u32,
+    values: Vec<Value>,
+}
+
+/// A body record as it is decoded. Variant order is the wire tag.
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Table { name: String, columns: Vec<String> },
+    Node { name: String },
+    Change(WireChange),
+    End { changes: u64 },
+}
+
+/// Borrowed twin of [`WireChange`]; serializes to the same bytes.
+#[derive(Serialize)]
+struct WireChangeRef<'a> {
+    table: u32,
+    identity: &'a Identity,
+    op: Op,
+    version: WireVersion,
+    base_version: Option<WireVersion>,
+    origin: u32,
+    values: &'a [Value],
+}
+
+/// Borrowed twin of [`Record`]; serializes to the same bytes.
+#[derive(Serialize)]
+enum RecordRef<'a> {
+    Table {
+        name: &'a str,
+        columns: &'a [String],
+    },
+    Node {
+        name: &'a str,
+    },
+    Change(WireChangeRef<'a>),
+    End {
+        changes: u64,
+    },
+}
+
+/// Writes records into `inner` (the compressor).
+pub struct BodyEncoder<W: Write> {
+    inner: W,
+    tables: HashMap<String, (u32, usize, Vec<String>)>,
+    nodes: HashMap<String, u32>,
+    scratch: Vec<u8>,
+    changes: u64,
+    /// Bytes of serialized records so far (for the serialize share of the benchmark).
+    pub plain_len: u64,
+}
+
+impl<W: Write> BodyEncoder<W> {
+    /// An encoder writing to `inner`.
+    pub fn new(inner: W) -> BodyEncoder<W> {
+        BodyEncoder {
+            inner,
+            tables: HashMap::new(),
+            nodes: HashMap::new(),
+            scratch: Vec::with_capacity(1024),
+            changes: 0,
+            plain_len: 0,
+        }
+    }
+
+    fn emit(&mut self, record: &RecordRef) -> Result<(), BundleError> {
+        self.scratch.clear();
+        let mut body = std::mem::take(&mut self.scratch);
+        body = postcard::to_extend(record, body).map_err(|e| BundleError::InvalidParams {
+            why: format!("record does not serialize: {e}"),
+        })?;
+        if body.len() > MAX_RECORD_LEN as usize {
+            return Err(BundleError::InvalidParams {
+                why: format!(
+                    "a record of {} bytes exceeds the limit of {MAX_RECORD_LEN}",
+                    body.len()
+                ),
+            });
+        }
+        let mut len = [0u8; 5];
+        let prefix = varint(body.len() as u32, &mut len);
+        let io = |e| BundleError::Io {
+            path: "<bundle body>".into(),
+            source: e,
+        };
+        self.inner.write_all(prefix).map_err(io)?;
+        self.inner.write_all(&body).map_err(io)?;
+        self.plain_len += (prefix.len() + body.len()) as u64;
+        self.scratch = body;
+        Ok(())
+    }
+
+    /// Declares a table's columns; must come before the table's first change. Declaring
+    /// the same table again with the same columns does nothing.
+    pub fn declare_table(&mut self, name: &str, columns: &[String]) -> Result<(), BundleError> {
+        if let Some((_, _, cols)) = self.tables.get(name) {
+            if cols.as_slice() == columns {
+                return Ok(());
+            }
+            return Err(BundleError::InvalidParams {
+                why: format!("table {name} declared twice with different columns"),
+            });
+        }
+        if self.tables.len() >= MAX_TABLES || columns.len() > MAX_COLUMNS {
+            return Err(BundleError::InvalidParams {
+                why: format!("more than {MAX_TABLES} tables or {MAX_COLUMNS} columns"),
+            });
+        }
+        self.emit(&RecordRef::Table { name, columns })?;
+        let index = self.tables.len() as u32;
+        self.tables
+            .insert(name.to_string(), (index, columns.len(), columns.to_vec()));
+        Ok(())
+    }
+
+    fn node(&mut self, name: &str) -> Result<u32, BundleError> {
+        if let Some(&i) = self.nodes.get(name) {
+            return Ok(i);
+        }
+        if !valid_node_name(name) || self.nodes.len() >= MAX_NODES {
+            return Err(BundleError::InvalidParams {
+                why: format!("node name {name:?} is invalid or one too many"),
+            });
+        }
+        self.emit(&RecordRef::Node { name })?;
+        let i = self.nodes.len() as u32;
+        self.nodes.insert(name.to_string(), i);
+        Ok(i)
+    }
+
+    fn wire_version(&mut self, v: &Version) -> Result<WireVersion, BundleError> {
+        Ok(WireVersion {
+            wall_us: v.wall_us,
+            counter: v.counter,
+            node: self.node(&v.node)?,
+        })
+    }
+
+    /// Appends one change.
+    pub fn push(&mut self, change: &Change) -> Result<(), BundleError> {
+        let (table, ncols) = match self.tables.get(&change.table) {
+            Some((i, n, _)) => (*i, *n),
+            None => {
+                return Err(BundleError::UndeclaredTable {
+                    table: change.table.clone(),
+                })
+            }
+        };
+        let expected = if change.op == Op::Delete { 0 } else { ncols };
+        if change.values.len() != expected {
+            return Err(BundleError::ValueCount {
+                table: change.table.clone(),
+                expected,
+                got: change.values.len(),
+            });
+        }
+        if change.identity.0.is_empty() {
+            return Err(BundleError::InvalidParams {
+                why: format!("a change to {} has an empty identity", change.table),
+            });
+        }
+        let version = self.wire_version(&change.version)?;
+        let base_version = match &change.base_version {
+            Some(b) => Some(self.wire_version(b)?),
+            None => None,
+        };
+        let origin = self.node(&change.origin)?;
+        self.emit(&RecordRef::Change(WireChangeRef {
+            table,
+            identity: &change.identity,
+            op: change.op,
+            version,
+            base_version,
+            origin,
+            values: &change.values,
+        }))?;
+        self.changes += 1;
+        Ok(())
+    }
+
+    /// Changes pushed so far.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
+    /// Writes the `End` record; returns the inner writer and the stream's length.
+    pub fn finish(mut self) -> Result<(W, u64), BundleError> {
+        let changes = self.changes;
+        self.emit(&RecordRef::End { changes })?;
+        Ok((self.inner, self.plain_len))
+    }
+}
+
+/// Encodes `n` as a LEB128 varint into `buf`; returns the used prefix.
+fn varint(mut n: u32, buf: &mut [u8; 5]) -> &[u8] {
+    let mut i = 0;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            buf[i] = byte;
+            return &buf[..=i];
+        }
+        buf[i] = byte | 0x80;
+        i += 1;
+    }
+}
+
+/// Reads records from the decompressed body and rebuilds changes.
+pub struct BodyDecoder<R: Read> {
+    inner: R,
+    file: String,
+    tables: Vec<(String, Vec<String>)>,
+    nodes: Vec<String>,
+    buf: Vec<u8>,
+    changes: u64,
+    ended: bool,
+}
+
+impl<R: Read> BodyDecoder<R> {
+    /// A decoder over the decompressed record stream.
+    pub fn new(inner: R, file: &str) -> BodyDecoder<R> {
+        BodyDecoder {
+            inner,
+            file: file.to_string(),
+            tables: Vec::new(),
+            nodes: Vec::new(),
+            buf: Vec::new(),
+            changes: 0,
+            ended: false,
+        }
+    }
+
+    fn corrupt(&self, why: impl Into<String>) -> BundleError {
+        BundleError::Corrupt {
+            file: self.file.clone(),
+            why: why.into(),
+        }
+    }
+
+    /// The tables declared so far: name and columns.
+    pub fn tables(&self) -> &[(String, Vec<String>)] {
+        &self.tables
+    }
+
+    /// The count the `End` record stated, once it has been read.
+    pub fn ended_with(&self) -> Option<u64> {
+        self.ended.then_some(self.changes)
+    }
+
+    /// The inner reader.
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    fn read_len(&mut self) -> Result<u32, BundleError> {
+        let mut n: u32 = 0;
+        for i in 0..5 {
+            let mut b = [0u8; 1];
+            self.inner
+                .read_exact(&mut b)
+                .map_err(|e| stream_error(&self.file, e, "body ends before its End record"))?;
+            let part = (b[0] & 0x7f) as u32;
+            if i == 4 && b[0] > 0x0f {
+                return Err(self.corrupt("record length overflows"));
+            }
+            n |= part << (7 * i);
+            if b[0] & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(self.corrupt("record length overflows"))
+    }
+
+    /// The next change; `Ok(None)` once the `End` record was read and matched the count.
+    pub fn next_change(&mut self) -> Result<Option<Change>, BundleError> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let len = self.read_len()?;
+            if len > MAX_RECORD_LEN {
+                return Err(self.corrupt(format!("record of {len} bytes over the limit")));
+            }
+            self.buf.resize(len as usize, 0);
+            self.inner
+                .read_exact(&mut self.buf)
+                .map_err(|e| stream_error(&self.file, e, "body ends inside a record"))?;
+            let (record, rest): (Record, &[u8]) = postcard::take_from_bytes(&self.buf)
+                .map_err(|e| self.corrupt(format!("undecodable record: {e}")))?;
+            if !rest.is_empty() {
+                return Err(self.corrupt("bytes after a record"));
+            }
+            match record {
+                Record::Table { name, columns } => {
+                    if self.tables.len() >= MAX_TABLES || columns.len() > MAX_COLUMNS {
+                        return Err(self.corrupt("too many tables or columns"));
+                    }
+                    self.tables.push((name, columns));
+                }
+                Record::Node { name } => {
+                    if self.nodes.len() >= MAX_NODES || !valid_node_name(&name) {
+                        return Err(self.corrupt("invalid or too many node names"));
+                    }
+                    self.nodes.push(name);
+                }
+                Record::Change(w) => return self.rebuild(w).map(Some),
+                Record::End { changes } => {
+                    if changes != self.changes {
+                        return Err(self.corrupt(format!(
+                            "End record counts {changes} changes, the body holds {}",
+                            self.changes
+                        )));
+                    }
+                    self.ended = true;
+                }
+            }
+        }
+    }
+
+    fn node(&self, i: u32) -> Result<String, BundleError> {
+        self.nodes
+            .get(i as usize)
+            .cloned()
+            .ok_or_else(|| self.corrupt(format!("undeclared node index {i}")))
+    }
+
+    fn version(&self, v: WireVersion) -> Result<Version, BundleError> {
+        Ok(Version {
+            wall_us: v.wall_us,
+            counter: v.counter,
+            node: self.node(v.node)?,
+        })
+    }
+
+    fn rebuild(&mut self, w: WireChange) -> Result<Change, BundleError> {
+        let (table, columns) = self
+            .tables
+            .get(w.table as usize)
+            .ok_or_else(|| self.corrupt(format!("undeclared table index {}", w.table)))?;
+        let expected = if w.op == Op::Delete { 0 } else { columns.len() };
+        if w.values.len() != expected || w.identity.0.is_empty() {
+            return Err(self.corrupt(format!("a change to {table} has the wrong shape")));
+        }
+        let change = Change {
+            table: table.clone(),
+            identity: w.identity,
+            op: w.op,
+            version: self.version(w.version)?,
+            base_version: w.base_version.map(|b| self.version(b)).transpose()?,
+            origin: self.node(w.origin)?,
+            values: w.values,
+        };
+        self.changes += 1;
+        Ok(change)
+    }
+}
+
+/// Turns an error from the decryptor/decompressor chain back into a [`BundleError`].
+pub fn stream_error(file: &str, e: io::Error, context: &str) -> BundleError {
+    if e.get_ref().is_some_and(|inner| inner.is::<BundleError>()) {
+        let inner = e.into_inner().expect("checked above");
+        return *inner.downcast::<BundleError>().expect("checked above");
+    }
+    BundleError::Corrupt {
+        file: file.to_string(),
+        why: format!("{context}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(table: &str, op: Op, values: Vec<Value>) -> Change {
+        Change {
+            table: table.into(),
+            identity: Identity(vec!["u-1".into()]),
+            op,
+            version: Version {
+                wall_us: 5,
+                counter: 1,
+                node: "clinic-a".into(),
+            },
+            base_version: Some(Version {
+                wall_us: 4,
+                counter: 0,
+                node: "hub".into(),
+            }),
+            origin: "clinic-a".into(),
+            values,
+        }
+    }
+
+    #[test]
+    fn round_trip_with_dictionaries() {
+        let mut enc = BodyEncoder::new(Vec::new());
+        enc.declare_table("obs", &["a".into(), "b".into()]).unwrap();
+        enc.declare_table("obs", &["a".into(), "b".into()]).unwrap();
+        let c1 = change("obs", Op::Insert, vec![Value::Int(1), Value::Null]);
+        let c2 = change("obs", Op::Delete, vec![]);
+        enc.push(&c1).unwrap();
+        enc.push(&c2).unwrap();
+        let (bytes, len) = enc.finish().unwrap();
+        assert_eq!(len, bytes.len() as u64);
+        let mut dec = BodyDecoder::new(&bytes[..], "f");
+        assert_eq!(dec.next_change().unwrap(), Some(c1));
+        assert_eq!(dec.next_change().unwrap(), Some(c2));
+        assert_eq!(dec.next_change().unwrap(), None);
+        assert_eq!(dec.ended_with(), Some(2));
+    }
+
+    #[test]
+    fn writer_refuses_caller_mistakes() {
+        let mut enc = BodyEncoder::new(Vec::new());
+        let e = enc.push(&change("obs", Op::Delete, vec![])).unwrap_err();
+        assert!(e.to_string().contains("not declared"), "{e}");
+        enc.declare_table("obs", &["a".into()]).unwrap();
+        let e = enc.push(&change("obs", Op::Insert, vec![])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("has 0 values but the table declares 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn decoder_refuses_missing_end_and_bad_indices() {
+        let mut enc = BodyEncoder::new(Vec::new());
+        enc.declare_table("t", &[]).unwrap();
+        enc.push(&change("t", Op::Delete, vec![])).unwrap();
+        let (bytes, len) = enc.finish().unwrap();
+        assert_eq!(len, bytes.len() as u64);
+        let cut = &bytes[..bytes.len() - 3];
+        let mut dec = BodyDecoder::new(cut, "f");
+        dec.next_change().unwrap();
+        let e = dec.next_change().unwrap_err();
+        assert!(e.to_string().contains("before its End record"), "{e}");
+        // A change that names table 7, which was never declared.
+        let rec = RecordRef::Change(WireChangeRef {
+            table: 7,
+            identity: &Identity(vec!["x".into()]),
+            op: Op::Delete,
+            version: WireVersion {
+                wall_us: 0,
+                counter: 0,
+                node: 0,
+            },
+            base_version: None,
+            origin: 0,
+            values: &[],
+        });
+        let body = postcard::to_allocvec(&rec).unwrap();
+        let mut bytes = vec![body.len() as u8];
+        bytes.extend_from_slice(&body);
+        let e = BodyDecoder::new(&bytes[..], "f").next_change().unwrap_err();
+        assert!(e.to_string().contains("undeclared table index 7"), "{e}");
+    }
+
+    #[test]
+    fn varints() {
+        let mut b = [0u8; 5];
+        assert_eq!(varint(0, &mut b), [0]);
+        assert_eq!(varint(300, &mut b), [0xac, 0x02]);
+        assert_eq!(varint(u32::MAX, &mut b), [0xff, 0xff, 0xff, 0xff, 0x0f]);
+    }
+}

@@ -1,0 +1,258 @@
+//! Carrying bundles by hand: `send` copies outbox bundles onto a carrier directory (a
+//! USB stick, a shared folder), `receive` takes the bundles addressed to this node (or
+//! to nodes it relays for) off a carrier after verifying them.
+//!
+//! Both keep the atomic discipline: every file is written under a temporary name,
+//! fsynced, checked, then renamed. `send` keeps a ledger (`carried.ledger` in the state
+//! directory: one `<file name> <sha256 hex>` line per carried bundle) so a bundle is
+//! carried once. `receive` only considers names that parse as bundle names (temporary
+//! files never do) and refuses truncated or otherwise defective files: a copy with the
+//! reason goes to quarantine and the original stays on the carrier.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use indicatif::ProgressBar;
+use serde::Serialize;
+
+use super::atomic;
+use super::state::{copy_atomic, file_sha256, io_error, list_bundles, StateDirs, TransportError};
+use crate::bundle::{open_named, verify_named, BundleError, BundleName, NodeKeys, Peers};
+
+/// The ledger's file name in the state directory.
+pub const LEDGER_FILE: &str = "carried.ledger";
+
+/// What `send` did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct SendReport {
+    /// Bundles copied onto the carrier.
+    pub copied: Vec<String>,
+    /// Bundles already carried (in the ledger) or already on the carrier.
+    pub skipped: Vec<String>,
+}
+
+/// Copies every outbox bundle not yet carried into `dest`.
+pub fn send(
+    state: &StateDirs,
+    dest: &Path,
+    bar: &ProgressBar,
+) -> Result<SendReport, TransportError> {
+    let ledger_path = state.root().join(LEDGER_FILE);
+    let mut ledger = read_ledger(&ledger_path)?;
+    let bundles = state.all_outbox_bundles()?;
+    bar.set_length(bundles.len() as u64);
+    let mut report = SendReport::default();
+    let mut keep = BTreeMap::new();
+    for (name, path) in bundles {
+        let file = name.file_name();
+        let hash = hex::encode(file_sha256(&path).map_err(io_error("read", &path))?);
+        let target = dest.join(&file);
+        let carried = ledger.get(&file) == Some(&hash);
+        let present = !carried
+            && target.is_file()
+            && file_sha256(&target).ok().map(hex::encode).as_ref() == Some(&hash);
+        if carried || present {
+            report.skipped.push(file.clone());
+        } else {
+            copy_atomic(&path, &target)?;
+            report.copied.push(file.clone());
+        }
+        keep.insert(file, hash);
+        bar.inc(1);
+        // Record progress as we go, so an interrupted run does not copy again.
+        if !carried {
+            ledger.extend(keep.clone());
+            write_ledger(&ledger_path, &ledger)?;
+        }
+    }
+    // Forget bundles that left the outbox (acknowledged), so the ledger stays small.
+    if keep != ledger {
+        write_ledger(&ledger_path, &keep)?;
+    }
+    Ok(report)
+}
+
+fn read_ledger(path: &Path) -> Result<BTreeMap<String, String>, TransportError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io_error("read", path)(e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, h)| (n.to_string(), h.to_string()))
+        .collect())
+}
+
+fn write_ledger(path: &Path, ledger: &BTreeMap<String, String>) -> Result<(), TransportError> {
+    let mut text = String::new();
+    for (name, hash) in ledger {
+        text.push_str(&format!("{name} {hash}\n"));
+    }
+    atomic::write_file(path, |f| f.write_all(text.as_bytes())).map_err(io_error("write", path))
+}
+
+/// Who this node is, for `receive`.
+pub struct Receiver<'a> {
+    /// This node's name.
+    pub me: &'a str,
+    /// Nodes this node relays for.
+    pub relay_for: &'a [String],
+    /// This node's keys (to decrypt and fully check its own bundles).
+    pub keys: &'a NodeKeys,
+    /// Known senders.
+    pub peers: &'a Peers,
+}
+
+/// A refused file.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Refused {
+    /// The file's name on the carrier.
+    pub file: String,
+    /// The defect, e.g. `truncated`.
+    pub kind: String,
+    /// The full message with its hint.
+    pub reason: String,
+    /// Where the copy in quarantine is.
+    pub quarantined: PathBuf,
+}
+
+/// What `receive` did.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct ReceiveReport {
+    /// Bundles for this node, now in the inbox.
+    pub received: Vec<String>,
+    /// Bundles for nodes this node relays for, now in their outbox.
+    pub relayed: Vec<String>,
+    /// Bundles already taken before (removed from the carrier).
+    pub duplicates: Vec<String>,
+    /// Bundles for other nodes, left on the carrier.
+    pub left: Vec<String>,
+    /// Refused files (copied to quarantine, left on the carrier).
+    pub refused: Vec<Refused>,
+}
+
+/// Takes the bundles in `src` that are addressed to this node (into the inbox) or to a
+/// node it relays for (into that node's outbox, still sealed).
+pub fn receive(
+    state: &StateDirs,
+    src: &Path,
+    rx: &Receiver,
+    bar: &ProgressBar,
+) -> Result<ReceiveReport, TransportError> {
+    state.create()?;
+    let bundles = list_bundles(src)?;
+    bar.set_length(bundles.len() as u64);
+    let mut report = ReceiveReport::default();
+    for (name, path) in bundles {
+        bar.inc(1);
+        let file = name.file_name();
+        let own = name.recipient == rx.me;
+        let target_dir = if own {
+            state.inbox()
+        } else if rx.relay_for.contains(&name.recipient) {
+            state.outbox(&name.recipient)
+        } else {
+            report.left.push(file);
+            continue;
+        };
+        fs::create_dir_all(&target_dir).map_err(io_error("create", &target_dir))?;
+        let target = target_dir.join(&file);
+        if target.exists() {
+            let same = file_sha256(&target).ok() == file_sha256(&path).ok();
+            if same {
+                remove_source(&path)?;
+                report.duplicates.push(file);
+            } else {
+                let reason = format!(
+                    "{file} differs from the bundle of the same name already received\n\
+                     hint: one of them was tampered with or re-sealed; compare both with `ferry bundle inspect`"
+                );
+                let q = state.quarantine_file(&path, &reason)?;
+                report.refused.push(Refused {
+                    file,
+                    kind: "conflict".into(),
+                    reason,
+                    quarantined: q,
+                });
+            }
+            continue;
+        }
+        let tmp = atomic::temp_path(&target);
+        copy_to_temp(&path, &tmp)?;
+        match check(&tmp, &file, &name, own, rx) {
+            Ok(()) => {
+                atomic::publish(&tmp, &target).map_err(io_error("publish", &target))?;
+                remove_source(&path)?;
+                if own {
+                    report.received.push(file);
+                } else {
+                    report.relayed.push(file);
+                }
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                if !e.is_refusal() {
+                    return Err(TransportError::Io {
+                        action: "check",
+                        path,
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+                let reason = e.to_string();
+                let q = state.quarantine_file(&path, &reason)?;
+                report.refused.push(Refused {
+                    file,
+                    kind: e.kind().into(),
+                    reason,
+                    quarantined: q,
+                });
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn copy_to_temp(src: &Path, tmp: &Path) -> Result<(), TransportError> {
+    let mut input = fs::File::open(src).map_err(io_error("read", src))?;
+    let mut out = fs::File::create(tmp).map_err(io_error("write", tmp))?;
+    std::io::copy(&mut input, &mut out).map_err(io_error("copy", tmp))?;
+    out.sync_all().map_err(io_error("sync", tmp))
+}
+
+fn remove_source(path: &Path) -> Result<(), TransportError> {
+    fs::remove_file(path).map_err(io_error("remove", path))?;
+    if let Some(dir) = path.parent() {
+        atomic::sync_dir(dir).map_err(io_error("sync", dir))?;
+    }
+    Ok(())
+}
+
+/// Verifies the copy: the signed header must match the file name; our own bundles are
+/// decrypted and read to the end, relayed ones checked without decryption.
+fn check(
+    tmp: &Path,
+    file: &str,
+    name: &BundleName,
+    own: bool,
+    rx: &Receiver,
+) -> Result<(), BundleError> {
+    let header = if own {
+        let mut reader = open_named(tmp, file, rx.me, rx.keys, rx.peers)?;
+        while reader.next_change()?.is_some() {}
+        reader.header().clone()
+    } else {
+        verify_named(tmp, file, rx.peers)?.header
+    };
+    if header.name() != *name {
+        return Err(BundleError::NameMismatch {
+            file: file.into(),
+            named: format!("{} → {} #{}", name.sender, name.recipient, name.seq),
+            actual: format!("{} → {} #{}", header.sender, header.recipient, header.seq),
+        });
+    }
+    Ok(())
+}
