@@ -14,5 +14,6 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod export;
 pub mod schema;
 pub mod transport;

@@ -1,0 +1,374 @@
+//! Reading rows in uuid space: a table's rows as their identity plus the carried
+//! column values, with every foreign key and soft reference given as the referenced
+//! row's identity and local integer ids left out.
+//!
+//! [`TableReader`] builds one SELECT per table. References to tables identified by a
+//! uuid or natural key are resolved by LEFT JOINs (cheap on full scans); deeper ones
+//! (a reference to a subclass table, a soft reference) by correlated subqueries. The
+//! raw value of every reference is selected too, so that a dangling reference is an
+//! error naming the row instead of a silent NULL. Values are decoded by column type
+//! into [`Value`]s exactly (zero dates, fractional seconds, bit-exact doubles).
+
+use mysql_async::{Row, Value as MyValue};
+
+use crate::bundle::{Identity, Value};
+use crate::db::{ident, literal};
+use crate::schema::identity_sql::{parse_identity, referenced_identity, row_identity};
+use crate::schema::introspect::Column;
+use crate::schema::plan::SoftRef;
+use crate::schema::soft_refs::SoftRefEncoding;
+use crate::schema::{Identity as IdentityRule, Schema, SyncPlan};
+
+/// Errors reading rows in uuid space.
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("{table} row {key} refers through {column} to {target} row {value}, which does not exist\nhint: repair the reference in the database (ferry never invents rows)")]
+    Dangling {
+        table: String,
+        key: String,
+        column: String,
+        target: String,
+        value: String,
+    },
+    #[error("{table} has a row whose identity is empty or malformed ({key:?})\nhint: give the row a uuid, or switch the table off with `ferry tables disable {table}`")]
+    BadIdentity { table: String, key: String },
+    #[error("{table}.{column} holds a value ferry cannot read as {data_type}: {detail}")]
+    Decode {
+        table: String,
+        column: String,
+        data_type: String,
+        detail: String,
+    },
+}
+
+/// How one carried column is selected and decoded.
+#[derive(Debug, Clone)]
+enum Carried {
+    /// A plain value of the given column type.
+    Plain(Column),
+    /// A foreign key: raw value at `raw`, identity at `raw + 1`.
+    Ref { target: String },
+    /// A soft reference by local id: raw value, identity (NULL when the type says the
+    /// value is no reference), and the discriminator.
+    Soft { column: Column, targets: Vec<String> },
+}
+
+/// Reads one synced table's rows in uuid space.
+#[derive(Debug, Clone)]
+pub struct TableReader {
+    pub table: String,
+    /// The carried columns, in plan order (the order of [`Value`]s).
+    pub columns: Vec<String>,
+    arity: usize,
+    carried: Vec<Carried>,
+    select: String,
+    from: String,
+    /// The integer primary key, when the table has one (`ferry_change.row_id`).
+    pub row_id: Option<String>,
+    key_expr: String,
+}
+
+impl TableReader {
+    /// The reader for `table`, or `None` when the table is not synced.
+    pub fn new(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<TableReader> {
+        let synced = plan.table(table)?.synced()?;
+        let info = schema.tables.get(table)?;
+        let key_expr = row_identity(plan, schema, table, &|c| format!("t.{}", ident(c)))?;
+        let mut select = vec![format!("{key_expr} AS ferry_key")];
+        let mut joins = Vec::new();
+        let mut carried = Vec::new();
+        for (i, name) in synced.columns.iter().enumerate() {
+            let col = info.column(name)?.clone();
+            let raw = format!("t.{}", ident(name));
+            if let Some(r) = synced.references.iter().find(|r| &r.column == name) {
+                let target = plan.table(&r.table)?.synced()?;
+                let expr = match &target.identity {
+                    IdentityRule::Uuid { column, .. } if r.ref_column != *column => {
+                        let alias = format!("r{i}");
+                        joins.push(format!(
+                            "LEFT JOIN {} AS {alias} ON {alias}.{} = {raw}",
+                            ident(&r.table),
+                            ident(&r.ref_column)
+                        ));
+                        format!("{alias}.{}", ident(column))
+                    }
+                    _ => referenced_identity(plan, schema, &r.table, &r.ref_column, &raw)?,
+                };
+                select.push(raw);
+                select.push(expr);
+                carried.push(Carried::Ref {
+                    target: r.table.clone(),
+                });
+            } else if let Some(s) = synced
+                .soft_refs
+                .iter()
+                .find(|s| &s.column == name && s.encoding == SoftRefEncoding::LocalId)
+            {
+                let (expr, disc) = soft_ref_exprs(plan, schema, info, s, &raw)?;
+                select.push(raw);
+                select.push(expr);
+                select.push(disc);
+                carried.push(Carried::Soft {
+                    column: col,
+                    targets: s.targets.keys().cloned().collect(),
+                });
+            } else {
+                select.push(raw);
+                carried.push(Carried::Plain(col));
+            }
+        }
+        let row_id = match info.primary_key.as_slice() {
+            [pk] if info.column(pk).is_some_and(|c| c.is_integer()) => Some(pk.clone()),
+            _ => None,
+        };
+        Some(TableReader {
+            table: table.to_string(),
+            columns: synced.columns.clone(),
+            arity: synced.identity.arity(),
+            carried,
+            select: select.join(", "),
+            from: format!("{} AS t {}", ident(table), joins.join(" ")),
+            row_id,
+            key_expr,
+        })
+    }
+
+    /// SELECT of every row (for verify); no particular order.
+    pub fn select_all(&self) -> String {
+        format!("SELECT {} FROM {}", self.select, self.from)
+    }
+
+    /// SELECT of the rows whose integer key is one of `n` placeholders.
+    pub fn select_by_row_ids(&self, n: usize) -> Option<String> {
+        let pk = self.row_id.as_ref()?;
+        Some(format!(
+            "SELECT {}, t.{} FROM {} WHERE t.{} IN ({})",
+            self.select,
+            ident(pk),
+            self.from,
+            ident(pk),
+            placeholders(n)
+        ))
+    }
+
+    /// SELECT of the rows whose identity text is one of `n` placeholders.
+    pub fn select_by_keys(&self, n: usize) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE {} IN ({})",
+            self.select,
+            self.from,
+            self.key_expr,
+            placeholders(n)
+        )
+    }
+
+    /// The SQL expression of the identity text over alias `t`.
+    pub fn key_expr(&self) -> &str {
+        &self.key_expr
+    }
+
+    /// Decodes one row of one of the SELECTs above into (identity text, identity, values).
+    pub fn decode(&self, row: &Row) -> Result<(String, Identity, Vec<Value>), RowError> {
+        let key = match row.as_ref(0) {
+            Some(MyValue::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        };
+        let parts = parse_identity(&key, self.arity)
+            .filter(|p| !p.is_empty() && p.iter().all(|s| !s.is_empty()))
+            .ok_or_else(|| RowError::BadIdentity {
+                table: self.table.clone(),
+                key: key.clone(),
+            })?;
+        let mut values = Vec::with_capacity(self.carried.len());
+        let mut i = 1;
+        for (name, c) in self.columns.iter().zip(&self.carried) {
+            match c {
+                Carried::Plain(col) => {
+                    values.push(decode_value(&self.table, col, row.as_ref(i))?);
+                    i += 1;
+                }
+                Carried::Ref { target } => {
+                    let raw = row.as_ref(i);
+                    let id = row.as_ref(i + 1);
+                    i += 2;
+                    values.push(self.reference(&key, name, target, raw, id)?);
+                }
+                Carried::Soft { column, targets } => {
+                    let raw = row.as_ref(i);
+                    let id = row.as_ref(i + 1);
+                    let disc = match row.as_ref(i + 2) {
+                        Some(MyValue::Bytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                        _ => None,
+                    };
+                    i += 3;
+                    let is_ref = disc.as_ref().is_some_and(|d| targets.contains(d));
+                    let empty = matches!(raw, Some(MyValue::NULL) | None)
+                        || matches!(raw, Some(MyValue::Bytes(b)) if b.is_empty());
+                    if is_ref && !empty {
+                        values.push(self.reference(&key, name, disc.as_deref().unwrap_or(""), raw, id)?);
+                    } else {
+                        values.push(decode_value(&self.table, column, raw)?);
+                    }
+                }
+            }
+        }
+        Ok((key, Identity(parts), values))
+    }
+
+    fn reference(
+        &self,
+        key: &str,
+        column: &str,
+        target: &str,
+        raw: Option<&MyValue>,
+        id: Option<&MyValue>,
+    ) -> Result<Value, RowError> {
+        match (raw, id) {
+            (None | Some(MyValue::NULL), _) => Ok(Value::Null),
+            (Some(_), Some(MyValue::Bytes(b))) if !b.is_empty() => {
+                let text = String::from_utf8_lossy(b).into_owned();
+                Ok(Value::Ref(Identity(vec![text])))
+            }
+            (Some(raw), _) => Err(RowError::Dangling {
+                table: self.table.clone(),
+                key: key.to_string(),
+                column: column.to_string(),
+                target: target.to_string(),
+                value: raw.as_sql(true),
+            }),
+        }
+    }
+}
+
+fn placeholders(n: usize) -> String {
+    vec!["?"; n.max(1)].join(", ")
+}
+
+/// The identity expression and the discriminator expression of a by-id soft reference.
+fn soft_ref_exprs(
+    plan: &SyncPlan,
+    schema: &Schema,
+    info: &crate::schema::Table,
+    s: &SoftRef,
+    raw: &str,
+) -> Option<(String, String)> {
+    let type_fk = info.fk_on(&s.type_column)?;
+    let disc = format!(
+        "(SELECT {} FROM {} WHERE {} = t.{})",
+        ident(&s.discriminator),
+        ident(&s.type_table),
+        ident(&type_fk.ref_columns[0]),
+        ident(&s.type_column)
+    );
+    let numeric = format!("({raw} REGEXP '^[0-9]+$')");
+    let mut arms = Vec::new();
+    for (class, table) in &s.targets {
+        let target = schema.tables.get(table)?;
+        let [pk] = target.primary_key.as_slice() else {
+            continue;
+        };
+        let expr = referenced_identity(plan, schema, table, pk, &format!("CAST({raw} AS UNSIGNED)"))?;
+        arms.push(format!("WHEN {} THEN {expr}", literal(class)));
+    }
+    if arms.is_empty() {
+        return None;
+    }
+    Some((
+        format!("IF({numeric}, CASE {disc} {} END, NULL)", arms.join(" ")),
+        disc,
+    ))
+}
+
+/// Decodes one plain column value by its MariaDB type.
+pub fn decode_value(table: &str, col: &Column, v: Option<&MyValue>) -> Result<Value, RowError> {
+    let err = |detail: String| RowError::Decode {
+        table: table.to_string(),
+        column: col.name.clone(),
+        data_type: col.data_type.clone(),
+        detail,
+    };
+    let v = match v {
+        None | Some(MyValue::NULL) => return Ok(Value::Null),
+        Some(v) => v,
+    };
+    let unsigned = col.column_type.contains("unsigned");
+    Ok(match (col.data_type.as_str(), v) {
+        (_, MyValue::Int(i)) if unsigned => Value::UInt(*i as u64),
+        (_, MyValue::Int(i)) => Value::Int(*i),
+        (_, MyValue::UInt(u)) if unsigned => Value::UInt(*u),
+        (_, MyValue::UInt(u)) => Value::Int(i64::try_from(*u).map_err(|e| err(e.to_string()))?),
+        ("float", MyValue::Float(f)) => Value::Float(*f),
+        ("float", MyValue::Double(d)) => Value::Float(*d as f32),
+        (_, MyValue::Double(d)) => Value::Double(*d),
+        (_, MyValue::Float(f)) => Value::Double(*f as f64),
+        ("date", MyValue::Date(y, m, d, ..)) => Value::Date {
+            year: *y,
+            month: *m,
+            day: *d,
+        },
+        (_, MyValue::Date(y, m, d, h, i, s, us)) => Value::DateTime {
+            year: *y,
+            month: *m,
+            day: *d,
+            hour: *h,
+            minute: *i,
+            second: *s,
+            micros: *us,
+        },
+        (_, MyValue::Time(neg, days, h, m, s, us)) => Value::Time {
+            negative: *neg,
+            hours: days * 24 + *h as u32,
+            minutes: *m,
+            seconds: *s,
+            micros: *us,
+        },
+        ("decimal", MyValue::Bytes(b)) => {
+            Value::Decimal(String::from_utf8(b.clone()).map_err(|e| err(e.to_string()))?)
+        }
+        (t, MyValue::Bytes(b)) if is_binary(t) => Value::Bytes(b.clone()),
+        (_, MyValue::Bytes(b)) => {
+            Value::Text(String::from_utf8(b.clone()).map_err(|e| err(e.to_string()))?)
+        }
+        (_, other) => return Err(err(format!("unexpected {other:?}"))),
+    })
+}
+
+fn is_binary(data_type: &str) -> bool {
+    matches!(
+        data_type,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit"
+    )
+}
+
+/// Encodes a [`Value`] as a parameter for writing it back. The importer translates
+/// references to local ids first; a reference left here is one to a natural key, whose
+/// identity is the local value itself.
+pub fn to_param(v: &Value) -> MyValue {
+    match v {
+        Value::Null => MyValue::NULL,
+        Value::Int(i) => MyValue::Int(*i),
+        Value::UInt(u) => MyValue::UInt(*u),
+        Value::Float(f) => MyValue::Float(*f),
+        Value::Double(d) => MyValue::Double(*d),
+        Value::Decimal(s) | Value::Text(s) => MyValue::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => MyValue::Bytes(b.clone()),
+        Value::Date { year, month, day } => MyValue::Date(*year, *month, *day, 0, 0, 0, 0),
+        Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+        } => MyValue::Date(*year, *month, *day, *hour, *minute, *second, *micros),
+        Value::Time {
+            negative,
+            hours,
+            minutes,
+            seconds,
+            micros,
+        } => MyValue::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros),
+        Value::Ref(id) => MyValue::Bytes(id.0.concat().into_bytes()),
+    }
+}
