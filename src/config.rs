@@ -63,6 +63,10 @@ pub struct Config {
     /// put, still sealed, into this node's outbox for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relay_for: Vec<String>,
+    /// Shifts ferry's clock by this many seconds (for testing what a node with a wrong
+    /// clock does; the machine's clock is left alone). Leave it out in production.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock_offset_seconds: i64,
     /// The peers this node exchanges bundles with.
     #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -79,6 +83,7 @@ impl Config {
             database: database.to_string(),
             state_dir: None,
             relay_for: Vec::new(),
+            clock_offset_seconds: 0,
             peers: Vec::new(),
             path: path.to_path_buf(),
         };
@@ -162,6 +167,10 @@ impl Config {
         })
         .map_err(err)
     }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// Node names appear in file names and headers, so they are kept to a safe alphabet.

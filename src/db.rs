@@ -121,6 +121,27 @@ pub fn literal(s: &str) -> String {
     out
 }
 
+/// `(a, b), (c, d)` as SQL literals, for multi-row statements sent as text. Only for
+/// values whose text form is exact (numbers, text, dates): binary data goes through
+/// prepared statements.
+pub fn values_sql(rows: &[Vec<mysql_async::Value>]) -> String {
+    let mut out = String::new();
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for (j, v) in row.iter().enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&v.as_sql(false));
+        }
+        out.push(')');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 //! the tools that tests, benchmarks and the demo share (private MariaDB servers, the
 //! workload generator). See ARCHITECTURE.md for the map and the invariants.
 
+pub mod apply;
 pub mod bundle;
 pub mod capture;
 pub mod cli;
@@ -15,5 +16,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod export;
+pub mod node;
 pub mod schema;
+pub mod state;
 pub mod transport;

@@ -4,7 +4,19 @@
 //! - `ferry_meta`: key/value facts (bookkeeping version, the stored plan and its fingerprint).
 //! - `ferry_table`: per synced table, whether capture is enabled (the operator's
 //!   choice, kept across `setup`) and the table's shape at the last setup (for drift).
-//! - `ferry_change`: the change log the triggers append to.
+//! - `ferry_change`: the change log. Triggers append local changes (seq NULL); the
+//!   stamping step gives each a place in commit order (`seq`) and a version; the
+//!   importer appends forwarded changes with their origin, version and the peer they
+//!   came through (`via`).
+//! - `ferry_row`: the current version of every row ferry has seen change (deleted rows
+//!   stay as tombstones), for ordering and conflict detection.
+//! - `ferry_peer`: per peer, the outgoing and incoming bundle sequence and hash chain,
+//!   the export cursor, and the peer's last ack vector.
+//! - `ferry_applied`: this node's ack vector (per origin, the highest change applied).
+//! - `ferry_outbox`: every bundle sealed and not yet acknowledged, with the change-log
+//!   horizon it covers (a peer acknowledges it by acking that horizon).
+//! - `ferry_ledger`: every bundle applied (sender, seq, hash), written in the bundle's
+//!   own transaction: the once-only guarantee.
 //!
 //! [`MIGRATIONS`] brings an older bookkeeping schema up to date; each step runs once.
 
@@ -39,6 +51,55 @@ pub const MIGRATIONS: &[&str] = &[
        changed_cols TEXT NULL,\
        wall_us BIGINT NOT NULL,\
        origin VARCHAR(64) NULL)",
+    "ALTER TABLE ferry_change \
+       ADD COLUMN seq BIGINT UNSIGNED NULL, \
+       ADD COLUMN version_wall BIGINT NULL, \
+       ADD COLUMN version_counter INT UNSIGNED NULL, \
+       ADD COLUMN version_node VARCHAR(64) NULL, \
+       ADD COLUMN base_wall BIGINT NULL, \
+       ADD COLUMN base_counter INT UNSIGNED NULL, \
+       ADD COLUMN base_node VARCHAR(64) NULL, \
+       ADD COLUMN origin_seq BIGINT UNSIGNED NULL, \
+       ADD COLUMN via VARCHAR(64) NULL, \
+       ADD KEY ferry_change_seq (seq), \
+       ADD KEY ferry_change_row (table_name, row_key(190))",
+    "CREATE TABLE IF NOT EXISTS ferry_row (\
+       table_name VARCHAR(64) NOT NULL,\
+       row_key VARCHAR(700) NOT NULL,\
+       version_wall BIGINT NOT NULL,\
+       version_counter INT UNSIGNED NOT NULL,\
+       version_node VARCHAR(64) NOT NULL,\
+       deleted TINYINT(1) NOT NULL DEFAULT 0,\
+       PRIMARY KEY (table_name, row_key))",
+    "CREATE TABLE IF NOT EXISTS ferry_peer (\
+       peer VARCHAR(64) NOT NULL PRIMARY KEY,\
+       out_seq BIGINT UNSIGNED NOT NULL DEFAULT 0,\
+       out_hash CHAR(64) NULL,\
+       out_cursor BIGINT UNSIGNED NOT NULL DEFAULT 0,\
+       out_at BIGINT NULL,\
+       in_seq BIGINT UNSIGNED NOT NULL DEFAULT 0,\
+       in_hash CHAR(64) NULL,\
+       in_at BIGINT NULL,\
+       acks LONGTEXT NULL)",
+    "CREATE TABLE IF NOT EXISTS ferry_applied (\
+       origin VARCHAR(64) NOT NULL PRIMARY KEY,\
+       seq BIGINT UNSIGNED NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS ferry_ledger (\
+       sender VARCHAR(64) NOT NULL,\
+       seq BIGINT UNSIGNED NOT NULL,\
+       hash CHAR(64) NOT NULL,\
+       bundle_id CHAR(32) NOT NULL,\
+       changes BIGINT UNSIGNED NOT NULL,\
+       applied_us BIGINT NOT NULL,\
+       PRIMARY KEY (sender, seq))",
+    "CREATE TABLE IF NOT EXISTS ferry_outbox (\
+       peer VARCHAR(64) NOT NULL,\
+       seq BIGINT UNSIGNED NOT NULL,\
+       cursor_seq BIGINT UNSIGNED NOT NULL,\
+       changes BIGINT UNSIGNED NOT NULL,\
+       bytes BIGINT UNSIGNED NOT NULL,\
+       sealed_us BIGINT NOT NULL,\
+       PRIMARY KEY (peer, seq))",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.
@@ -55,12 +116,15 @@ pub async fn install(conn: &mut Conn) -> Result<(), DbError> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     for (i, step) in MIGRATIONS.iter().enumerate().skip(version) {
-        conn.query_drop(format!("{step} {TABLE_OPTIONS}"))
-            .await
-            .map_err(DbError::query(format!(
-                "applying bookkeeping migration {}",
-                i + 1
-            )))?;
+        let sql = if step.starts_with("CREATE") {
+            format!("{step} {TABLE_OPTIONS}")
+        } else {
+            step.to_string()
+        };
+        conn.query_drop(sql).await.map_err(DbError::query(format!(
+            "applying bookkeeping migration {}",
+            i + 1
+        )))?;
         set_meta(conn, "bookkeeping_version", &(i + 1).to_string()).await?;
     }
     Ok(())

@@ -7,15 +7,18 @@
 //! changed since the last setup.
 
 pub mod bookkeeping;
+pub mod clock;
 pub mod drift;
 pub mod setup;
+pub mod stamp;
 pub mod tables;
 pub mod triggers;
 
 use crate::db::DbError;
 
-/// The session variable ferry's importer sets to the origin node of the changes it
-/// applies. Triggers record it, so imported changes are never taken for local ones.
+/// The session variable ferry's importer sets (to the node its changes came from)
+/// while it writes. Triggers record nothing while it is set: imported changes are never
+/// taken for local ones, and the importer logs them itself for forwarding.
 pub const ORIGIN_VARIABLE: &str = "@ferry_origin";
 
 /// Errors of the capture layer.

@@ -4,10 +4,11 @@
 //! appends one row to `ferry_change` in the writing transaction: the table, the local
 //! integer key when there is one, the row's identity (computed from the row, so a
 //! deleted row can still be named), the operation, for updates the changed columns, the
-//! wall time in microseconds, and `@ferry_origin`, which ferry's importer sets to the
-//! node a change came from (NULL for a local write). An update that changes no column
-//! records nothing; an update that changes the identity records a delete of the old
-//! identity and an insert of the new one.
+//! wall time in microseconds. Writes made by ferry's importer (whose session sets
+//! `@ferry_origin` to the node the changes came from) record nothing here: the
+//! importer logs them itself, with their origin, version and path, for forwarding. An
+//! update that changes no column records nothing; an update that changes the identity
+//! records a delete of the old identity and an insert of the new one.
 
 use sha2::{Digest, Sha256};
 
@@ -97,8 +98,8 @@ pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec
     };
     let insert = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
-            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us, origin) \
-             VALUES ({}, {}, {key}, '{op}', {cols}, {NOW_US}, {ORIGIN_VARIABLE})",
+            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
+             SELECT {}, {}, {key}, '{op}', {cols}, {NOW_US} FROM DUAL WHERE {ORIGIN_VARIABLE} IS NULL",
             literal(table),
             row_id(row)
         )

@@ -7,6 +7,7 @@ mod bundle_cmd;
 mod capture_cmd;
 mod dev_cmd;
 mod output;
+mod sync_cmd;
 
 use std::path::PathBuf;
 
@@ -62,6 +63,12 @@ pub enum Command {
     Status(capture_cmd::JsonArgs),
     /// List tables with their sync state, or switch sync on or off per table.
     Tables(capture_cmd::TablesArgs),
+    /// Seal every change a peer does not hold yet into the next bundle for it, in the
+    /// outbox. With nothing new, no bundle is written unless --heartbeat.
+    Export(sync_cmd::ExportArgs),
+    /// Verify and apply bundles: the given files, or everything waiting in the inbox.
+    /// Each bundle applies whole or not at all, once, in its sender's order.
+    Import(sync_cmd::ImportArgs),
     /// Developer tools for tests, benchmarks and the demo (no config file needed).
     #[command(subcommand)]
     Dev(dev_cmd::DevCommand),
@@ -158,6 +165,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => capture_cmd::status(&load(&cli.config)?, args, &out).await,
         Command::Tables(args) => capture_cmd::tables(&load(&cli.config)?, args, &out).await,
         Command::Dev(cmd) => dev_cmd::run(cmd, &out).await,
+        Command::Export(args) => sync_cmd::run_export(load(&cli.config)?, args, &out).await,
+        Command::Import(args) => sync_cmd::run_import(load(&cli.config)?, args, &out).await,
         Command::Key => bundle_cmd::key(&cli.config, &out),
         Command::Peer(cmd) => bundle_cmd::peer(&cli.config, cmd, &out),
         Command::Send(args) => bundle_cmd::send(&cli.config, args, &out),

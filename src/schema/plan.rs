@@ -190,7 +190,7 @@ impl SyncPlan {
         for (name, id) in &identities {
             let table = &schema.tables[name];
             let d = match id {
-                Ok(identity) => match synced_table(table, identity.clone()) {
+                Ok(identity) => match synced_table(schema, table, identity.clone()) {
                     Ok(s) => Disposition::Synced(s),
                     Err(reason) => Disposition::Local { reason },
                 },
@@ -270,6 +270,67 @@ impl SyncPlan {
         self.tables
             .iter()
             .filter_map(|t| t.synced().map(|s| (t.table.as_str(), s)))
+    }
+
+    /// The synced tables in an order where every table comes after the tables it refers
+    /// to (cycles, such as users ↔ person, are broken by name order). Export writes
+    /// changes in this order so that import rarely meets a reference to a row it has not
+    /// seen yet.
+    pub fn apply_order(&self) -> Vec<String> {
+        let synced: BTreeMap<&str, &SyncedTable> = self.synced().collect();
+        let mut deps: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (name, s) in &synced {
+            let mut d: BTreeSet<&str> = s.references.iter().map(|r| r.table.as_str()).collect();
+            match &s.identity {
+                Identity::Parent { parent, .. } => {
+                    d.insert(parent);
+                }
+                Identity::Composite { parts } => {
+                    d.extend(parts.iter().filter_map(|p| p.references.as_deref()));
+                }
+                _ => {}
+            }
+            d.remove(name);
+            d.retain(|t| synced.contains_key(t));
+            deps.insert(name, d);
+        }
+        let mut order = Vec::new();
+        let mut done: BTreeSet<&str> = BTreeSet::new();
+        while done.len() < deps.len() {
+            let ready: Vec<&str> = deps
+                .iter()
+                .filter(|(n, d)| !done.contains(*n) && d.iter().all(|x| done.contains(x)))
+                .map(|(n, _)| *n)
+                .collect();
+            let next = if ready.is_empty() {
+                // A cycle: take the table with the fewest unmet dependencies and, among
+                // those, the one most other waiting tables refer to.
+                let waiting_on = |t: &str| {
+                    deps.iter()
+                        .filter(|(n, d)| !done.contains(*n) && d.contains(t))
+                        .count()
+                };
+                let (n, _) = deps
+                    .iter()
+                    .filter(|(n, _)| !done.contains(*n))
+                    .min_by_key(|(n, d)| {
+                        (
+                            d.iter().filter(|x| !done.contains(*x)).count(),
+                            std::cmp::Reverse(waiting_on(n)),
+                            **n,
+                        )
+                    })
+                    .expect("tables left");
+                vec![*n]
+            } else {
+                ready
+            };
+            for n in next {
+                done.insert(n);
+                order.push(n.to_string());
+            }
+        }
+        order
     }
 
     /// SHA-256 over the canonical JSON of the plan: equal on two nodes iff they would
@@ -393,7 +454,7 @@ fn derive_identity(
     )
 }
 
-fn synced_table(table: &Table, identity: Identity) -> Result<SyncedTable, String> {
+fn synced_table(schema: &Schema, table: &Table, identity: Identity) -> Result<SyncedTable, String> {
     let id_cols = identity.columns();
     let local_id = match (&identity, table.primary_key.as_slice()) {
         (Identity::Uuid { .. }, [pk]) if table.column(pk).is_some_and(|c| c.is_integer()) => {
@@ -419,6 +480,16 @@ fn synced_table(table: &Table, identity: Identity) -> Result<SyncedTable, String
             continue;
         }
         let column = &fk.columns[0];
+        let target_pk = schema
+            .tables
+            .get(&fk.ref_table)
+            .map(|t| t.primary_key.clone());
+        if target_pk.as_deref() != Some(std::slice::from_ref(&fk.ref_columns[0])) {
+            return Err(format!(
+                "foreign key {} refers to {}.{}, which is not that table's primary key",
+                fk.name, fk.ref_table, fk.ref_columns[0]
+            ));
+        }
         if !columns.contains(column) {
             continue; // part of the identity or the local id
         }
@@ -604,6 +675,42 @@ mod tests {
         let person = plan.table("person").unwrap().synced().unwrap();
         assert_eq!(person.local_id.as_deref(), Some("person_id"));
         assert!(person.columns.is_empty());
+    }
+
+    #[test]
+    fn apply_order_puts_referenced_tables_first() {
+        let s = schema(vec![
+            table(
+                "users",
+                vec![
+                    col("user_id", "int", true),
+                    col("uuid", "char", false),
+                    col("person_id", "int", false),
+                ],
+                &["user_id"],
+                vec![fk("person_id", "person", "person_id")],
+            ),
+            table(
+                "person",
+                vec![
+                    col("person_id", "int", true),
+                    col("uuid", "char", false),
+                    col("creator", "int", false),
+                ],
+                &["person_id"],
+                vec![fk("creator", "users", "user_id")],
+            ),
+            table(
+                "patient",
+                vec![col("patient_id", "int", false)],
+                &["patient_id"],
+                vec![fk("patient_id", "person", "person_id")],
+            ),
+        ]);
+        let order = SyncPlan::derive(&s).apply_order();
+        let pos = |t: &str| order.iter().position(|x| x == t).unwrap();
+        assert_eq!(order.len(), 3);
+        assert!(pos("person") < pos("patient"));
     }
 
     #[test]

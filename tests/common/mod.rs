@@ -29,7 +29,11 @@ impl Source {
 pub fn real_dump() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FERRY_OPENMRS_DUMP") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "FERRY_OPENMRS_DUMP names {} which does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "FERRY_OPENMRS_DUMP names {} which does not exist",
+            p.display()
+        );
         return Some(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +46,9 @@ pub fn sources() -> Vec<Source> {
     let mut v = vec![Source::Fixture];
     match real_dump() {
         Some(p) => v.push(Source::RealDump(p)),
-        None => eprintln!("note: no OpenMRS dump found (set FERRY_OPENMRS_DUMP); running on the fixture only"),
+        None => eprintln!(
+            "note: no OpenMRS dump found (set FERRY_OPENMRS_DUMP); running on the fixture only"
+        ),
     }
     v
 }
@@ -85,10 +91,22 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ferry.toml");
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["--config", config.to_str().unwrap(), "init", "--db", url, "--node", name])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "init",
+                "--db",
+                url,
+                "--node",
+                name,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Node { dir, config }
     }
 
@@ -123,5 +141,77 @@ impl Node {
 
 /// Opens a connection to `url`.
 pub async fn conn(url: &str) -> mysql_async::Conn {
-    ferry::db::DbUrl::parse(url).unwrap().connect().await.unwrap()
+    ferry::db::DbUrl::parse(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Several nodes, each with its own private MariaDB loaded with `source`, all peers of
+/// a hub (the first node) or, with two nodes, of each other.
+pub struct Cluster {
+    pub sites: Vec<TestSite>,
+    pub nodes: Vec<Node>,
+    pub names: Vec<String>,
+    /// A directory that stands for a USB stick.
+    pub stick: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// `names[0]` is the hub; every other node peers with it only.
+    pub fn star(names: &[&str], source: &Source) -> Cluster {
+        let mut sites = Vec::new();
+        let mut nodes = Vec::new();
+        for n in names {
+            let s = site(n, source);
+            nodes.push(Node::new(n, &s.url));
+            sites.push(s);
+        }
+        let keys: Vec<String> = nodes
+            .iter()
+            .map(|n| n.ok(&["key"]).trim().to_string())
+            .collect();
+        for (i, node) in nodes.iter().enumerate() {
+            for (j, other) in names.iter().enumerate() {
+                let linked = i != j && (i == 0 || j == 0);
+                if linked {
+                    node.ok(&["peer", "add", other, &keys[j]]);
+                }
+            }
+            node.ok(&["setup"]);
+        }
+        Cluster {
+            sites,
+            nodes,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            stick: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn node(&self, name: &str) -> &Node {
+        &self.nodes[self.index(name)]
+    }
+
+    pub fn url(&self, name: &str) -> &str {
+        &self.sites[self.index(name)].url
+    }
+
+    pub fn index(&self, name: &str) -> usize {
+        self.names.iter().position(|n| n == name).unwrap()
+    }
+
+    /// `from` exports, sends to the stick; `to` receives and imports.
+    pub fn carry(&self, from: &str, to: &str) -> serde_json::Value {
+        let stick = self.stick.path().to_str().unwrap();
+        self.node(from).ok(&["export"]);
+        self.node(from).ok(&["send", stick]);
+        self.node(to).ok(&["receive", stick]);
+        self.node(to).json(&["import", "--json"])
+    }
+
+    /// `ferry verify --json` output of a node.
+    pub fn verify(&self, name: &str) -> String {
+        self.node(name).ok(&["verify", "--json"])
+    }
 }

@@ -1,0 +1,690 @@
+//! Applying one bundle's changes inside its transaction.
+//!
+//! Changes arrive grouped by table, parents first. [`Applier`] takes them in chunks of
+//! one table and, per chunk: resolves identities to local rows (locking the ones that
+//! exist), stamps any local edit of those rows that committed meanwhile, compares
+//! versions (the greater version wins; an equal one is a duplicate), translates every
+//! reference back to a local id, then deletes, updates and inserts, records the rows'
+//! new versions, and logs each applied change with its origin so that it can be
+//! forwarded. A reference to a row later in the same bundle (a cycle, a self-reference)
+//! gets a placeholder and is fixed up at the end; a reference that is still missing
+//! then fails the whole bundle, naming the row. Deletes are checked at the end too: no
+//! remaining row may refer to a deleted one.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Value as MyValue};
+
+use super::resolve::{key_text, KeyValues, Resolver};
+use super::ImportError;
+use crate::bundle::{Change, Identity, Op, Value};
+use crate::capture::stamp::{row_versions, set_row_versions, version_cols, Stamp};
+use crate::db::{ident, values_sql, DbError};
+use crate::export::rows::to_param;
+use crate::schema::plan::{SoftRef, SyncedTable};
+use crate::schema::soft_refs::SoftRefEncoding;
+use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
+
+/// Changes applied per chunk.
+const CHUNK: usize = 200;
+
+/// A reference to fill in once the whole bundle is in.
+struct Fixup {
+    table: String,
+    key: KeyValues,
+    column: String,
+    target: String,
+    ref_column: String,
+    identity: Identity,
+    /// The row that refers (for messages).
+    row: Identity,
+}
+
+/// What applying a bundle did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ApplyStats {
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Changes older than (or equal to) what this node holds.
+    pub skipped: u64,
+    pub per_table: BTreeMap<String, u64>,
+}
+
+/// Applies the changes of one bundle.
+pub struct Applier<'a> {
+    pub plan: &'a SyncPlan,
+    pub schema: &'a Schema,
+    pub sender: String,
+    pub me: String,
+    /// The sender's ack vector: bounds of the origins' change ids this bundle covers.
+    pub acks: BTreeMap<String, u64>,
+    pub stamp: Stamp,
+    pub stats: ApplyStats,
+    buffer: Vec<Change>,
+    fixups: Vec<Fixup>,
+    deleted: BTreeMap<String, Vec<i64>>,
+    now_us: i64,
+}
+
+impl<'a> Applier<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        plan: &'a SyncPlan,
+        schema: &'a Schema,
+        sender: &str,
+        me: &str,
+        acks: BTreeMap<String, u64>,
+        stamp: Stamp,
+        now_us: i64,
+    ) -> Applier<'a> {
+        Applier {
+            plan,
+            schema,
+            sender: sender.to_string(),
+            me: me.to_string(),
+            acks,
+            stamp,
+            stats: ApplyStats::default(),
+            buffer: Vec::new(),
+            fixups: Vec::new(),
+            deleted: BTreeMap::new(),
+            now_us,
+        }
+    }
+
+    fn resolver(&self) -> Resolver<'a> {
+        Resolver {
+            plan: self.plan,
+            schema: self.schema,
+        }
+    }
+
+    /// Takes the next change.
+    pub async fn push(&mut self, conn: &mut Conn, change: Change) -> Result<(), ImportError> {
+        if self.buffer.first().is_some_and(|c| c.table != change.table)
+            || self.buffer.len() >= CHUNK
+        {
+            self.flush(conn).await?;
+        }
+        self.buffer.push(change);
+        Ok(())
+    }
+
+    /// Applies what is buffered, fixes up forward references and checks deletes.
+    pub async fn finish(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        self.flush(conn).await?;
+        self.apply_fixups(conn).await?;
+        self.check_deletes(conn).await
+    }
+
+    fn table(&self, name: &str) -> Result<(&'a SyncedTable, &'a Table), ImportError> {
+        let synced = self
+            .plan
+            .table(name)
+            .and_then(|t| t.synced())
+            .ok_or_else(|| ImportError::UnknownTable {
+                table: name.to_string(),
+            })?;
+        Ok((synced, &self.schema.tables[name]))
+    }
+
+    async fn flush(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut self.buffer);
+        let table = changes[0].table.clone();
+        let (synced, info) = self.table(&table)?;
+        let resolver = self.resolver();
+        let arity = synced.identity.arity();
+        for c in &changes {
+            if c.identity.0.len() != arity {
+                return Err(ImportError::BadChange {
+                    table: table.clone(),
+                    why: format!(
+                        "identity {:?} has {} parts, not {arity}",
+                        c.identity.0,
+                        c.identity.0.len()
+                    ),
+                });
+            }
+            if c.op != Op::Delete && c.values.len() != synced.columns.len() {
+                return Err(ImportError::BadChange {
+                    table: table.clone(),
+                    why: format!(
+                        "{} values for {} columns",
+                        c.values.len(),
+                        synced.columns.len()
+                    ),
+                });
+            }
+        }
+
+        // 1. Local keys, existing rows (locked), current versions.
+        let ids: Vec<Identity> = changes.iter().map(|c| c.identity.clone()).collect();
+        let keys = resolver.key_values(conn, &table, &ids).await?;
+        let present: Vec<KeyValues> = keys.iter().flatten().cloned().collect();
+        let existing = resolver.existing(conn, &table, &present, true).await?;
+        let row_keys: Vec<(String, String)> = changes
+            .iter()
+            .map(|c| (table.clone(), identity_text(&c.identity)))
+            .collect();
+        let pending: Option<u64> = conn
+            .exec_first(
+                format!(
+                    "SELECT COUNT(*) FROM ferry_change WHERE seq IS NULL AND table_name = ? \
+                     AND row_key IN ({})",
+                    vec!["?"; row_keys.len()].join(", ")
+                ),
+                std::iter::once(MyValue::from(table.clone()))
+                    .chain(row_keys.iter().map(|(_, k)| MyValue::from(k.clone())))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .map_err(DbError::query("looking for unstamped local edits"))?;
+        if pending.unwrap_or(0) > 0 {
+            self.stamp.stamp_pending(conn).await?;
+        }
+        let mut versions = row_versions(conn, &row_keys).await?;
+
+        // 2. Decide.
+        let mut deletes: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
+        let mut updates: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
+        let mut inserts: Vec<(usize, KeyValues)> = Vec::new();
+        let mut applied: Vec<usize> = Vec::new();
+        for (i, c) in changes.iter().enumerate() {
+            self.stamp.hlc.observe(&c.version);
+            let rk = (table.clone(), identity_text(&c.identity));
+            if let Some((local, _)) = versions.get(&rk) {
+                if c.version <= *local {
+                    self.stats.skipped += 1;
+                    continue;
+                }
+            }
+            versions.insert(rk, (c.version.clone(), c.op == Op::Delete));
+            applied.push(i);
+            let key = keys[i].clone();
+            let row = key.as_ref().and_then(|k| existing.get(&key_text(k)));
+            match (c.op, key, row) {
+                (Op::Delete, Some(k), Some(r)) => deletes.push((i, k, r.local_id)),
+                (Op::Delete, _, None) | (Op::Delete, None, _) => {} // already gone: tombstone only
+                (_, Some(k), Some(r)) => updates.push((i, k, r.local_id)),
+                (_, Some(k), None) => inserts.push((i, k)),
+                (_, None, _) => {
+                    return Err(self.missing_parent(&table, synced, &c.identity));
+                }
+            }
+        }
+
+        // 3. Translate references of the rows to write.
+        let writes: Vec<usize> = updates
+            .iter()
+            .map(|u| u.0)
+            .chain(inserts.iter().map(|u| u.0))
+            .collect();
+        let translated = self
+            .translate(conn, &table, synced, info, &changes, &writes, &keys)
+            .await?;
+
+        // 4. Write.
+        for (i, key, local_id) in &deletes {
+            let cond = key_condition(&synced.identity);
+            conn.exec_drop(
+                format!("DELETE FROM {} WHERE {cond}", ident(&table)),
+                key.clone(),
+            )
+            .await
+            .map_err(DbError::query(format!("deleting a {table} row")))?;
+            if let Some(id) = local_id {
+                self.deleted.entry(table.clone()).or_default().push(*id);
+            }
+            let _ = i;
+            self.stats.deleted += 1;
+        }
+        for (i, key, _) in &updates {
+            let sets = synced
+                .columns
+                .iter()
+                .map(|c| format!("{} = ?", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let cond = key_condition(&synced.identity);
+            let mut params = translated[i].clone();
+            params.extend(key.iter().cloned());
+            conn.exec_drop(
+                format!("UPDATE {} SET {sets} WHERE {cond}", ident(&table)),
+                params,
+            )
+            .await
+            .map_err(|e| self.write_error(&table, &changes[*i].identity, e))?;
+            self.stats.updated += 1;
+        }
+        if !inserts.is_empty() {
+            self.insert_rows(conn, &table, synced, info, &inserts, &translated, &changes)
+                .await?;
+        }
+
+        // 5. Versions, forwarding log.
+        let mut version_rows = Vec::new();
+        let mut inserted_ids: HashMap<String, Option<i64>> = HashMap::new();
+        if !inserts.is_empty() {
+            let ks: Vec<KeyValues> = inserts.iter().map(|(_, k)| k.clone()).collect();
+            for (k, row) in resolver.existing(conn, &table, &ks, false).await? {
+                inserted_ids.insert(k, row.local_id);
+            }
+        }
+        let mut log = Vec::new();
+        for i in &applied {
+            let c = &changes[*i];
+            let rk = identity_text(&c.identity);
+            version_rows.push((
+                (table.clone(), rk.clone()),
+                (c.version.clone(), c.op == Op::Delete),
+            ));
+            let row_id = keys[*i]
+                .as_ref()
+                .and_then(|k| {
+                    existing
+                        .get(&key_text(k))
+                        .map(|r| r.local_id)
+                        .or_else(|| inserted_ids.get(&key_text(k)).cloned())
+                })
+                .flatten();
+            log.push(self.log_row(&table, rk, row_id, c));
+            *self.stats.per_table.entry(table.clone()).or_default() += 1;
+        }
+        set_row_versions(conn, &version_rows).await?;
+        if !log.is_empty() {
+            conn.query_drop(format!(
+                "INSERT INTO ferry_change (table_name, row_id, row_key, op, wall_us, origin, origin_seq, via, seq, \
+                 version_wall, version_counter, version_node, base_wall, base_counter, base_node) VALUES {}",
+                values_sql(&log)
+            ))
+            .await
+            .map_err(DbError::query("logging applied changes for forwarding"))?;
+        }
+        Ok(())
+    }
+
+    fn log_row(
+        &mut self,
+        table: &str,
+        key: String,
+        row_id: Option<i64>,
+        c: &Change,
+    ) -> Vec<MyValue> {
+        let (bw, bc, bn) = version_cols(c.base_version.as_ref());
+        let origin_seq = self.acks.get(&c.origin).copied().unwrap_or(0);
+        vec![
+            table.into(),
+            row_id.map(MyValue::Int).unwrap_or(MyValue::NULL),
+            key.into(),
+            match c.op {
+                Op::Insert => "I",
+                Op::Update => "U",
+                Op::Delete => "D",
+            }
+            .into(),
+            self.now_us.into(),
+            c.origin.clone().into(),
+            origin_seq.into(),
+            self.sender.clone().into(),
+            self.stamp.next_seq().into(),
+            c.version.wall_us.into(),
+            c.version.counter.into(),
+            c.version.node.clone().into(),
+            bw,
+            bc,
+            bn,
+        ]
+    }
+
+    /// Values ready to write for each row in `writes`, references translated.
+    #[allow(clippy::too_many_arguments)]
+    async fn translate(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        changes: &[Change],
+        writes: &[usize],
+        keys: &[Option<KeyValues>],
+    ) -> Result<HashMap<usize, Vec<MyValue>>, ImportError> {
+        let resolver = self.resolver();
+        let mut out: HashMap<usize, Vec<MyValue>> = HashMap::new();
+        for &i in writes {
+            out.insert(i, changes[i].values.iter().map(to_param).collect());
+        }
+        for (col_idx, column) in synced.columns.iter().enumerate() {
+            let fk = synced.references.iter().find(|r| &r.column == column);
+            let soft = synced
+                .soft_refs
+                .iter()
+                .find(|s| &s.column == column && s.encoding == SoftRefEncoding::LocalId);
+            if fk.is_none() && soft.is_none() {
+                continue;
+            }
+            // Which target table each row's reference goes to.
+            let mut by_target: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+            let disc = match soft {
+                Some(s) => self.discriminators(conn, s, synced, &out, writes).await?,
+                None => HashMap::new(),
+            };
+            for &i in writes {
+                let Value::Ref(_) = &changes[i].values[col_idx] else {
+                    continue;
+                };
+                let target = match (fk, soft) {
+                    (Some(r), _) => (r.table.clone(), r.ref_column.clone()),
+                    (None, Some(s)) => {
+                        let Some(t) = disc.get(&i).and_then(|d| s.targets.get(d)) else {
+                            return Err(ImportError::BadChange {
+                                table: table.to_string(),
+                                why: format!(
+                                    "{column} holds a reference but its attribute type names no referenced table"
+                                ),
+                            });
+                        };
+                        let pk = resolver.int_pk(t).unwrap_or_default();
+                        (t.clone(), pk)
+                    }
+                    _ => unreachable!("checked above"),
+                };
+                by_target.entry(target).or_default().push(i);
+            }
+            for ((target, ref_column), rows) in by_target {
+                let ids: Vec<Identity> = rows
+                    .iter()
+                    .map(|&i| match &changes[i].values[col_idx] {
+                        Value::Ref(id) => id.clone(),
+                        _ => unreachable!("filtered"),
+                    })
+                    .collect();
+                let found = resolver
+                    .ref_values(conn, &target, &ref_column, &ids)
+                    .await?;
+                let nullable = info.column(column).is_some_and(|c| c.nullable);
+                for ((&i, id), v) in rows.iter().zip(ids).zip(found) {
+                    let value = match v {
+                        Some(v) if soft.is_some() => MyValue::from(value_text(&v)),
+                        Some(v) => v,
+                        None => {
+                            let Some(key) = keys[i].clone() else {
+                                return Err(self.missing_parent(
+                                    table,
+                                    synced,
+                                    &changes[i].identity,
+                                ));
+                            };
+                            self.fixups.push(Fixup {
+                                table: table.to_string(),
+                                key,
+                                column: column.clone(),
+                                target: target.clone(),
+                                ref_column: ref_column.clone(),
+                                identity: id,
+                                row: changes[i].identity.clone(),
+                            });
+                            if soft.is_some() {
+                                MyValue::from("")
+                            } else if nullable {
+                                MyValue::NULL
+                            } else {
+                                MyValue::Int(0)
+                            }
+                        }
+                    };
+                    out.get_mut(&i).expect("row")[col_idx] = value;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attribute type's discriminator for each row with a by-id soft reference.
+    async fn discriminators(
+        &self,
+        conn: &mut Conn,
+        s: &SoftRef,
+        synced: &SyncedTable,
+        values: &HashMap<usize, Vec<MyValue>>,
+        writes: &[usize],
+    ) -> Result<HashMap<usize, String>, ImportError> {
+        let type_idx = synced.columns.iter().position(|c| c == &s.type_column);
+        let mut out = HashMap::new();
+        let Some(type_idx) = type_idx else {
+            return Ok(out);
+        };
+        let type_pk = self.resolver().int_pk(&s.type_table).unwrap_or_default();
+        for &i in writes {
+            let Some(type_id) = values.get(&i).map(|v| v[type_idx].clone()) else {
+                continue;
+            };
+            let d: Option<Option<String>> = conn
+                .exec_first(
+                    format!(
+                        "SELECT {} FROM {} WHERE {} = ?",
+                        ident(&s.discriminator),
+                        ident(&s.type_table),
+                        ident(&type_pk)
+                    ),
+                    (type_id,),
+                )
+                .await
+                .map_err(DbError::query("reading an attribute type"))?;
+            if let Some(Some(d)) = d {
+                out.insert(i, d);
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_rows(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        inserts: &[(usize, KeyValues)],
+        translated: &HashMap<usize, Vec<MyValue>>,
+        changes: &[Change],
+    ) -> Result<(), ImportError> {
+        let id_cols = synced.identity.columns();
+        let mut cols: Vec<String> = id_cols.iter().map(|c| c.to_string()).collect();
+        cols.extend(synced.columns.iter().cloned());
+        // A local integer key without auto-increment gets the next free value.
+        let manual_id = synced
+            .local_id
+            .as_ref()
+            .filter(|pk| info.column(pk).is_some_and(|c| !c.auto_increment));
+        let mut next_id: i64 = 0;
+        if let Some(pk) = manual_id {
+            cols.push(pk.clone());
+            let max: Option<Option<i64>> = conn
+                .query_first(format!("SELECT MAX({}) FROM {}", ident(pk), ident(table)))
+                .await
+                .map_err(DbError::query(format!("reading the largest {table} id")))?;
+            next_id = max.flatten().unwrap_or(0);
+        }
+        let row_sql = format!("({})", vec!["?"; cols.len()].join(", "));
+        let col_sql = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        for chunk in inserts.chunks(50) {
+            let mut params: Vec<MyValue> = Vec::with_capacity(chunk.len() * cols.len());
+            for (i, key) in chunk {
+                params.extend(key.iter().cloned());
+                params.extend(translated[i].iter().cloned());
+                if manual_id.is_some() {
+                    next_id += 1;
+                    params.push(MyValue::Int(next_id));
+                }
+            }
+            let sql = format!(
+                "INSERT INTO {} ({col_sql}) VALUES {}",
+                ident(table),
+                vec![row_sql.as_str(); chunk.len()].join(", ")
+            );
+            conn.exec_drop(sql, params)
+                .await
+                .map_err(|e| self.write_error(table, &changes[chunk[0].0].identity, e))?;
+            self.stats.inserted += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn apply_fixups(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        let fixups = std::mem::take(&mut self.fixups);
+        let resolver = self.resolver();
+        let mut by_target: BTreeMap<(String, String), Vec<Fixup>> = BTreeMap::new();
+        for f in fixups {
+            by_target
+                .entry((f.target.clone(), f.ref_column.clone()))
+                .or_default()
+                .push(f);
+        }
+        for ((target, ref_column), list) in by_target {
+            for chunk in list.chunks(500) {
+                let ids: Vec<Identity> = chunk.iter().map(|f| f.identity.clone()).collect();
+                let found = resolver
+                    .ref_values(conn, &target, &ref_column, &ids)
+                    .await?;
+                for (f, v) in chunk.iter().zip(found) {
+                    let Some(v) = v else {
+                        return Err(ImportError::MissingReference {
+                            table: f.table.clone(),
+                            row: f.row.0.join(", "),
+                            column: f.column.clone(),
+                            target: f.target.clone(),
+                            identity: f.identity.0.join(", "),
+                            sender: self.sender.clone(),
+                        });
+                    };
+                    let (synced, _) = self.table(&f.table)?;
+                    let soft = synced.soft_refs.iter().any(|s| s.column == f.column);
+                    let v = if soft {
+                        MyValue::from(value_text(&v))
+                    } else {
+                        v
+                    };
+                    let cond = key_condition(&synced.identity);
+                    let mut params = vec![v];
+                    params.extend(f.key.iter().cloned());
+                    conn.exec_drop(
+                        format!(
+                            "UPDATE {} SET {} = ? WHERE {cond}",
+                            ident(&f.table),
+                            ident(&f.column)
+                        ),
+                        params,
+                    )
+                    .await
+                    .map_err(DbError::query(format!(
+                        "filling in {}.{}",
+                        f.table, f.column
+                    )))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No row may still refer to a row this bundle deleted.
+    async fn check_deletes(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        let deleted = std::mem::take(&mut self.deleted);
+        for (table, ids) in deleted {
+            for child in self.schema.tables.values() {
+                for fk in &child.foreign_keys {
+                    if fk.ref_table != table || fk.columns.len() != 1 {
+                        continue;
+                    }
+                    for chunk in ids.chunks(500) {
+                        let n: Option<u64> = conn
+                            .exec_first(
+                                format!(
+                                    "SELECT COUNT(*) FROM {} WHERE {} IN ({})",
+                                    ident(&child.name),
+                                    ident(&fk.columns[0]),
+                                    vec!["?"; chunk.len()].join(", ")
+                                ),
+                                chunk.to_vec(),
+                            )
+                            .await
+                            .map_err(DbError::query("checking references to deleted rows"))?;
+                        if n.unwrap_or(0) > 0 {
+                            return Err(ImportError::StillReferenced {
+                                table: table.clone(),
+                                child: child.name.clone(),
+                                column: fk.columns[0].clone(),
+                                sender: self.sender.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn missing_parent(&self, table: &str, synced: &SyncedTable, id: &Identity) -> ImportError {
+        let target = match &synced.identity {
+            Rule::Parent { parent, .. } => parent.clone(),
+            Rule::Composite { parts } => parts
+                .iter()
+                .filter_map(|p| p.references.clone())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            _ => table.to_string(),
+        };
+        ImportError::MissingReference {
+            table: table.to_string(),
+            row: id.0.join(", "),
+            column: synced.identity.columns().join(", "),
+            target,
+            identity: id.0.join(", "),
+            sender: self.sender.clone(),
+        }
+    }
+
+    fn write_error(&self, table: &str, id: &Identity, e: mysql_async::Error) -> ImportError {
+        ImportError::Write {
+            table: table.to_string(),
+            row: id.0.join(", "),
+            source: e,
+        }
+    }
+}
+
+/// `a = ? AND b = ?` over the identity's columns.
+fn key_condition(rule: &Rule) -> String {
+    rule.columns()
+        .iter()
+        .map(|c| format!("{} = ?", ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The identity as `ferry_change.row_key` and `ferry_row.row_key` store it.
+pub fn identity_text(id: &Identity) -> String {
+    if id.0.len() == 1 {
+        id.0[0].clone()
+    } else {
+        // The same text MariaDB's JSON_ARRAY writes.
+        let parts: Vec<String> =
+            id.0.iter()
+                .map(|p| serde_json::to_string(p).expect("string"))
+                .collect();
+        format!("[{}]", parts.join(", "))
+    }
+}
+
+fn value_text(v: &MyValue) -> String {
+    match v {
+        MyValue::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        MyValue::Int(i) => i.to_string(),
+        MyValue::UInt(u) => u.to_string(),
+        other => other.as_sql(true),
+    }
+}

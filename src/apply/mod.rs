@@ -1,0 +1,443 @@
+//! Import: verifying bundles and applying them atomically, once, in order.
+//!
+//! [`import`] takes explicit files (verified, then copied into the inbox) and everything
+//! waiting in the inbox, and walks each sender's bundles in sequence order:
+//! - a bundle whose number was applied before is a duplicate if the ledger holds the
+//!   same hash (it is removed, nothing else happens) and is refused otherwise;
+//! - the next bundle in the sequence is opened (signature, hashes, decryption) and
+//!   applied in ONE transaction together with its ledger entry, its place in the
+//!   sender's chain and the sender's acknowledgements: all of it or none of it;
+//! - a later bundle is held in the inbox, reported as "waiting for bundle N from S",
+//!   and applies by itself on the next import once the gap is filled.
+//!
+//! A bundle that fails verification goes to quarantine with the reason beside it; one
+//! that fails to apply (a missing reference, say) stays in the inbox with the error
+//! reported, so it applies once the cause is fixed. Apply never sees a transport: it
+//! reads files from the inbox only.
+
+pub mod changes;
+pub mod resolve;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use serde::Serialize;
+
+use crate::bundle::{self, BundleError, BundleName};
+use crate::capture::setup::stored_plan;
+use crate::capture::stamp::Stamp;
+use crate::capture::CaptureError;
+use crate::db::DbError;
+use crate::export::{begin, finish};
+use crate::node::NodeContext;
+use crate::schema::Schema;
+use crate::state;
+use crate::transport::state::{copy_atomic, file_sha256, TransportError};
+use changes::{Applier, ApplyStats};
+
+/// Errors of import.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("bundle {seq} from {sender} is not the bundle {seq} applied here before (its hash differs)\nhint: it was moved to quarantine; find out where this file came from, the sender's outbox holds the genuine one")]
+    Conflicting { sender: String, seq: u64 },
+    #[error("bundle {seq} from {sender} does not follow bundle {prev} applied here (its previous-bundle hash differs)\nhint: the sender's state was probably restored from a backup or re-initialised; do not delete anything, and ask for help before going on")]
+    ChainBroken { sender: String, seq: u64, prev: u64 },
+    #[error("bundle {seq} from {sender} was made with a different sync plan (schema)\nhint: bring both nodes to the same OpenMRS version and run `ferry setup` on both; the bundle stays in the inbox")]
+    PlanMismatch { sender: String, seq: u64 },
+    #[error("a bundle names table {table}, which this node does not sync\nhint: run `ferry setup` on both nodes so that their plans agree")]
+    UnknownTable { table: String },
+    #[error("a change to {table} is malformed: {why}\nhint: the sender's ferry is incompatible; update both nodes")]
+    BadChange { table: String, why: String },
+    #[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox")]
+    MissingReference {
+        table: String,
+        row: String,
+        column: String,
+        target: String,
+        identity: String,
+        sender: String,
+    },
+    #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to\nhint: a row added here refers to a row deleted at {sender}; nothing of this bundle was applied, it stays in the inbox. Void or re-point the referring row, then import again")]
+    StillReferenced {
+        table: String,
+        child: String,
+        column: String,
+        sender: String,
+    },
+    #[error("writing {table} row {row} failed: {source}\nhint: nothing of this bundle was applied; it stays in the inbox")]
+    Write {
+        table: String,
+        row: String,
+        source: mysql_async::Error,
+    },
+    #[error("{path} is addressed to {recipient}, not to this node ({me})\nhint: take it to {recipient}, or let `ferry receive` sort a carrier directory")]
+    NotForMe {
+        path: PathBuf,
+        recipient: String,
+        me: String,
+    },
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl ImportError {
+    /// Whether the file itself is bad (quarantine it) rather than unappliable for now.
+    fn file_is_bad(&self) -> bool {
+        matches!(
+            self,
+            ImportError::Bundle(e) if !matches!(e, BundleError::Io { .. })
+        ) || matches!(
+            self,
+            ImportError::Conflicting { .. } | ImportError::ChainBroken { .. }
+        )
+    }
+}
+
+/// One applied bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Applied {
+    pub file: String,
+    pub sender: String,
+    pub seq: u64,
+    pub changes: u64,
+    pub stats: ApplyStats,
+}
+
+/// A sender whose bundles wait for a missing one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Held {
+    pub sender: String,
+    pub waiting_for: u64,
+    pub held: Vec<u64>,
+}
+
+/// A file that was refused or could not be applied.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub error: String,
+    /// Where the file went (quarantine), or `None` when it stays where it was.
+    pub quarantined: Option<String>,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    pub applied: Vec<Applied>,
+    /// Bundles that had been applied before (files removed, nothing changed).
+    pub duplicates: Vec<String>,
+    pub held: Vec<Held>,
+    pub refused: Vec<Problem>,
+    pub failed: Vec<Problem>,
+}
+
+impl ImportReport {
+    /// Whether anything went wrong (for the exit code).
+    pub fn has_problems(&self) -> bool {
+        !self.refused.is_empty() || !self.failed.is_empty()
+    }
+}
+
+/// Imports the given files (or, with none, whatever waits in the inbox).
+pub async fn import(
+    conn: &mut Conn,
+    node: &NodeContext,
+    files: &[PathBuf],
+) -> Result<ImportReport, ImportError> {
+    let mut report = ImportReport::default();
+    for f in expand(files)? {
+        if let Err(e) = take_into_inbox(node, &f) {
+            report.refused.push(Problem {
+                file: f.display().to_string(),
+                error: e.to_string(),
+                quarantined: None,
+            });
+        }
+    }
+    let mut by_sender: BTreeMap<String, Vec<(BundleName, PathBuf)>> = BTreeMap::new();
+    for (name, path) in node.dirs.inbox_bundles()? {
+        if name.recipient != node.name() {
+            let e = ImportError::NotForMe {
+                path: path.clone(),
+                recipient: name.recipient.clone(),
+                me: node.name().to_string(),
+            };
+            quarantine(node, &path, &e, &mut report)?;
+            continue;
+        }
+        by_sender
+            .entry(name.sender.clone())
+            .or_default()
+            .push((name, path));
+    }
+    for (sender, mut files) in by_sender {
+        files.sort();
+        import_sender(conn, node, &sender, files, &mut report).await?;
+    }
+    // Acknowledged bundles leave the outbox; acknowledged changes leave the log.
+    let mut peer_acks = Vec::new();
+    for p in node.peer_names() {
+        let ps = state::peer(conn, &p, false).await?;
+        let mine = ps.acks.get(node.name()).copied().unwrap_or(0);
+        let upto: Option<Option<u64>> = conn
+            .exec_first(
+                "SELECT MAX(seq) FROM ferry_outbox WHERE peer = ? AND cursor_seq <= ?",
+                (&p, mine),
+            )
+            .await
+            .map_err(DbError::query("reading the outbox record"))?;
+        if let Some(Some(n)) = upto {
+            node.dirs.acknowledge(&p, n)?;
+            conn.exec_drop(
+                "DELETE FROM ferry_outbox WHERE peer = ? AND seq <= ?",
+                (&p, n),
+            )
+            .await
+            .map_err(DbError::query("pruning the outbox record"))?;
+        }
+        peer_acks.push((p, ps.acks));
+    }
+    state::prune(conn, node.name(), &peer_acks).await?;
+    Ok(report)
+}
+
+fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
+    let mut out = Vec::new();
+    for f in files {
+        if f.is_dir() {
+            for (_, p) in crate::transport::state::list_bundles(f)? {
+                out.push(p);
+            }
+        } else {
+            out.push(f.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Verifies an explicit file's header and copies it into the inbox under its name.
+fn take_into_inbox(node: &NodeContext, path: &Path) -> Result<(), ImportError> {
+    let verified = bundle::verify_header(path, &node.peers)?;
+    let h = &verified.header;
+    if h.recipient != node.name() {
+        return Err(ImportError::NotForMe {
+            path: path.to_path_buf(),
+            recipient: h.recipient.clone(),
+            me: node.name().to_string(),
+        });
+    }
+    let dest = node.dirs.inbox().join(h.name().file_name());
+    if dest.exists() {
+        let same = file_sha256(&dest).ok() == file_sha256(path).ok();
+        if same {
+            return Ok(());
+        }
+    }
+    if fs::canonicalize(path).ok() != fs::canonicalize(&dest).ok() {
+        copy_atomic(path, &dest)?;
+    }
+    Ok(())
+}
+
+fn quarantine(
+    node: &NodeContext,
+    path: &Path,
+    e: &ImportError,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    let dest = node.dirs.quarantine_file(path, &e.to_string())?;
+    let _ = fs::remove_file(path);
+    report.refused.push(Problem {
+        file: file_name(path),
+        error: e.to_string(),
+        quarantined: Some(dest.display().to_string()),
+    });
+    Ok(())
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+async fn import_sender(
+    conn: &mut Conn,
+    node: &NodeContext,
+    sender: &str,
+    files: Vec<(BundleName, PathBuf)>,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
+    let mut ps = state::peer(conn, sender, false).await?;
+    let mut held: Vec<u64> = Vec::new();
+    for (name, path) in files {
+        if !held.is_empty() {
+            held.push(name.seq);
+            continue;
+        }
+        if name.seq <= ps.in_seq {
+            match bundle::verify_named(&path, &file_name(&path), &node.peers) {
+                Err(e) => quarantine(node, &path, &ImportError::Bundle(e), report)?,
+                Ok(v) => {
+                    let applied = state::ledger_hash(conn, sender, name.seq).await?;
+                    if applied.as_deref() == Some(hex::encode(v.hash).as_str()) {
+                        fs::remove_file(&path).map_err(|source| ImportError::Io {
+                            path: path.clone(),
+                            source,
+                        })?;
+                        report.duplicates.push(file_name(&path));
+                    } else {
+                        let e = ImportError::Conflicting {
+                            sender: sender.to_string(),
+                            seq: name.seq,
+                        };
+                        quarantine(node, &path, &e, report)?;
+                    }
+                }
+            }
+            continue;
+        }
+        if name.seq > ps.in_seq + 1 {
+            held.push(name.seq);
+            continue;
+        }
+        match apply_file(conn, node, &path, &ps).await {
+            Ok(applied) => {
+                fs::remove_file(&path).map_err(|source| ImportError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                report.applied.push(applied);
+                ps = state::peer(conn, sender, false).await?;
+            }
+            Err(e) if e.file_is_bad() => quarantine(node, &path, &e, report)?,
+            Err(e) => {
+                report.failed.push(Problem {
+                    file: file_name(&path),
+                    error: e.to_string(),
+                    quarantined: None,
+                });
+                return Ok(()); // later bundles of this sender must wait for this one
+            }
+        }
+    }
+    if !held.is_empty() {
+        report.held.push(Held {
+            sender: sender.to_string(),
+            waiting_for: ps.in_seq + 1,
+            held,
+        });
+    }
+    Ok(())
+}
+
+/// Opens, checks and applies one bundle in one transaction.
+async fn apply_file(
+    conn: &mut Conn,
+    node: &NodeContext,
+    path: &Path,
+    ps: &state::PeerState,
+) -> Result<Applied, ImportError> {
+    let mut reader =
+        bundle::open_named(path, &file_name(path), node.name(), &node.keys, &node.peers)?;
+    let header = reader.header().clone();
+    let hash = reader.hash();
+    let expected_prev = if ps.in_seq == 0 {
+        [0u8; 32]
+    } else {
+        ps.in_hash
+    };
+    if header.prev_hash != expected_prev {
+        return Err(ImportError::ChainBroken {
+            sender: header.sender.clone(),
+            seq: header.seq,
+            prev: ps.in_seq,
+        });
+    }
+    let database = node.db.database.clone();
+    let plan = stored_plan(conn, &database).await?;
+    if plan.fingerprint() != header.plan_fingerprint {
+        return Err(ImportError::PlanMismatch {
+            sender: header.sender.clone(),
+            seq: header.seq,
+        });
+    }
+    let schema = Schema::read(conn, &database).await?;
+    let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
+
+    conn.exec_drop(
+        "SET @ferry_origin = ?, FOREIGN_KEY_CHECKS = 0, \
+         sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'",
+        (&header.sender,),
+    )
+    .await
+    .map_err(DbError::query("preparing the import session"))?;
+    begin(conn).await?;
+    let result = async {
+        let stamp = Stamp::lock(conn, node.name(), node.clock).await?;
+        let now = state::peer(conn, &header.sender, true).await?;
+        if now.in_seq + 1 != header.seq {
+            // Another import got here first.
+            return Err(ImportError::Conflicting {
+                sender: header.sender.clone(),
+                seq: header.seq,
+            });
+        }
+        let mut applier = Applier::new(
+            &plan,
+            &schema,
+            &header.sender,
+            node.name(),
+            acks.clone(),
+            stamp,
+            node.clock.now_us(),
+        );
+        applier.stamp.stamp_pending(conn).await?;
+        while let Some(change) = reader.next_change()? {
+            applier.push(conn, change).await?;
+        }
+        applier.finish(conn).await?;
+        let at = node.clock.now_us();
+        state::ledger_put(
+            conn,
+            &header.sender,
+            header.seq,
+            &hash,
+            &header.bundle_id,
+            header.change_count,
+            at,
+        )
+        .await?;
+        state::record_in(conn, &header.sender, header.seq, &hash, at, &acks).await?;
+        state::merge_applied(conn, node.name(), &acks).await?;
+        applier.stamp.save(conn).await?;
+        Ok(applier.stats)
+    }
+    .await;
+    let result = finish(conn, result).await;
+    conn.query_drop("SET @ferry_origin = NULL, FOREIGN_KEY_CHECKS = 1")
+        .await
+        .map_err(DbError::query("resetting the import session"))?;
+    let stats = result?;
+    Ok(Applied {
+        file: file_name(path),
+        sender: header.sender.clone(),
+        seq: header.seq,
+        changes: header.change_count,
+        stats,
+    })
+}

@@ -1,0 +1,119 @@
+//! Commands of the sync stage: export and import.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::Output;
+use crate::apply::{import, ImportReport};
+use crate::config::Config;
+use crate::export::{export, ExportOptions};
+use crate::node::NodeContext;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export only to this peer (repeatable); all configured peers by default.
+    #[arg(long = "peer", value_name = "NAME")]
+    pub peers: Vec<String>,
+    /// Write a bundle even when there is nothing new, to carry acknowledgements.
+    #[arg(long)]
+    pub heartbeat: bool,
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Bundle files or directories to import; with none, everything waiting in the inbox.
+    #[arg(value_name = "FILE|DIR")]
+    pub files: Vec<PathBuf>,
+    /// Print JSON for scripts instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ferry export`.
+pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyhow::Result<()> {
+    let node = NodeContext::load(config)?;
+    let mut conn = node.db.connect().await?;
+    let mut fetch = node.db.connect().await?;
+    let opts = ExportOptions {
+        heartbeat: args.heartbeat,
+    };
+    let reports = export(&mut conn, &mut fetch, &node, &args.peers, &opts).await?;
+    if args.json {
+        out.json(&reports);
+        return Ok(());
+    }
+    if reports.is_empty() {
+        out.line("no peers configured (add one with `ferry peer add NAME KEY`)");
+    }
+    for r in reports {
+        match &r.bundle {
+            Some(file) => out.line(format!(
+                "{}: bundle {} with {} changes ({} bytes) in outbox/{}/{file}",
+                r.peer,
+                r.seq.unwrap_or(0),
+                r.changes,
+                r.bytes,
+                r.peer
+            )),
+            None => out.line(format!("{}: nothing new", r.peer)),
+        }
+    }
+    Ok(())
+}
+
+/// `ferry import`.
+pub async fn run_import(config: Config, args: ImportArgs, out: &Output) -> anyhow::Result<()> {
+    let node = NodeContext::load(config)?;
+    let mut conn = node.db.connect().await?;
+    let report = import(&mut conn, &node, &args.files).await?;
+    if args.json {
+        out.json(&report);
+    } else {
+        print_report(&report, out);
+    }
+    if report.has_problems() {
+        let n = report.refused.len() + report.failed.len();
+        return Err(anyhow::anyhow!(
+            "{n} bundle(s) could not be applied (see above)"
+        ));
+    }
+    Ok(())
+}
+
+fn print_report(r: &ImportReport, out: &Output) {
+    for a in &r.applied {
+        out.line(format!(
+            "applied bundle {} from {}: {} changes ({} inserted, {} updated, {} deleted, {} already newer here)",
+            a.seq, a.sender, a.changes, a.stats.inserted, a.stats.updated, a.stats.deleted, a.stats.skipped
+        ));
+    }
+    for d in &r.duplicates {
+        out.line(format!("{d}: already applied before; nothing to do"));
+    }
+    for h in &r.held {
+        out.line(format!(
+            "waiting for bundle {} from {} (holding {} later one(s): {})",
+            h.waiting_for,
+            h.sender,
+            h.held.len(),
+            h.held
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for p in r.refused.iter().chain(&r.failed) {
+        out.line(format!("{}: {}", p.file, p.error));
+        if let Some(q) = &p.quarantined {
+            out.line(format!("  moved to {q}"));
+        }
+    }
+    if r.applied.is_empty() && r.duplicates.is_empty() && r.held.is_empty() && !r.has_problems() {
+        out.line("nothing to import");
+    }
+}

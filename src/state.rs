@@ -1,0 +1,299 @@
+//! The node's sync state, kept in its own database beside the data it describes so that
+//! it commits (or rolls back) with it: per-peer bundle chains and cursors
+//! (`ferry_peer`), this node's ack vector (`ferry_applied`), and the ledger of applied
+//! bundles (`ferry_ledger`).
+//!
+//! Ack vectors say, per origin node, the highest change id (that origin's `seq`) whose
+//! effect a node holds. A change in the log may be deleted once every peer that must
+//! receive it holds it: see [`prune`].
+
+use std::collections::BTreeMap;
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use serde::Serialize;
+
+use crate::db::DbError;
+
+/// What this node knows of one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PeerState {
+    pub peer: String,
+    /// Sequence number of the last bundle sealed for the peer.
+    pub out_seq: u64,
+    /// Hash of that bundle (the next one's `prev_hash`).
+    #[serde(skip)]
+    pub out_hash: [u8; 32],
+    /// The highest `ferry_change.seq` exported to the peer.
+    pub out_cursor: u64,
+    /// When the last bundle was sealed (µs).
+    pub out_at: Option<i64>,
+    /// Sequence number of the last bundle applied from the peer.
+    pub in_seq: u64,
+    #[serde(skip)]
+    pub in_hash: [u8; 32],
+    /// When the last bundle from the peer was applied (µs).
+    pub in_at: Option<i64>,
+    /// The peer's ack vector, as its last applied bundle stated it.
+    pub acks: BTreeMap<String, u64>,
+}
+
+fn hash_from(text: Option<String>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Some(t) = text {
+        if let Ok(b) = hex::decode(t) {
+            if b.len() == 32 {
+                out.copy_from_slice(&b);
+            }
+        }
+    }
+    out
+}
+
+type PeerRow = (
+    u64,
+    Option<String>,
+    u64,
+    Option<i64>,
+    u64,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Reads a peer's state, creating it if new. With `lock`, the row stays locked until
+/// the transaction ends (export and import of one peer never interleave).
+pub async fn peer(conn: &mut Conn, name: &str, lock: bool) -> Result<PeerState, DbError> {
+    conn.exec_drop("INSERT IGNORE INTO ferry_peer (peer) VALUES (?)", (name,))
+        .await
+        .map_err(DbError::query(format!("registering peer {name}")))?;
+    let row: Option<PeerRow> = conn
+        .exec_first(
+            format!(
+                "SELECT out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks \
+                 FROM ferry_peer WHERE peer = ?{}",
+                if lock { " FOR UPDATE" } else { "" }
+            ),
+            (name,),
+        )
+        .await
+        .map_err(DbError::query(format!("reading peer {name}")))?;
+    let (out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks) =
+        row.unwrap_or_default();
+    Ok(PeerState {
+        peer: name.to_string(),
+        out_seq,
+        out_hash: hash_from(out_hash),
+        out_cursor,
+        out_at,
+        in_seq,
+        in_hash: hash_from(in_hash),
+        in_at,
+        acks: acks
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+    })
+}
+
+/// Every peer this node has state for.
+pub async fn peers(conn: &mut Conn) -> Result<Vec<PeerState>, DbError> {
+    let names: Vec<String> = conn
+        .query("SELECT peer FROM ferry_peer ORDER BY peer")
+        .await
+        .map_err(DbError::query("listing peers"))?;
+    let mut out = Vec::new();
+    for n in names {
+        out.push(peer(conn, &n, false).await?);
+    }
+    Ok(out)
+}
+
+/// Records a sealed bundle for a peer.
+pub async fn record_out(
+    conn: &mut Conn,
+    peer: &str,
+    seq: u64,
+    hash: &[u8; 32],
+    cursor: u64,
+    at_us: i64,
+) -> Result<(), DbError> {
+    conn.exec_drop(
+        "UPDATE ferry_peer SET out_seq = ?, out_hash = ?, out_cursor = ?, out_at = ? WHERE peer = ?",
+        (seq, hex::encode(hash), cursor, at_us, peer),
+    )
+    .await
+    .map_err(DbError::query(format!("recording the bundle for {peer}")))
+}
+
+/// Records an applied bundle from a peer, with the peer's ack vector.
+pub async fn record_in(
+    conn: &mut Conn,
+    peer: &str,
+    seq: u64,
+    hash: &[u8; 32],
+    at_us: i64,
+    acks: &BTreeMap<String, u64>,
+) -> Result<(), DbError> {
+    conn.exec_drop(
+        "UPDATE ferry_peer SET in_seq = ?, in_hash = ?, in_at = ?, acks = ? WHERE peer = ?",
+        (
+            seq,
+            hex::encode(hash),
+            at_us,
+            serde_json::to_string(acks).expect("acks"),
+            peer,
+        ),
+    )
+    .await
+    .map_err(DbError::query(format!("recording the bundle from {peer}")))
+}
+
+/// This node's ack vector (without its own entry, which is its stamped `seq`).
+pub async fn applied(conn: &mut Conn) -> Result<BTreeMap<String, u64>, DbError> {
+    let rows: Vec<(String, u64)> = conn
+        .query("SELECT origin, seq FROM ferry_applied")
+        .await
+        .map_err(DbError::query("reading the ack vector"))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Raises this node's ack vector to at least `acks` (ignoring its own entry).
+pub async fn merge_applied(
+    conn: &mut Conn,
+    me: &str,
+    acks: &BTreeMap<String, u64>,
+) -> Result<(), DbError> {
+    for (origin, seq) in acks {
+        if origin == me {
+            continue;
+        }
+        conn.exec_drop(
+            "INSERT INTO ferry_applied (origin, seq) VALUES (?, ?) \
+             ON DUPLICATE KEY UPDATE seq = GREATEST(seq, VALUES(seq))",
+            (origin, seq),
+        )
+        .await
+        .map_err(DbError::query("raising the ack vector"))?;
+    }
+    Ok(())
+}
+
+/// The ledger's hash for (sender, seq), if that bundle was applied.
+pub async fn ledger_hash(
+    conn: &mut Conn,
+    sender: &str,
+    seq: u64,
+) -> Result<Option<String>, DbError> {
+    conn.exec_first(
+        "SELECT hash FROM ferry_ledger WHERE sender = ? AND seq = ?",
+        (sender, seq),
+    )
+    .await
+    .map_err(DbError::query("reading the ledger"))
+}
+
+/// Writes a ledger entry (inside the bundle's transaction).
+pub async fn ledger_put(
+    conn: &mut Conn,
+    sender: &str,
+    seq: u64,
+    hash: &[u8; 32],
+    bundle_id: &[u8; 16],
+    changes: u64,
+    at_us: i64,
+) -> Result<(), DbError> {
+    conn.exec_drop(
+        "INSERT INTO ferry_ledger (sender, seq, hash, bundle_id, changes, applied_us) \
+         VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            sender,
+            seq,
+            hex::encode(hash),
+            hex::encode(bundle_id),
+            changes,
+            at_us,
+        ),
+    )
+    .await
+    .map_err(DbError::query("writing the ledger"))
+}
+
+/// The condition under which a change-log entry no longer needs to go to `peer`, given
+/// the peer's ack vector: it originated there, came from there, or the peer holds it.
+/// `seq` is the SQL expression of the entry's own sequence number.
+fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> String {
+    let q = crate::db::literal;
+    let mine = acks.get(me).copied().unwrap_or(0);
+    let mut arms = String::new();
+    for (origin, seq) in acks {
+        if origin != me {
+            arms.push_str(&format!(" WHEN {} THEN {seq}", q(origin)));
+        }
+    }
+    let forwarded = if arms.is_empty() {
+        "FALSE".to_string()
+    } else {
+        format!("origin_seq <= CASE origin{arms} ELSE 0 END")
+    };
+    format!(
+        "((origin IS NULL AND {seq} <= {mine}) OR origin = {p} OR via = {p} \
+         OR (origin IS NOT NULL AND {forwarded}))",
+        p = q(peer)
+    )
+}
+
+/// Deletes change-log entries every configured peer holds. Returns how many.
+pub async fn prune(
+    conn: &mut Conn,
+    me: &str,
+    peers: &[(String, BTreeMap<String, u64>)],
+) -> Result<u64, DbError> {
+    if peers.is_empty() {
+        return Ok(0); // with no peer, nothing has been delivered: keep everything
+    }
+    let conds: Vec<String> = peers
+        .iter()
+        .map(|(p, acks)| done_for(me, p, acks, "seq"))
+        .collect();
+    conn.query_drop(format!(
+        "DELETE FROM ferry_change WHERE seq IS NOT NULL AND {}",
+        conds.join(" AND ")
+    ))
+    .await
+    .map_err(DbError::query("pruning the change log"))?;
+    Ok(conn.affected_rows())
+}
+
+/// Entries of the change log not yet held by `peer`.
+pub async fn pending_for(
+    conn: &mut Conn,
+    me: &str,
+    peer: &str,
+    acks: &BTreeMap<String, u64>,
+) -> Result<(u64, Option<i64>), DbError> {
+    let row: Option<(u64, Option<i64>)> = conn
+        .query_first(format!(
+            "SELECT COUNT(*), MIN(wall_us) FROM ferry_change WHERE NOT {}",
+            done_for(me, peer, acks, "COALESCE(seq, ~0)")
+        ))
+        .await
+        .map_err(DbError::query("counting unacknowledged changes"))?;
+    Ok(row.unwrap_or((0, None)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_condition_names_every_origin() {
+        let acks: BTreeMap<String, u64> = [("hub".to_string(), 7), ("a".to_string(), 3)]
+            .into_iter()
+            .collect();
+        let c = done_for("a", "hub", &acks, "seq");
+        assert!(c.contains("seq <= 3"), "{c}");
+        assert!(c.contains("WHEN 'hub' THEN 7"), "{c}");
+        assert!(!c.contains("WHEN 'a'"), "{c}");
+        assert!(c.contains("via = 'hub'"), "{c}");
+    }
+}
