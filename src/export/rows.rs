@@ -50,7 +50,10 @@ enum Carried {
     Ref { target: String },
     /// A soft reference by local id: raw value, identity (NULL when the type says the
     /// value is no reference), and the discriminator.
-    Soft { column: Column, targets: Vec<String> },
+    Soft {
+        column: Column,
+        targets: Vec<String>,
+    },
 }
 
 /// Reads one synced table's rows in uuid space.
@@ -205,7 +208,13 @@ impl TableReader {
                     let empty = matches!(raw, Some(MyValue::NULL) | None)
                         || matches!(raw, Some(MyValue::Bytes(b)) if b.is_empty());
                     if is_ref && !empty {
-                        values.push(self.reference(&key, name, disc.as_deref().unwrap_or(""), raw, id)?);
+                        values.push(self.reference(
+                            &key,
+                            name,
+                            disc.as_deref().unwrap_or(""),
+                            raw,
+                            id,
+                        )?);
                     } else {
                         values.push(decode_value(&self.table, column, raw)?);
                     }
@@ -267,7 +276,8 @@ fn soft_ref_exprs(
         let [pk] = target.primary_key.as_slice() else {
             continue;
         };
-        let expr = referenced_identity(plan, schema, table, pk, &format!("CAST({raw} AS UNSIGNED)"))?;
+        let expr =
+            referenced_identity(plan, schema, table, pk, &format!("CAST({raw} AS UNSIGNED)"))?;
         arms.push(format!("WHEN {} THEN {expr}", literal(class)));
     }
     if arms.is_empty() {
@@ -368,7 +378,14 @@ pub fn to_param(v: &Value) -> MyValue {
             minutes,
             seconds,
             micros,
-        } => MyValue::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros),
+        } => MyValue::Time(
+            *negative,
+            hours / 24,
+            (hours % 24) as u8,
+            *minutes,
+            *seconds,
+            *micros,
+        ),
         Value::Ref(id) => MyValue::Bytes(id.0.concat().into_bytes()),
     }
 }
