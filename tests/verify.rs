@@ -7,9 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use common::{block_on, conn, site, sources, Node};
@@ -428,7 +428,7 @@ fn big_rows() -> u64 {
     std::env::var("FERRY_VERIFY_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300_000)
+        .unwrap_or(1_000_000)
 }
 
 /// Grows obs to `target` rows by doubling it with INSERT .. SELECT, each copy with a
@@ -464,28 +464,22 @@ pub async fn grow_obs(c: &mut Conn, target: u64) {
     }
 }
 
-/// Runs `ferry ARGS` to the end; returns (exit code, stdout, peak RSS in KiB).
-fn run_measured(config: &Path, args: &[&str]) -> (i32, String, i64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+/// Runs `ferry ARGS` to the end with stdout into `stdout`; returns (exit code, peak RSS
+/// in KiB) of that child alone (`wait4`).
+fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
         .arg(config)
         .args(args)
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(stdout).unwrap())
         .spawn()
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
         .unwrap();
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     assert_eq!(pid, child.id() as i32);
     assert!(libc::WIFEXITED(status));
-    (libc::WEXITSTATUS(status), out, usage.ru_maxrss)
+    (libc::WEXITSTATUS(status), usage.ru_maxrss)
 }
 
 #[test]
@@ -511,28 +505,66 @@ fn a_large_obs_table_is_digested_in_bounded_memory() {
     });
     let grow = t.elapsed();
     let node = Node::new("big", &url);
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, rows) = (dir.path().join("sum.json"), dir.path().join("rows.jsonl"));
+    const LIMIT_KIB: i64 = 64 * 1024;
+
     let t = Instant::now();
-    let (code, out, rss_kib) = run_measured(&node.config, &["verify", "--json"]);
+    let (code, rss_kib) = run_measured(&node.config, &["verify", "--json"], &summary);
     let secs = t.elapsed().as_secs_f64();
+    let out = std::fs::read_to_string(&summary).unwrap();
     assert_eq!(code, 0, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let total: u64 = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["rows"].as_u64().unwrap())
-        .sum();
-    let obs = report["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["table"] == "obs")
-        .unwrap();
+    let tables = report["tables"].as_array().unwrap();
+    let total: u64 = tables.iter().map(|t| t["rows"].as_u64().unwrap()).sum();
+    let obs = tables.iter().find(|t| t["table"] == "obs").unwrap();
     assert_eq!(obs["rows"].as_u64(), Some(target));
     eprintln!(
         "verify --json: {total} rows ({target} obs) in {secs:.1} s = {:.0} rows/s, peak RSS {} MiB (obs grown in {grow:.1?})",
         total as f64 / secs,
         rss_kib / 1024
     );
-    assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB");
+    assert!(rss_kib < LIMIT_KIB, "verify --json: peak RSS {rss_kib} KiB");
+
+    // The sorted row form and the merge against it stream too.
+    let t = Instant::now();
+    let (code, rss_kib) = run_measured(&node.config, &["verify", "--rows", "--json"], &rows);
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(code, 0);
+    let lines = std::io::BufReader::new(std::fs::File::open(&rows).unwrap())
+        .lines()
+        .count();
+    assert_eq!(lines as u64, total + 1);
+    eprintln!(
+        "verify --rows --json: {:.0} rows/s, peak RSS {} MiB",
+        total as f64 / secs,
+        rss_kib / 1024
+    );
+    assert!(
+        rss_kib < LIMIT_KIB,
+        "verify --rows --json: peak RSS {rss_kib} KiB"
+    );
+    let t = Instant::now();
+    let f = rows.to_str().unwrap();
+    let (code, rss_kib) = run_measured(
+        &node.config,
+        &["verify", "--rows", "--against", f],
+        &dir.path().join("diff.txt"),
+    );
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(
+        code,
+        0,
+        "{}",
+        std::fs::read_to_string(dir.path().join("diff.txt")).unwrap()
+    );
+    eprintln!(
+        "verify --rows --against: {:.0} rows/s, peak RSS {} MiB",
+        total as f64 / secs,
+        rss_kib / 1024
+    );
+    assert!(
+        rss_kib < LIMIT_KIB,
+        "verify --rows --against: peak RSS {rss_kib} KiB"
+    );
 }
