@@ -20,3 +20,4 @@ pub mod node;
 pub mod schema;
 pub mod state;
 pub mod transport;
+pub mod verify;

@@ -205,9 +205,9 @@ impl TableReader {
                     };
                     i += 3;
                     let is_ref = disc.as_ref().is_some_and(|d| targets.contains(d));
-                    let empty = matches!(raw, Some(MyValue::NULL) | None)
-                        || matches!(raw, Some(MyValue::Bytes(b)) if b.is_empty());
-                    if is_ref && !empty {
+                    // Only digits can be a local id (the SQL arm tests the same); any
+                    // other text ('', 'NULL', a name) is carried as the value it is.
+                    if is_ref && is_local_id(raw) {
                         values.push(self.reference(
                             &key,
                             name,
@@ -246,6 +246,16 @@ impl TableReader {
                 value: raw.as_sql(true),
             }),
         }
+    }
+}
+
+/// Whether a soft reference's raw value can be a local id: a non-empty run of digits.
+fn is_local_id(raw: Option<&MyValue>) -> bool {
+    match raw {
+        Some(MyValue::Bytes(b)) => !b.is_empty() && b.iter().all(u8::is_ascii_digit),
+        Some(MyValue::Int(i)) => *i >= 0,
+        Some(MyValue::UInt(_)) => true,
+        _ => false,
     }
 }
 
@@ -387,5 +397,21 @@ pub fn to_param(v: &Value) -> MyValue {
             *micros,
         ),
         Value::Ref(id) => MyValue::Bytes(id.0.concat().into_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_digits_are_soft_reference_ids() {
+        let b = |s: &str| MyValue::Bytes(s.as_bytes().to_vec());
+        assert!(is_local_id(Some(&b("42"))));
+        assert!(is_local_id(Some(&MyValue::Int(7))));
+        for v in [b(""), b("NULL"), b("4 2"), b("-1"), b("x1"), MyValue::NULL] {
+            assert!(!is_local_id(Some(&v)), "{v:?}");
+        }
+        assert!(!is_local_id(None));
     }
 }
