@@ -78,3 +78,126 @@ fn phase1_person_insert_update_delete_both_ways() {
     let out = c.node("site-a").json(&["export", "--json"]);
     assert_eq!(out[0]["bundle"], serde_json::Value::Null, "{out}");
 }
+
+fn generate(url: &str, seed: u64, patients: u32) {
+    block_on(async {
+        let mut db = conn(url).await;
+        let opts = ferry::dev::gen::GenOptions {
+            seed,
+            patients,
+            visits_per_patient: 1,
+            encounters_per_visit: 2,
+            obs_per_encounter: 5,
+            ..Default::default()
+        };
+        ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
+    });
+}
+
+fn assert_same(c: &Cluster, names: &[&str]) {
+    let first = c.verify(names[0]);
+    assert!(first.contains("\"rows\""), "{first}");
+    for n in &names[1..] {
+        let other = c.verify(n);
+        if other != first {
+            let path = c.stick.path().join("verify.json");
+            std::fs::write(&path, &first).unwrap();
+            let (_, out, err) = c
+                .node(n)
+                .run(&["verify", "--against", path.to_str().unwrap()]);
+            panic!("{} and {n} differ:\n{out}\n{err}", names[0]);
+        }
+    }
+}
+
+/// Phase 2: all tables, both directions, a week offline, then everything in one go.
+#[test]
+fn phase2_all_tables_both_ways_after_a_week_offline() {
+    for source in common::sources() {
+        eprintln!("phase 2 on {}", source.name());
+        let c = Cluster::star(&["site-a", "site-b"], &source);
+        for day in 0..7 {
+            generate(c.url("site-a"), 100 + day, 8);
+            c.node("site-a").ok(&["export"]);
+            generate(c.url("site-b"), 200 + day, 8);
+            c.node("site-b").ok(&["export"]);
+        }
+        let stick = c.stick.path().to_str().unwrap();
+        c.node("site-a").ok(&["send", stick]);
+        c.node("site-b").ok(&["send", stick]);
+        c.node("site-a").ok(&["receive", stick]);
+        c.node("site-b").ok(&["receive", stick]);
+        for n in ["site-a", "site-b"] {
+            let r = c.node(n).json(&["import", "--json"]);
+            assert_eq!(r["applied"].as_array().unwrap().len(), 7, "{n}: {r}");
+            assert!(r["failed"].as_array().unwrap().is_empty(), "{r}");
+        }
+        assert_same(&c, &["site-a", "site-b"]);
+        // Acknowledgements travel back (on heartbeats: there is nothing new) and empty
+        // both outboxes and change logs.
+        c.carry_with("site-a", "site-b", &["--heartbeat"]);
+        c.carry_with("site-b", "site-a", &["--heartbeat"]);
+        for n in ["site-a", "site-b"] {
+            let status = c.node(n).json(&["status", "--json"]);
+            assert_eq!(status["pending_changes"], 0, "{n}: {status}");
+            assert_eq!(status["pending_forwarded"], 0, "{n}: {status}");
+        }
+        let outbox_a = c.node("site-a").dir.path().join("outbox/site-b");
+        let left: Vec<_> = std::fs::read_dir(&outbox_a).unwrap().collect();
+        assert_eq!(
+            left.len(),
+            0,
+            "site-a's outbox is empty once site-b acknowledged"
+        );
+    }
+}
+
+/// Phase 3: a patient registered at spoke 1 reaches spoke 2 through the hub.
+#[test]
+fn phase3_hub_forwards_between_spokes() {
+    let c = Cluster::star(&["hub", "spoke-1", "spoke-2"], &Source::Fixture);
+    generate(c.url("spoke-1"), 11, 3);
+    generate(c.url("spoke-2"), 22, 3);
+    c.carry("spoke-1", "hub");
+    c.carry("spoke-2", "hub");
+    // The hub forwards each spoke's changes to the other, never back.
+    let stick = c.stick.path().to_str().unwrap();
+    let out = c.node("hub").json(&["export", "--json"]);
+    for e in out.as_array().unwrap() {
+        assert!(e["changes"].as_u64().unwrap() > 0, "{out}");
+    }
+    c.node("hub").ok(&["send", stick]);
+    for s in ["spoke-1", "spoke-2"] {
+        c.node(s).ok(&["receive", stick]);
+        let r = c.node(s).json(&["import", "--json"]);
+        assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    }
+    assert_same(&c, &["hub", "spoke-1", "spoke-2"]);
+    // A patient of spoke 1 is at spoke 2, under the same uuid with a local id of its own.
+    let uuid: String = block_on(async {
+        let mut db = conn(c.url("spoke-1")).await;
+        db.query_first("SELECT p.uuid FROM person p JOIN patient pa ON pa.patient_id = p.person_id ORDER BY p.person_id DESC LIMIT 1")
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    let at2: Option<u64> = block_on(async {
+        let mut db = conn(c.url("spoke-2")).await;
+        db.exec_first(
+            "SELECT pa.patient_id FROM patient pa JOIN person p ON p.person_id = pa.patient_id WHERE p.uuid = ?",
+            (&uuid,),
+        )
+        .await
+        .unwrap()
+    });
+    assert!(at2.is_some(), "patient {uuid} reached spoke-2");
+    // Nothing goes back to where it came from.
+    for s in ["spoke-1", "spoke-2"] {
+        let r = c.carry(s, "hub");
+        let _ = r;
+    }
+    let again = c.node("hub").json(&["export", "--json"]);
+    for e in again.as_array().unwrap() {
+        assert_eq!(e["bundle"], serde_json::Value::Null, "{again}");
+    }
+}

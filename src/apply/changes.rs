@@ -370,7 +370,10 @@ impl<'a> Applier<'a> {
             // Which target table each row's reference goes to.
             let mut by_target: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
             let disc = match soft {
-                Some(s) => self.discriminators(conn, s, synced, &out, writes).await?,
+                Some(s) => {
+                    self.discriminators(conn, s, synced, changes, writes)
+                        .await?
+                }
                 None => HashMap::new(),
             };
             for &i in writes {
@@ -444,39 +447,56 @@ impl<'a> Applier<'a> {
         Ok(out)
     }
 
-    /// The attribute type's discriminator for each row with a by-id soft reference.
+    /// The attribute type's discriminator for each row with a by-id soft reference,
+    /// read from the type row the change names.
     async fn discriminators(
         &self,
         conn: &mut Conn,
         s: &SoftRef,
         synced: &SyncedTable,
-        values: &HashMap<usize, Vec<MyValue>>,
+        changes: &[Change],
         writes: &[usize],
     ) -> Result<HashMap<usize, String>, ImportError> {
-        let type_idx = synced.columns.iter().position(|c| c == &s.type_column);
         let mut out = HashMap::new();
-        let Some(type_idx) = type_idx else {
+        let Some(type_idx) = synced.columns.iter().position(|c| c == &s.type_column) else {
             return Ok(out);
         };
-        let type_pk = self.resolver().int_pk(&s.type_table).unwrap_or_default();
-        for &i in writes {
-            let Some(type_id) = values.get(&i).map(|v| v[type_idx].clone()) else {
-                continue;
-            };
-            let d: Option<Option<String>> = conn
-                .exec_first(
-                    format!(
-                        "SELECT {} FROM {} WHERE {} = ?",
-                        ident(&s.discriminator),
-                        ident(&s.type_table),
-                        ident(&type_pk)
-                    ),
-                    (type_id,),
-                )
-                .await
-                .map_err(DbError::query("reading an attribute type"))?;
-            if let Some(Some(d)) = d {
-                out.insert(i, d);
+        let resolver = self.resolver();
+        let Some(type_pk) = resolver.int_pk(&s.type_table) else {
+            return Ok(out);
+        };
+        let rows: Vec<(usize, Identity)> = writes
+            .iter()
+            .filter_map(|&i| match &changes[i].values[type_idx] {
+                Value::Ref(id) => Some((i, id.clone())),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<Identity> = rows.iter().map(|(_, id)| id.clone()).collect();
+        let pks = resolver
+            .ref_values(conn, &s.type_table, &type_pk, &ids)
+            .await?;
+        let mut cache: HashMap<String, Option<String>> = HashMap::new();
+        for ((i, _), pk) in rows.iter().zip(pks) {
+            let Some(pk) = pk else { continue };
+            let k = value_text(&pk);
+            if !cache.contains_key(&k) {
+                let d: Option<Option<String>> = conn
+                    .exec_first(
+                        format!(
+                            "SELECT {} FROM {} WHERE {} = ?",
+                            ident(&s.discriminator),
+                            ident(&s.type_table),
+                            ident(&type_pk)
+                        ),
+                        (pk.clone(),),
+                    )
+                    .await
+                    .map_err(DbError::query("reading an attribute type"))?;
+                cache.insert(k.clone(), d.flatten());
+            }
+            if let Some(Some(d)) = cache.get(&k) {
+                out.insert(*i, d.clone());
             }
         }
         Ok(out)

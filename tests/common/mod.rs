@@ -203,8 +203,15 @@ impl Cluster {
 
     /// `from` exports, sends to the stick; `to` receives and imports.
     pub fn carry(&self, from: &str, to: &str) -> serde_json::Value {
+        self.carry_with(from, to, &[])
+    }
+
+    /// [`Cluster::carry`] with extra export arguments (e.g. `--heartbeat`).
+    pub fn carry_with(&self, from: &str, to: &str, export_args: &[&str]) -> serde_json::Value {
         let stick = self.stick.path().to_str().unwrap();
-        self.node(from).ok(&["export"]);
+        let mut args = vec!["export"];
+        args.extend_from_slice(export_args);
+        self.node(from).ok(&args);
         self.node(from).ok(&["send", stick]);
         self.node(to).ok(&["receive", stick]);
         self.node(to).json(&["import", "--json"])

@@ -255,7 +255,9 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// Retires (or, when already retired, brings back) one location and one concept.
+    /// Retires (or, when already retired, brings back) one location and one concept. The
+    /// last active row of its kind is never retired (a later run needs one): another,
+    /// retired one is brought back instead.
     pub(super) async fn retire(&mut self) -> Result<(), GenError> {
         let by = self.meta.creator;
         let ts = self.tick(3_600);
@@ -270,13 +272,36 @@ impl Writer<'_> {
             if list.is_empty() {
                 continue;
             }
-            let id = *pick(&mut self.rng, &list);
+            let mut id = *pick(&mut self.rng, &list);
             let sql = format!("SELECT retired FROM {table} WHERE {key} = ?");
-            let retired: Option<bool> = self
+            let mut retired: Option<bool> = self
                 .conn
                 .exec_first(&sql, (id,))
                 .await
                 .map_err(GenError::db(format!("reading {table} {id}")))?;
+            if !retired.unwrap_or(false) {
+                let ids = list
+                    .iter()
+                    .map(|i| i.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let states: Vec<(i64, bool)> = self
+                    .conn
+                    .query(format!(
+                        "SELECT {key}, retired FROM {table} WHERE {key} IN ({ids}) ORDER BY {key}"
+                    ))
+                    .await
+                    .map_err(GenError::db(format!("reading {table} states")))?;
+                if states.iter().filter(|(_, r)| !r).count() <= 1 {
+                    match states.iter().find(|(_, r)| *r) {
+                        Some((other, _)) => {
+                            id = *other;
+                            retired = Some(true);
+                        }
+                        None => continue,
+                    }
+                }
+            }
             let (sql, params) = if retired.unwrap_or(false) {
                 (
                     format!("UPDATE {table} SET retired = 0, retired_by = NULL, date_retired = NULL, retire_reason = NULL WHERE {key} = ?"),
