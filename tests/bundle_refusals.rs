@@ -166,12 +166,15 @@ fn tampering_is_refused() {
     );
 }
 
+/// An edit of a bundle's members.
+type Edit = Box<dyn Fn(&mut Vec<RawMember>)>;
+
 #[test]
 fn foreign_members_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = seal(dir.path(), "clinic-a", "hub", 1, 3);
     let members = split(&bytes);
-    let cases: Vec<(Box<dyn Fn(&mut Vec<RawMember>)>, &str, &str)> = vec![
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|m| m[0].name = "a/../../header".into()),
             "path-traversal",

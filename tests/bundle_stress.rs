@@ -9,6 +9,8 @@ const CHANGES: u64 = 1_000_000;
 const MAX_RSS_KB: i64 = 128 * 1024;
 
 #[test]
+// The child is reaped by `libc::wait4` below (to read its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn a_million_changes_seal_and_open_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
