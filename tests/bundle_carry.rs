@@ -209,6 +209,14 @@ fn three_nodes_through_one_stick() {
         strings(&sent["copied"]),
         vec![file("hub", "clinic-a", 1), file("clinic-a", "clinic-b", 1)]
     );
+    // The hub looking at the stick again must not take the relayed bundle back.
+    let again = hub.ferry(&["receive", stick_s, "--json"]).1;
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        strings(&again["duplicates"]),
+        vec![file("clinic-a", "clinic-b", 1)]
+    );
+    assert!(stick.join(file("clinic-a", "clinic-b", 1)).exists());
     let got = b.json(&["receive", stick_s, "--json"]);
     assert_eq!(
         strings(&got["received"]),

@@ -127,7 +127,8 @@ pub struct ReceiveReport {
     pub received: Vec<String>,
     /// Bundles for nodes this node relays for, now in their outbox.
     pub relayed: Vec<String>,
-    /// Bundles already taken before (removed from the carrier).
+    /// Bundles already taken before (own ones are removed from the carrier, relayed
+    /// ones left on it).
     pub duplicates: Vec<String>,
     /// Bundles for other nodes, left on the carrier.
     pub left: Vec<String>,
@@ -164,7 +165,11 @@ pub fn receive(
         if target.exists() {
             let same = file_sha256(&target).ok() == file_sha256(&path).ok();
             if same {
-                remove_source(&path)?;
+                // Our own copy is safe in the inbox; a relayed one stays on the carrier,
+                // which may be on its way to the recipient.
+                if own {
+                    remove_source(&path)?;
+                }
                 report.duplicates.push(file);
             } else {
                 let reason = format!(
