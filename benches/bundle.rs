@@ -21,13 +21,17 @@ struct Line {
 }
 
 impl Line {
-    fn print(&self, what: &str, took: Duration) {
+    /// One line: time, MB/s of serialized records, changes/s, and the MB/s of the
+    /// bytes this stage itself consumes (`input` bytes).
+    fn print(&self, what: &str, took: Duration, input: u64) {
         let s = took.as_secs_f64();
         println!(
-            "{what:<22} {:>8.3} s {:>9.1} MB/s {:>12.0} changes/s",
+            "{what:<22} {:>8.3} s {:>9.1} MB/s {:>12.0} changes/s   (stage input {:>6.1} MB at {:>7.1} MB/s)",
             s,
             self.plain as f64 / 1e6 / s,
-            self.changes as f64 / s
+            self.changes as f64 / s,
+            input as f64 / 1e6,
+            input as f64 / 1e6 / s
         );
     }
 }
@@ -91,10 +95,10 @@ fn main() {
         plain_len as f64 / compressed.len() as f64
     );
     println!("-- seal, by stage (MB/s of serialized records)");
-    line.print("serialize", serialize);
-    line.print("compress (zstd 3)", compress);
-    line.print("encrypt (chacha20)", encrypt);
-    line.print("hash (sha256)", hash);
+    line.print("serialize", serialize, plain_len);
+    line.print("compress (zstd 3)", compress, plain_len);
+    line.print("encrypt (chacha20)", encrypt, compressed.len() as u64);
+    line.print("hash (sha256)", hash, sealed.len() as u64);
 
     // Seal end to end, into a file.
     let dir = tempfile::tempdir().unwrap();
@@ -110,7 +114,7 @@ fn main() {
     }
     let path = dir.path().join("bench.bundle");
     let sealed_file = w.finish(&path).unwrap();
-    line.print("seal, total", t.elapsed());
+    line.print("seal, total", t.elapsed(), plain_len);
 
     // Open, stage by stage.
     println!("-- open, by stage (MB/s of serialized records)");
@@ -118,7 +122,7 @@ fn main() {
     let mut d = Decryptor::new(&sealed[..], key(), "bench", compressed.len() as u64);
     let mut back = Vec::new();
     d.read_to_end(&mut back).unwrap();
-    line.print("decrypt (chacha20)", t.elapsed());
+    line.print("decrypt (chacha20)", t.elapsed(), sealed.len() as u64);
 
     let t = Instant::now();
     let mut out = Vec::new();
@@ -126,7 +130,7 @@ fn main() {
         .unwrap()
         .read_to_end(&mut out)
         .unwrap();
-    line.print("decompress (zstd)", t.elapsed());
+    line.print("decompress (zstd)", t.elapsed(), compressed.len() as u64);
 
     let t = Instant::now();
     let mut dec = BodyDecoder::new(&out[..], "bench");
@@ -135,8 +139,8 @@ fn main() {
         k += 1;
     }
     assert_eq!(k, n);
-    line.print("deserialize", t.elapsed());
-    line.print("hash (sha256)", hash);
+    line.print("deserialize", t.elapsed(), plain_len);
+    line.print("hash (sha256)", hash, sealed.len() as u64);
 
     let t = Instant::now();
     let mut r = open(&path, "hub", &hub, &fixed_peers(&["clinic-a"])).unwrap();
@@ -145,7 +149,7 @@ fn main() {
         k += 1;
     }
     assert_eq!(k, n);
-    line.print("open, total", t.elapsed());
+    line.print("open, total", t.elapsed(), sealed_file.len);
     println!(
         "bundle file: {:.1} MB, {:.1} bytes per change",
         sealed_file.len as f64 / 1e6,

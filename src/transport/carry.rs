@@ -57,6 +57,16 @@ pub fn send(
             report.skipped.push(file.clone());
         } else {
             copy_atomic(&path, &target)?;
+            // Read the copy back: cheap media sometimes write something else.
+            let written = file_sha256(&target).map_err(io_error("read back", &target))?;
+            if hex::encode(written) != hash {
+                let _ = fs::remove_file(&target);
+                return Err(TransportError::Io {
+                    action: "verify the copy at",
+                    path: target,
+                    source: std::io::Error::other("the copy reads back differently"),
+                });
+            }
             report.copied.push(file.clone());
         }
         keep.insert(file, hash);
