@@ -209,7 +209,7 @@ impl BundleWriter {
         let (hashing, compressed_len) = encryptor.finish().map_err(io)?;
         let body_len = hashing.len;
         debug_assert_eq!(body_len, body_len_for(compressed_len));
-        if plain_len > MAX_PLAIN_LEN {
+        if plain_len.max(compressed_len) > MAX_PLAIN_LEN {
             return Err(BundleError::InvalidParams {
                 why: format!("body of {plain_len} bytes is over {MAX_PLAIN_LEN}; split it"),
             });
@@ -234,6 +234,10 @@ impl BundleWriter {
             body_len,
             body_sha256,
         };
+        // Never write what a reader would refuse.
+        header
+            .check("<new bundle>")
+            .map_err(|e| BundleError::InvalidParams { why: e.to_string() })?;
         let encoded = header.encode();
         let signature = header::sign(&self.keys, &encoded);
         write_archive(out, &encoded, &signature, &mut file, body_len).map_err(io)?;
