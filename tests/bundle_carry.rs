@@ -149,6 +149,13 @@ fn three_nodes_through_one_stick() {
     let again = a.json(&["send", stick_s, "--json"]);
     assert!(strings(&again["copied"]).is_empty(), "{again}");
     assert_eq!(strings(&again["skipped"]).len(), 3);
+    // Without the ledger, files already on the stick with the same name and hash are
+    // still not copied again.
+    let ledger = a.state().join(ferry::transport::carry::LEDGER_FILE);
+    std::fs::remove_file(&ledger).unwrap();
+    let again = a.json(&["send", stick_s, "--json"]);
+    assert!(strings(&again["copied"]).is_empty(), "{again}");
+    assert!(ledger.exists(), "the ledger is written again");
 
     // A copy of a third bundle interrupted halfway, and a copy still under its temp name.
     let h2_path = StateDirs::new(&a.state())
