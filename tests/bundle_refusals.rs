@@ -166,12 +166,15 @@ fn tampering_is_refused() {
     );
 }
 
+/// An edit of a bundle's members.
+type Edit = Box<dyn Fn(&mut Vec<RawMember>)>;
+
 #[test]
 fn foreign_members_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = seal(dir.path(), "clinic-a", "hub", 1, 3);
     let members = split(&bytes);
-    let cases: Vec<(Box<dyn Fn(&mut Vec<RawMember>)>, &str, &str)> = vec![
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             Box::new(|m| m[0].name = "a/../../header".into()),
             "path-traversal",
@@ -340,4 +343,65 @@ fn every_refusal_kind_is_a_refusal_and_local_trouble_is_not() {
     assert!(io.to_string().contains("hint: "));
     let r = BundleError::HashMismatch { file: "f".into() };
     assert!(r.is_refusal());
+}
+
+#[test]
+fn malformed_header_fields_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = seal(dir.path(), "clinic-a", "hub", 1, 1);
+    let mut m = split(&bytes);
+    m[0].data.truncate(20);
+    assert_refused(
+        verify(&assemble(&m)),
+        "malformed-header",
+        "has a malformed bundle header (undecodable",
+    );
+    let mut h = header_of(&bytes);
+    h.acks = vec![("zz".into(), 1), ("aa".into(), 2)];
+    assert_refused(
+        verify(&resign(&bytes, &h, &fixed_keys("clinic-a"))),
+        "malformed-header",
+        "acks not sorted by unique node name",
+    );
+}
+
+#[test]
+fn a_renamed_bundle_is_refused_on_receive() {
+    use ferry::transport::{receive, Receiver, StateDirs};
+    let dir = tempfile::tempdir().unwrap();
+    let stick = dir.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let bytes = seal(dir.path(), "clinic-a", "hub", 1, 2);
+    // Sequence 1 presented as sequence 5.
+    let renamed = "ferry.clinic-a.hub.0000000000000005.bundle";
+    std::fs::write(stick.join(renamed), &bytes).unwrap();
+    let state = StateDirs::new(&dir.path().join("hub"));
+    let keys = fixed_keys("hub");
+    let peers = peers();
+    let rx = Receiver {
+        me: "hub",
+        relay_for: &[],
+        keys: &keys,
+        peers: &peers,
+    };
+    let report = receive(&state, &stick, &rx, &indicatif::ProgressBar::hidden()).unwrap();
+    assert!(report.received.is_empty());
+    assert_eq!(report.refused.len(), 1);
+    let r = &report.refused[0];
+    assert_eq!(r.kind, "name-mismatch");
+    assert!(
+        r.reason
+            .contains("is named for clinic-a → hub #5 but its signed header says clinic-a → hub #1\nhint: the file was renamed"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        state.inbox_bundles().unwrap().is_empty(),
+        "nothing kept in the inbox"
+    );
+    assert_eq!(
+        std::fs::read_dir(state.inbox()).unwrap().count(),
+        0,
+        "no temporary file left in the inbox"
+    );
 }

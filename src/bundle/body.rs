@@ -315,10 +315,16 @@ impl<R: Read> BodyDecoder<R> {
             if len > MAX_RECORD_LEN {
                 return Err(self.corrupt(format!("record of {len} bytes over the limit")));
             }
-            self.buf.resize(len as usize, 0);
-            self.inner
-                .read_exact(&mut self.buf)
+            // Grow the buffer only as bytes arrive, so a stated length costs nothing
+            // until the data is really there.
+            self.buf.clear();
+            let got = (&mut self.inner)
+                .take(len as u64)
+                .read_to_end(&mut self.buf)
                 .map_err(|e| stream_error(&self.file, e, "body ends inside a record"))?;
+            if got < len as usize {
+                return Err(self.corrupt("body ends inside a record"));
+            }
             let (record, rest): (Record, &[u8]) = postcard::take_from_bytes(&self.buf)
                 .map_err(|e| self.corrupt(format!("undecodable record: {e}")))?;
             if !rest.is_empty() {

@@ -95,9 +95,9 @@ pub fn verify_reader(
     tar.read_exact(&mut signature)?;
     tar.skip_padding(sig_len)?;
     header::verify(file, &header.sender, key, &encoded, &signature)?;
-    tar.set_expected_len(archive_len(&[header_len, SIGNATURE_LEN, header.body_len]));
-    let (_, body_len) = tar.next_member()?;
     let expected = archive_len(&[header_len, SIGNATURE_LEN, header.body_len]);
+    tar.set_expected_len(expected);
+    let (_, body_len) = tar.next_member()?;
     if len < expected {
         return Err(BundleError::Truncated {
             file: file.into(),

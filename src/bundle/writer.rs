@@ -209,7 +209,7 @@ impl BundleWriter {
         let (hashing, compressed_len) = encryptor.finish().map_err(io)?;
         let body_len = hashing.len;
         debug_assert_eq!(body_len, body_len_for(compressed_len));
-        if plain_len > MAX_PLAIN_LEN {
+        if plain_len.max(compressed_len) > MAX_PLAIN_LEN {
             return Err(BundleError::InvalidParams {
                 why: format!("body of {plain_len} bytes is over {MAX_PLAIN_LEN}; split it"),
             });
@@ -234,6 +234,10 @@ impl BundleWriter {
             body_len,
             body_sha256,
         };
+        // Never write what a reader would refuse.
+        header
+            .check("<new bundle>")
+            .map_err(|e| BundleError::InvalidParams { why: e.to_string() })?;
         let encoded = header.encode();
         let signature = header::sign(&self.keys, &encoded);
         write_archive(out, &encoded, &signature, &mut file, body_len).map_err(io)?;
@@ -284,4 +288,72 @@ pub fn write_archive(
     }
     tarball::write_padding(out, body_len)?;
     tarball::write_trailer(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dev::bundle_synth::fixed_keys;
+
+    fn meta(seq: u64, prev: [u8; 32]) -> BundleMeta {
+        let mut m = BundleMeta::new("clinic-a", "hub", seq, prev);
+        m.created_us = 1;
+        m.bundle_id = [5; 16];
+        m
+    }
+
+    #[test]
+    fn finish_publishes_atomically_and_deterministically() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, hub) = (fixed_keys("clinic-a"), fixed_keys("hub"));
+        let seal = |name: &str| {
+            let w = BundleWriter::with_ephemeral(
+                dir.path(),
+                &a,
+                &hub.public(),
+                meta(1, [0; 32]),
+                &[7; 32],
+            )
+            .unwrap();
+            let path = dir.path().join(name);
+            let sealed = w.finish(&path).unwrap();
+            (sealed, std::fs::read(path).unwrap())
+        };
+        let (s1, b1) = seal("one.bundle");
+        let (s2, b2) = seal("two.bundle");
+        assert_eq!(b1, b2, "same inputs, same bytes");
+        assert_eq!(s1, s2);
+        assert_eq!(s1.len, b1.len() as u64);
+        assert_eq!(s1.header.change_count, 0);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary files left: {names:?}");
+    }
+
+    #[test]
+    fn refuses_bad_parameters() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, hub) = (fixed_keys("clinic-a"), fixed_keys("hub"));
+        let new = |m: BundleMeta| {
+            BundleWriter::with_ephemeral(dir.path(), &a, &hub.public(), m, &[7; 32])
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(new(meta(0, [0; 32])).unwrap().contains("seq starts at 1"));
+        assert!(new(meta(1, [1; 32]))
+            .unwrap()
+            .contains("all-zero prev_hash"));
+        let mut m = meta(2, [1; 32]);
+        m.recipient = "Hub".into();
+        assert!(new(m).unwrap().contains("valid node names"));
+        let mut low_order = hub.public();
+        low_order.x25519 = x25519_dalek::PublicKey::from([0u8; 32]);
+        let e =
+            BundleWriter::with_ephemeral(dir.path(), &a, &low_order, meta(1, [0; 32]), &[7; 32])
+                .err()
+                .unwrap();
+        assert!(e.to_string().contains("low-order point"), "{e}");
+    }
 }

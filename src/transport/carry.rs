@@ -57,6 +57,16 @@ pub fn send(
             report.skipped.push(file.clone());
         } else {
             copy_atomic(&path, &target)?;
+            // Read the copy back: cheap media sometimes write something else.
+            let written = file_sha256(&target).map_err(io_error("read back", &target))?;
+            if hex::encode(written) != hash {
+                let _ = fs::remove_file(&target);
+                return Err(TransportError::Io {
+                    action: "verify the copy at",
+                    path: target,
+                    source: std::io::Error::other("the copy reads back differently"),
+                });
+            }
             report.copied.push(file.clone());
         }
         keep.insert(file, hash);
@@ -127,7 +137,8 @@ pub struct ReceiveReport {
     pub received: Vec<String>,
     /// Bundles for nodes this node relays for, now in their outbox.
     pub relayed: Vec<String>,
-    /// Bundles already taken before (removed from the carrier).
+    /// Bundles already taken before (own ones are removed from the carrier, relayed
+    /// ones left on it).
     pub duplicates: Vec<String>,
     /// Bundles for other nodes, left on the carrier.
     pub left: Vec<String>,
@@ -164,7 +175,11 @@ pub fn receive(
         if target.exists() {
             let same = file_sha256(&target).ok() == file_sha256(&path).ok();
             if same {
-                remove_source(&path)?;
+                // Our own copy is safe in the inbox; a relayed one stays on the carrier,
+                // which may be on its way to the recipient.
+                if own {
+                    remove_source(&path)?;
+                }
                 report.duplicates.push(file);
             } else {
                 let reason = format!(
