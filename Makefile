@@ -21,7 +21,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 
 unit:
-	$(CARGO) test --all-targets
+	$(CARGO) test
 
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)

@@ -212,6 +212,8 @@ impl MariaServer {
             };
             let log = self.dir.join("error.log");
             let _ = fs::remove_file(&log);
+            let tmp = self.dir.join("tmp");
+            fs::create_dir_all(&tmp).map_err(io_err("creating the server's tmpdir"))?;
             let mut cmd = Command::new(&mariadbd);
             cmd.arg("--no-defaults")
                 .arg(format!("--datadir={}", self.dir.join("data").display()))
@@ -224,6 +226,7 @@ impl MariaServer {
                     self.dir.join("mysqld.pid").display()
                 ))
                 .arg(format!("--log-error={}", log.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--port={port}"))
                 .arg("--bind-address=127.0.0.1")
                 .arg("--user=root")
