@@ -297,3 +297,62 @@ mod tests {
         assert!(c.contains("via = 'hub'"), "{c}");
     }
 }
+
+/// One peer's line in `ferry status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub last_sent_seq: u64,
+    pub last_sent_us: Option<i64>,
+    pub last_received_seq: u64,
+    pub last_received_us: Option<i64>,
+    /// Bundles sealed for the peer and not yet acknowledged.
+    pub unacknowledged_bundles: u64,
+    /// Changes the peer does not hold yet, and the age of the oldest (seconds).
+    pub unacknowledged_changes: u64,
+    pub oldest_unacknowledged_s: Option<i64>,
+    /// Bundles from the peer waiting in the inbox for a missing one.
+    pub held_bundles: Vec<u64>,
+    /// The bundle they wait for, when some are held.
+    pub waiting_for: Option<u64>,
+}
+
+/// The status of every configured peer.
+pub async fn peer_status(
+    conn: &mut Conn,
+    me: &str,
+    peers: &[String],
+    inbox: &[crate::bundle::BundleName],
+    now_us: i64,
+) -> Result<Vec<PeerStatus>, DbError> {
+    let mut out = Vec::new();
+    for p in peers {
+        let ps = peer(conn, p, false).await?;
+        let (changes, oldest) = pending_for(conn, me, p, &ps.acks).await?;
+        let bundles: Option<u64> = conn
+            .exec_first("SELECT COUNT(*) FROM ferry_outbox WHERE peer = ?", (p,))
+            .await
+            .map_err(DbError::query("counting unacknowledged bundles"))?;
+        let held: Vec<u64> = inbox
+            .iter()
+            .filter(|n| &n.sender == p && n.recipient == me && n.seq > ps.in_seq + 1)
+            .map(|n| n.seq)
+            .collect();
+        let next_waiting = inbox
+            .iter()
+            .any(|n| &n.sender == p && n.seq == ps.in_seq + 1);
+        out.push(PeerStatus {
+            peer: p.clone(),
+            last_sent_seq: ps.out_seq,
+            last_sent_us: ps.out_at,
+            last_received_seq: ps.in_seq,
+            last_received_us: ps.in_at,
+            unacknowledged_bundles: bundles.unwrap_or(0),
+            unacknowledged_changes: changes,
+            oldest_unacknowledged_s: oldest.map(|us| (now_us - us).max(0) / 1_000_000),
+            waiting_for: (!held.is_empty() && !next_waiting).then_some(ps.in_seq + 1),
+            held_bundles: held,
+        });
+    }
+    Ok(out)
+}

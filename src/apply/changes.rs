@@ -52,6 +52,26 @@ pub struct ApplyStats {
     pub per_table: BTreeMap<String, u64>,
 }
 
+impl ApplyStats {
+    /// What happened since `before` (for one bundle of a run).
+    pub fn since(&self, before: &ApplyStats) -> ApplyStats {
+        let mut per_table = self.per_table.clone();
+        for (t, n) in &before.per_table {
+            if let Some(v) = per_table.get_mut(t) {
+                *v -= n;
+            }
+        }
+        per_table.retain(|_, n| *n > 0);
+        ApplyStats {
+            inserted: self.inserted - before.inserted,
+            updated: self.updated - before.updated,
+            deleted: self.deleted - before.deleted,
+            skipped: self.skipped - before.skipped,
+            per_table,
+        }
+    }
+}
+
 /// Applies the changes of one bundle.
 pub struct Applier<'a> {
     pub plan: &'a SyncPlan,
@@ -110,6 +130,23 @@ impl<'a> Applier<'a> {
         }
         self.buffer.push(change);
         Ok(())
+    }
+
+    /// Begins the changes of the next bundle (of a run applied together), whose sender
+    /// states the ack vector `acks`.
+    pub async fn start_bundle(
+        &mut self,
+        conn: &mut Conn,
+        acks: BTreeMap<String, u64>,
+    ) -> Result<(), ImportError> {
+        self.flush(conn).await?;
+        self.acks = acks;
+        Ok(())
+    }
+
+    /// Applies what is buffered.
+    pub async fn flush_all(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        self.flush(conn).await
     }
 
     /// Applies what is buffered, fixes up forward references and checks deletes.

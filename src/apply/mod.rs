@@ -283,12 +283,8 @@ async fn import_sender(
     report: &mut ImportReport,
 ) -> Result<(), ImportError> {
     let mut ps = state::peer(conn, sender, false).await?;
-    let mut held: Vec<u64> = Vec::new();
+    let mut next: Vec<(BundleName, PathBuf)> = Vec::new();
     for (name, path) in files {
-        if !held.is_empty() {
-            held.push(name.seq);
-            continue;
-        }
         if name.seq <= ps.in_seq {
             match bundle::verify_named(&path, &file_name(&path), &node.peers) {
                 Err(e) => quarantine(node, &path, &ImportError::Bundle(e), report)?,
@@ -309,33 +305,60 @@ async fn import_sender(
                     }
                 }
             }
-            continue;
+        } else {
+            next.push((name, path));
         }
-        if name.seq > ps.in_seq + 1 {
+    }
+    // The run of consecutive bundles that can apply now; the rest is held.
+    let mut run: Vec<PathBuf> = Vec::new();
+    let mut held: Vec<u64> = Vec::new();
+    for (name, path) in next {
+        if held.is_empty() && name.seq == ps.in_seq + 1 + run.len() as u64 {
+            run.push(path);
+        } else {
             held.push(name.seq);
-            continue;
         }
-        match apply_file(conn, node, &path, &ps).await {
-            Ok(applied) => {
-                fs::remove_file(&path).map_err(|source| ImportError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                report.applied.push(applied);
-                ps = state::peer(conn, sender, false).await?;
+    }
+    let mut i = 0;
+    while i < run.len() {
+        // One bundle per transaction; when one refers to rows that only a later bundle
+        // of the run brings, those apply together in one transaction.
+        let mut width = 1;
+        let outcome = loop {
+            match apply_files(conn, node, &run[i..i + width], &ps).await {
+                Err(ImportError::MissingReference { .. }) if i + width < run.len() => width += 1,
+                other => break other,
             }
-            Err(e) if e.file_is_bad() => quarantine(node, &path, &e, report)?,
+        };
+        match outcome {
+            Ok(applied) => {
+                for (a, path) in applied.into_iter().zip(&run[i..i + width]) {
+                    fs::remove_file(path).map_err(|source| ImportError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    report.applied.push(a);
+                }
+                ps = state::peer(conn, sender, false).await?;
+                i += width;
+            }
+            Err(e) if e.file_is_bad() => {
+                quarantine(node, &run[i], &e, report)?;
+                held.extend((i + 1..run.len()).map(|j| ps.in_seq + 1 + (j - i) as u64));
+                break;
+            }
             Err(e) => {
                 report.failed.push(Problem {
-                    file: file_name(&path),
+                    file: file_name(&run[i]),
                     error: e.to_string(),
                     quarantined: None,
                 });
-                return Ok(()); // later bundles of this sender must wait for this one
+                break; // later bundles of this sender wait for this one
             }
         }
     }
     if !held.is_empty() {
+        held.sort_unstable();
         report.held.push(Held {
             sender: sender.to_string(),
             waiting_for: ps.in_seq + 1,
@@ -345,99 +368,111 @@ async fn import_sender(
     Ok(())
 }
 
-/// Opens, checks and applies one bundle in one transaction.
-async fn apply_file(
+/// Opens, checks and applies consecutive bundles of one sender in one transaction.
+async fn apply_files(
     conn: &mut Conn,
     node: &NodeContext,
-    path: &Path,
+    paths: &[PathBuf],
     ps: &state::PeerState,
-) -> Result<Applied, ImportError> {
-    let mut reader =
-        bundle::open_named(path, &file_name(path), node.name(), &node.keys, &node.peers)?;
-    let header = reader.header().clone();
-    let hash = reader.hash();
-    let expected_prev = if ps.in_seq == 0 {
-        [0u8; 32]
-    } else {
-        ps.in_hash
-    };
-    if header.prev_hash != expected_prev {
-        return Err(ImportError::ChainBroken {
-            sender: header.sender.clone(),
-            seq: header.seq,
-            prev: ps.in_seq,
-        });
-    }
+) -> Result<Vec<Applied>, ImportError> {
     let database = node.db.database.clone();
     let plan = stored_plan(conn, &database).await?;
-    if plan.fingerprint() != header.plan_fingerprint {
-        return Err(ImportError::PlanMismatch {
-            sender: header.sender.clone(),
-            seq: header.seq,
-        });
-    }
     let schema = Schema::read(conn, &database).await?;
-    let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
-
+    let sender = ps.peer.clone();
     conn.exec_drop(
         "SET @ferry_origin = ?, FOREIGN_KEY_CHECKS = 0, \
          sql_mode = 'STRICT_TRANS_TABLES,NO_ENGINE_SUBSTITUTION'",
-        (&header.sender,),
+        (&sender,),
     )
     .await
     .map_err(DbError::query("preparing the import session"))?;
     begin(conn).await?;
     let result = async {
         let stamp = Stamp::lock(conn, node.name(), node.clock).await?;
-        let now = state::peer(conn, &header.sender, true).await?;
-        if now.in_seq + 1 != header.seq {
-            // Another import got here first.
-            return Err(ImportError::Conflicting {
-                sender: header.sender.clone(),
-                seq: header.seq,
-            });
-        }
+        let mut now = state::peer(conn, &sender, true).await?;
         let mut applier = Applier::new(
             &plan,
             &schema,
-            &header.sender,
+            &sender,
             node.name(),
-            acks.clone(),
+            BTreeMap::new(),
             stamp,
             node.clock.now_us(),
         );
         applier.stamp.stamp_pending(conn).await?;
-        while let Some(change) = reader.next_change()? {
-            applier.push(conn, change).await?;
+        let mut done = Vec::new();
+        let mut pending_ledger = Vec::new();
+        for path in paths {
+            let mut reader =
+                bundle::open_named(path, &file_name(path), node.name(), &node.keys, &node.peers)?;
+            let header = reader.header().clone();
+            let hash = reader.hash();
+            if header.sender != sender || now.in_seq + 1 != header.seq {
+                // Another import got here first, or the file lies about its name.
+                return Err(ImportError::Conflicting {
+                    sender: header.sender.clone(),
+                    seq: header.seq,
+                });
+            }
+            let expected_prev = if now.in_seq == 0 {
+                [0u8; 32]
+            } else {
+                now.in_hash
+            };
+            if header.prev_hash != expected_prev {
+                return Err(ImportError::ChainBroken {
+                    sender: header.sender.clone(),
+                    seq: header.seq,
+                    prev: now.in_seq,
+                });
+            }
+            if plan.fingerprint() != header.plan_fingerprint {
+                return Err(ImportError::PlanMismatch {
+                    sender: header.sender.clone(),
+                    seq: header.seq,
+                });
+            }
+            let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
+            applier.start_bundle(conn, acks.clone()).await?;
+            let before = applier.stats.clone();
+            while let Some(change) = reader.next_change()? {
+                applier.push(conn, change).await?;
+            }
+            applier.flush_all(conn).await?;
+            let at = node.clock.now_us();
+            pending_ledger.push((header.clone(), hash, acks, at));
+            now.in_seq = header.seq;
+            now.in_hash = hash;
+            done.push(Applied {
+                file: file_name(path),
+                sender: sender.clone(),
+                seq: header.seq,
+                changes: header.change_count,
+                stats: applier.stats.since(&before),
+            });
         }
         applier.finish(conn).await?;
-        let at = node.clock.now_us();
-        state::ledger_put(
-            conn,
-            &header.sender,
-            header.seq,
-            &hash,
-            &header.bundle_id,
-            header.change_count,
-            at,
-        )
-        .await?;
-        state::record_in(conn, &header.sender, header.seq, &hash, at, &acks).await?;
-        state::merge_applied(conn, node.name(), &acks).await?;
+        for (header, hash, acks, at) in pending_ledger {
+            state::ledger_put(
+                conn,
+                &header.sender,
+                header.seq,
+                &hash,
+                &header.bundle_id,
+                header.change_count,
+                at,
+            )
+            .await?;
+            state::record_in(conn, &header.sender, header.seq, &hash, at, &acks).await?;
+            state::merge_applied(conn, node.name(), &acks).await?;
+        }
         applier.stamp.save(conn).await?;
-        Ok(applier.stats)
+        Ok(done)
     }
     .await;
     let result = finish(conn, result).await;
     conn.query_drop("SET @ferry_origin = NULL, FOREIGN_KEY_CHECKS = 1")
         .await
         .map_err(DbError::query("resetting the import session"))?;
-    let stats = result?;
-    Ok(Applied {
-        file: file_name(path),
-        sender: header.sender.clone(),
-        seq: header.seq,
-        changes: header.change_count,
-        stats,
-    })
+    result
 }

@@ -169,6 +169,7 @@ pub struct StatusReport {
     pub pending_forwarded: u64,
     pub oldest_pending_age_s: Option<i64>,
     pub drift: Vec<capture::drift::DriftItem>,
+    pub peers: Vec<crate::state::PeerStatus>,
 }
 
 /// `ferry status`.
@@ -187,6 +188,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         pending_forwarded: 0,
         oldest_pending_age_s: None,
         drift: Vec::new(),
+        peers: Vec::new(),
     };
     if installed {
         report.plan_fingerprint = bookkeeping::get_meta(&mut conn, "plan_fingerprint").await?;
@@ -209,6 +211,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         report.pending_forwarded = forwarded;
         report.oldest_pending_age_s = oldest.map(|us| (now_us() - us) / 1_000_000);
         report.drift = capture::drift::detect(&mut conn, &database).await?;
+        report.peers = peer_status(config, &mut conn).await?;
     }
     if args.json {
         out.json(&report);
@@ -243,6 +246,9 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
             .map(|s| format!(", oldest {s} s old"))
             .unwrap_or_default()
     ));
+    for p in &report.peers {
+        out.line(print_peer(p));
+    }
     if report.drift.is_empty() {
         out.line("drift     none");
     } else {
@@ -255,6 +261,48 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+async fn peer_status(
+    config: &Config,
+    conn: &mut mysql_async::Conn,
+) -> anyhow::Result<Vec<crate::state::PeerStatus>> {
+    let peers: Vec<String> = config.peers.iter().map(|p| p.name.clone()).collect();
+    let dirs = crate::transport::state::StateDirs::new(&config.state_dir());
+    let inbox: Vec<_> = dirs
+        .inbox_bundles()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    Ok(crate::state::peer_status(conn, &config.node, &peers, &inbox, now_us()).await?)
+}
+
+fn print_peer(p: &crate::state::PeerStatus) -> String {
+    let ago = |us: Option<i64>| match us {
+        Some(us) => format!("{} s ago", (now_us() - us).max(0) / 1_000_000),
+        None => "never".to_string(),
+    };
+    let mut line = format!(
+        "peer      {}: sent #{} ({}), received #{} ({}); {} change(s) in {} bundle(s) not yet acknowledged",
+        p.peer,
+        p.last_sent_seq,
+        ago(p.last_sent_us),
+        p.last_received_seq,
+        ago(p.last_received_us),
+        p.unacknowledged_changes,
+        p.unacknowledged_bundles
+    );
+    if let Some(s) = p.oldest_unacknowledged_s {
+        line.push_str(&format!(", oldest {s} s old"));
+    }
+    if let Some(w) = p.waiting_for {
+        line.push_str(&format!(
+            "; waiting for bundle {w} from {} (holding {:?})",
+            p.peer, p.held_bundles
+        ));
+    }
+    line
 }
 
 fn now_us() -> i64 {

@@ -1,0 +1,238 @@
+//! Sync under bad delivery and failure, on real MariaDB: bundles out of order,
+//! duplicated and held back; a reference to a row nobody sent; the importing server
+//! killed with `kill -9` in the middle of a large bundle.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{block_on, conn, Cluster, Source};
+use mysql_async::prelude::*;
+
+fn generate(url: &str, seed: u64, patients: u32) {
+    block_on(async {
+        let mut db = conn(url).await;
+        let opts = ferry::dev::gen::GenOptions {
+            seed,
+            patients,
+            visits_per_patient: 1,
+            encounters_per_visit: 1,
+            obs_per_encounter: 4,
+            ..Default::default()
+        };
+        ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
+    });
+}
+
+/// The bundles in `from`'s outbox for `to`, in sequence order.
+fn outbox(c: &Cluster, from: &str, to: &str) -> Vec<PathBuf> {
+    let dir = c.node(from).dir.path().join("outbox").join(to);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn import(c: &Cluster, node: &str, file: &std::path::Path) -> serde_json::Value {
+    c.node(node)
+        .json(&["import", "--json", file.to_str().unwrap()])
+}
+
+#[test]
+fn reverse_order_duplicates_and_held_bundles_all_converge() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    for round in 0..5 {
+        generate(c.url("site-a"), 300 + round, 3);
+        c.node("site-a").ok(&["export"]);
+    }
+    let files = outbox(&c, "site-a", "site-b");
+    assert_eq!(files.len(), 5);
+
+    // Reverse order: 3 and 2 are held, naming the missing bundle; 1 releases them.
+    let r = import(&c, "site-b", &files[2]);
+    assert_eq!(r["applied"], serde_json::json!([]), "{r}");
+    assert_eq!(r["held"][0]["waiting_for"], 1, "{r}");
+    assert!(c
+        .node("site-b")
+        .ok(&["import", files[1].to_str().unwrap()])
+        .contains("waiting for bundle 1 from site-a"));
+    let status = c.node("site-b").json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["waiting_for"], 1, "{status}");
+    assert_eq!(
+        status["peers"][0]["held_bundles"],
+        serde_json::json!([2, 3]),
+        "{status}"
+    );
+    let r = import(&c, "site-b", &files[0]);
+    let seqs: Vec<u64> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "{r}");
+
+    // A duplicate is a no-op that says so, and changes nothing.
+    let before = c.verify("site-b");
+    let out = c.node("site-b").ok(&["import", files[1].to_str().unwrap()]);
+    assert!(out.contains("already applied"), "{out}");
+    assert_eq!(c.verify("site-b"), before);
+
+    // One held back, then released.
+    let r = import(&c, "site-b", &files[4]);
+    assert_eq!(r["held"][0]["waiting_for"], 4, "{r}");
+    let r = import(&c, "site-b", &files[3]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
+#[test]
+fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    generate(c.url("site-a"), 5, 1);
+    c.carry("site-a", "site-b");
+    // A location created at site-a while location capture was off there, and a visit
+    // (captured) that refers to it.
+    c.node("site-a").ok(&["tables", "disable", "location"]);
+    block_on(async {
+        let mut db = conn(c.url("site-a")).await;
+        db.query_drop(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) \
+             VALUES ('annex', 1, '2024-01-01', 0, 'cccccccc-0000-4000-8000-000000000001')",
+        )
+        .await
+        .unwrap();
+        db.query_drop(
+            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, date_created, voided, uuid) \
+             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
+             (SELECT location_id FROM location WHERE name = 'annex'), 1, '2024-01-02', 0, \
+             'cccccccc-0000-4000-8000-000000000002' FROM visit_type",
+        )
+        .await
+        .unwrap();
+    });
+    c.node("site-a").ok(&["tables", "enable", "location"]);
+    let before = c.verify("site-b");
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("site-a").ok(&["export"]);
+    c.node("site-a").ok(&["send", stick]);
+    c.node("site-b").ok(&["receive", stick]);
+    let (code, out, err) = c.node("site-b").run(&["import"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("visit row cccccccc-0000-4000-8000-000000000002 refers through location_id to location row cccccccc-0000-4000-8000-000000000001, which is neither in the bundle from site-a nor in this database"),
+        "{out}"
+    );
+    assert!(
+        out.contains("hint: check that location is enabled on site-a"),
+        "{out}"
+    );
+    assert_eq!(
+        c.verify("site-b"),
+        before,
+        "nothing of the bundle was applied"
+    );
+    let status = c.node("site-b").json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["last_received_seq"], 1, "{status}");
+
+    // The operator's fix at site-a: touch the row so that it is captured. Its bundle
+    // comes after the stuck one; both apply together, in one transaction.
+    block_on(async {
+        let mut db = conn(c.url("site-a")).await;
+        db.query_drop("UPDATE location SET description = 'now synced' WHERE uuid = 'cccccccc-0000-4000-8000-000000000001'")
+            .await
+            .unwrap();
+    });
+    let r = c.carry("site-a", "site-b");
+    let seqs: Vec<u64> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3], "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
+#[test]
+fn killing_the_server_mid_import_leaves_all_or_nothing() {
+    let mut c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    generate(c.url("site-a"), 77, 600);
+    c.node("site-a").ok(&["export"]);
+    let file = outbox(&c, "site-a", "site-b").remove(0);
+    let before = c.verify("site-b");
+    let b = c.index("site-b");
+    let url = c.url("site-b").to_string();
+
+    // Start the import, wait until its transaction has written rows, then kill -9.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&c.node("site-b").config)
+        .args(["import", file.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut watch = rt.block_on(conn(&url));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut killed = false;
+    while Instant::now() < deadline {
+        // Deep in the bundle: persons, visits and encounters are written, obs are going in.
+        let busy: u64 = rt.block_on(async {
+            let n: Option<u64> = watch
+                .query_first(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                     WHERE INFO LIKE 'INSERT INTO `obs`%' OR INFO LIKE 'INSERT INTO `orders`%'",
+                )
+                .await
+                .unwrap();
+            n.unwrap_or(0)
+        });
+        if busy > 0 {
+            c.sites[b].server_mut().kill9();
+            killed = true;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(watch);
+    drop(rt);
+    if !killed {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the import was not caught in the middle of its transaction: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "the import failed when its server died"
+    );
+    c.sites[b].server_mut().restart().unwrap();
+
+    // Nothing of the bundle is there: same content, no ledger entry, bundle waiting.
+    assert_eq!(c.verify("site-b"), before, "not applied at all");
+    let ledger: u64 = block_on(async {
+        let mut db = conn(&url).await;
+        db.query_first("SELECT COUNT(*) FROM ferry_ledger")
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(ledger, 0);
+    // A re-import completes it, whole.
+    let r = c.node("site-b").json(&["import", "--json"]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
