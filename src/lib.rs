@@ -17,3 +17,4 @@ pub mod dev;
 pub mod export;
 pub mod schema;
 pub mod transport;
+pub mod verify;

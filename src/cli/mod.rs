@@ -7,6 +7,7 @@ mod bundle_cmd;
 mod capture_cmd;
 mod dev_cmd;
 mod output;
+mod verify_cmd;
 
 use std::path::PathBuf;
 
@@ -77,6 +78,9 @@ pub enum Command {
     /// Look at and check bundle files.
     #[command(subcommand)]
     Bundle(bundle_cmd::BundleCommand),
+    /// Prove convergence: per-table row counts and content digests in uuid space, equal
+    /// on two nodes iff their synced content is equal; --against compares with another node.
+    Verify(verify_cmd::VerifyArgs),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => bundle_cmd::send(&cli.config, args, &out),
         Command::Receive(args) => bundle_cmd::receive(&cli.config, args, &out),
         Command::Bundle(cmd) => bundle_cmd::bundle(&cli.config, cmd, &out),
+        Command::Verify(args) => verify_cmd::verify(&load(&cli.config)?, args, &out).await,
     }
 }
 
