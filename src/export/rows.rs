@@ -50,7 +50,10 @@ enum Carried {
     Ref { target: String },
     /// A soft reference by local id: raw value, identity (NULL when the type says the
     /// value is no reference), and the discriminator.
-    Soft { column: Column, targets: Vec<String> },
+    Soft {
+        column: Column,
+        targets: Vec<String>,
+    },
 }
 
 /// Reads one synced table's rows in uuid space.
@@ -202,10 +205,16 @@ impl TableReader {
                     };
                     i += 3;
                     let is_ref = disc.as_ref().is_some_and(|d| targets.contains(d));
-                    let empty = matches!(raw, Some(MyValue::NULL) | None)
-                        || matches!(raw, Some(MyValue::Bytes(b)) if b.is_empty());
-                    if is_ref && !empty {
-                        values.push(self.reference(&key, name, disc.as_deref().unwrap_or(""), raw, id)?);
+                    // Only digits can be a local id (the SQL arm tests the same); any
+                    // other text ('', 'NULL', a name) is carried as the value it is.
+                    if is_ref && is_local_id(raw) {
+                        values.push(self.reference(
+                            &key,
+                            name,
+                            disc.as_deref().unwrap_or(""),
+                            raw,
+                            id,
+                        )?);
                     } else {
                         values.push(decode_value(&self.table, column, raw)?);
                     }
@@ -240,6 +249,16 @@ impl TableReader {
     }
 }
 
+/// Whether a soft reference's raw value can be a local id: a non-empty run of digits.
+fn is_local_id(raw: Option<&MyValue>) -> bool {
+    match raw {
+        Some(MyValue::Bytes(b)) => !b.is_empty() && b.iter().all(u8::is_ascii_digit),
+        Some(MyValue::Int(i)) => *i >= 0,
+        Some(MyValue::UInt(_)) => true,
+        _ => false,
+    }
+}
+
 fn placeholders(n: usize) -> String {
     vec!["?"; n.max(1)].join(", ")
 }
@@ -267,7 +286,8 @@ fn soft_ref_exprs(
         let [pk] = target.primary_key.as_slice() else {
             continue;
         };
-        let expr = referenced_identity(plan, schema, table, pk, &format!("CAST({raw} AS UNSIGNED)"))?;
+        let expr =
+            referenced_identity(plan, schema, table, pk, &format!("CAST({raw} AS UNSIGNED)"))?;
         arms.push(format!("WHEN {} THEN {expr}", literal(class)));
     }
     if arms.is_empty() {
@@ -368,7 +388,30 @@ pub fn to_param(v: &Value) -> MyValue {
             minutes,
             seconds,
             micros,
-        } => MyValue::Time(*negative, hours / 24, (hours % 24) as u8, *minutes, *seconds, *micros),
+        } => MyValue::Time(
+            *negative,
+            hours / 24,
+            (hours % 24) as u8,
+            *minutes,
+            *seconds,
+            *micros,
+        ),
         Value::Ref(id) => MyValue::Bytes(id.0.concat().into_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_digits_are_soft_reference_ids() {
+        let b = |s: &str| MyValue::Bytes(s.as_bytes().to_vec());
+        assert!(is_local_id(Some(&b("42"))));
+        assert!(is_local_id(Some(&MyValue::Int(7))));
+        for v in [b(""), b("NULL"), b("4 2"), b("-1"), b("x1"), MyValue::NULL] {
+            assert!(!is_local_id(Some(&v)), "{v:?}");
+        }
+        assert!(!is_local_id(None));
     }
 }
