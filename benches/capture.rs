@@ -13,7 +13,10 @@ use ferry::dev::gen::{generate, GenOptions};
 use ferry::dev::mariadb::{load_sql_file, run_sql_blocking, MariaServer, ServerOptions};
 
 fn env_u32(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {

@@ -171,6 +171,7 @@ fn foreign_members_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = seal(dir.path(), "clinic-a", "hub", 1, 3);
     let members = split(&bytes);
+    #[allow(clippy::type_complexity)] // one-off table of cases
     let cases: Vec<(Box<dyn Fn(&mut Vec<RawMember>)>, &str, &str)> = vec![
         (
             Box::new(|m| m[0].name = "a/../../header".into()),

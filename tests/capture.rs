@@ -14,7 +14,11 @@ use mysql_async::prelude::*;
 type Counts = BTreeMap<(String, String), u64>;
 
 async fn change_counts(c: &mut mysql_async::Conn, local: bool) -> Counts {
-    let filter = if local { "origin IS NULL" } else { "origin IS NOT NULL" };
+    let filter = if local {
+        "origin IS NULL"
+    } else {
+        "origin IS NOT NULL"
+    };
     let rows: Vec<(String, String, u64)> = c
         .query(format!(
             "SELECT table_name, op, COUNT(*) FROM ferry_change WHERE {filter} GROUP BY 1, 2"
@@ -32,8 +36,10 @@ async fn snapshot(c: &mut mysql_async::Conn) -> (BTreeMap<String, String>, Vec<S
         .unwrap();
     let mut out = BTreeMap::new();
     for t in tables {
-        let row: Option<(String, String)> =
-            c.query_first(format!("SHOW CREATE TABLE `{t}`")).await.unwrap();
+        let row: Option<(String, String)> = c
+            .query_first(format!("SHOW CREATE TABLE `{t}`"))
+            .await
+            .unwrap();
         out.insert(t, row.unwrap().1);
     }
     let triggers: Vec<String> = c
@@ -56,7 +62,10 @@ async fn ferry_state(c: &mut mysql_async::Conn) -> String {
         .query("SELECT table_name, enabled, signature FROM ferry_table ORDER BY 1")
         .await
         .unwrap();
-    let meta: Vec<(String, String)> = c.query("SELECT name, value FROM ferry_meta ORDER BY 1").await.unwrap();
+    let meta: Vec<(String, String)> = c
+        .query("SELECT name, value FROM ferry_meta ORDER BY 1")
+        .await
+        .unwrap();
     let (creates, _) = snapshot(c).await;
     format!("{triggers:?}\n{tables:?}\n{meta:?}\n{creates:?}")
 }
@@ -84,14 +93,25 @@ fn change_log_holds_one_entry_per_row_write() {
                     }
                 }
             }
-            assert!(expected.len() >= 10, "the workload touches many tables: {expected:?}");
-            assert!(expected.keys().any(|(_, op)| op == "U"), "edits are part of the workload");
-            assert!(expected.keys().any(|(_, op)| op == "D"), "deletes are part of the workload");
+            assert!(
+                expected.len() >= 10,
+                "the workload touches many tables: {expected:?}"
+            );
+            assert!(
+                expected.keys().any(|(_, op)| op == "U"),
+                "edits are part of the workload"
+            );
+            assert!(
+                expected.keys().any(|(_, op)| op == "D"),
+                "deletes are part of the workload"
+            );
             assert_eq!(change_counts(&mut c, true).await, expected);
 
             // Writes made in an importer session leave no local entry, only origin-tagged ones.
             let before = change_counts(&mut c, true).await;
-            c.query_drop("SET @ferry_origin = 'clinic-b'").await.unwrap();
+            c.query_drop("SET @ferry_origin = 'clinic-b'")
+                .await
+                .unwrap();
             c.query_drop(
                 "INSERT INTO person (gender, creator, date_created, voided, uuid) \
                  VALUES ('F', 1, '2024-01-01', 0, 'aaaaaaaa-0000-4000-8000-000000000001')",
@@ -105,7 +125,11 @@ fn change_log_holds_one_entry_per_row_write() {
                 .await
                 .unwrap();
             c.query_drop("SET @ferry_origin = NULL").await.unwrap();
-            assert_eq!(change_counts(&mut c, true).await, before, "no local entry for importer writes");
+            assert_eq!(
+                change_counts(&mut c, true).await,
+                before,
+                "no local entry for importer writes"
+            );
             let forwarded = change_counts(&mut c, false).await;
             assert_eq!(forwarded.values().sum::<u64>(), 3);
             let origins: Vec<String> = c
@@ -141,7 +165,10 @@ fn setup_is_idempotent_and_teardown_restores_every_table() {
         assert!(err.contains("hint:"), "{err}");
         node.ok(&["teardown", "--yes"]);
         let after = block_on(async { snapshot(&mut conn(&site.url).await).await });
-        assert_eq!(after, before, "SHOW CREATE TABLE of every table equals what it was");
+        assert_eq!(
+            after, before,
+            "SHOW CREATE TABLE of every table equals what it was"
+        );
     }
 }
 
@@ -160,7 +187,9 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     let node = Node::new("clinic-a", &site.url);
     block_on(async {
         let mut c = conn(&site.url).await;
-        c.query_drop("CREATE TABLE scratch_pad (note TEXT)").await.unwrap();
+        c.query_drop("CREATE TABLE scratch_pad (note TEXT)")
+            .await
+            .unwrap();
     });
     node.ok(&["setup"]);
     let write = |n: u32| {
@@ -174,7 +203,9 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
         c.query_drop(write(1)).await.unwrap();
         assert_eq!(count(&mut c).await, 1);
     });
-    assert!(node.ok(&["tables", "disable", "location"]).contains("disabled"));
+    assert!(node
+        .ok(&["tables", "disable", "location"])
+        .contains("disabled"));
     block_on(async {
         let mut c = conn(&site.url).await;
         c.query_drop(write(2)).await.unwrap();
@@ -183,7 +214,12 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     // The choice survives setup.
     node.ok(&["setup"]);
     let tables = node.json(&["tables", "--json"]);
-    let loc = tables.as_array().unwrap().iter().find(|t| t["table"] == "location").unwrap();
+    let loc = tables
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "location")
+        .unwrap();
     assert_eq!(loc["state"], "disabled");
     block_on(async {
         let mut c = conn(&site.url).await;
@@ -202,7 +238,10 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     // A node-local or unknown table cannot be switched, with a hint.
     let (code, _, err) = node.run(&["tables", "enable", "scratch_pad"]);
     assert_eq!(code, 1);
-    assert!(err.contains("stays node-local: no primary key") && err.contains("hint:"), "{err}");
+    assert!(
+        err.contains("stays node-local: no primary key") && err.contains("hint:"),
+        "{err}"
+    );
     let (code, _, err) = node.run(&["tables", "disable", "no_such_table"]);
     assert_eq!(code, 1);
     assert!(err.contains("no table named no_such_table"), "{err}");
@@ -215,7 +254,10 @@ fn added_column_is_reported_as_drift_then_captured_after_setup() {
         let site = site("drift", &source);
         let node = Node::new("clinic-a", &site.url);
         node.ok(&["setup"]);
-        assert_eq!(node.json(&["status", "--json"])["drift"], serde_json::json!([]));
+        assert_eq!(
+            node.json(&["status", "--json"])["drift"],
+            serde_json::json!([])
+        );
         block_on(async {
             let mut c = conn(&site.url).await;
             c.query_drop("ALTER TABLE person ADD COLUMN clinic_code VARCHAR(20) NULL")
@@ -226,7 +268,10 @@ fn added_column_is_reported_as_drift_then_captured_after_setup() {
         let drift = status["drift"].as_array().unwrap();
         assert_eq!(drift.len(), 1, "{drift:?}");
         assert_eq!(drift[0]["table"], "person");
-        assert!(drift[0]["change"].as_str().unwrap().contains("column clinic_code added"));
+        assert!(drift[0]["change"]
+            .as_str()
+            .unwrap()
+            .contains("column clinic_code added"));
         assert!(node.ok(&["status"]).contains("run `ferry setup`"));
         // Enabling a drifted table is refused until setup.
         node.ok(&["tables", "disable", "person"]);
@@ -236,16 +281,24 @@ fn added_column_is_reported_as_drift_then_captured_after_setup() {
 
         node.ok(&["setup"]);
         node.ok(&["tables", "enable", "person"]);
-        assert_eq!(node.json(&["status", "--json"])["drift"], serde_json::json!([]));
+        assert_eq!(
+            node.json(&["status", "--json"])["drift"],
+            serde_json::json!([])
+        );
         block_on(async {
             let mut c = conn(&site.url).await;
             c.query_drop("DELETE FROM ferry_change").await.unwrap();
-            c.query_drop("UPDATE person SET clinic_code = 'X1' WHERE person_id = 1").await.unwrap();
+            c.query_drop("UPDATE person SET clinic_code = 'X1' WHERE person_id = 1")
+                .await
+                .unwrap();
             let cols: Vec<(String, Option<String>)> = c
                 .query("SELECT op, changed_cols FROM ferry_change WHERE table_name = 'person'")
                 .await
                 .unwrap();
-            assert_eq!(cols, vec![("U".to_string(), Some("clinic_code".to_string()))]);
+            assert_eq!(
+                cols,
+                vec![("U".to_string(), Some("clinic_code".to_string()))]
+            );
         });
     }
 }
@@ -271,7 +324,15 @@ fn usage_errors_exit_2_with_a_hint() {
     assert_eq!(out.status.code(), Some(2));
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["--config", missing.to_str().unwrap(), "init", "--db", "mysql://r@h/d", "--node", "Bad Name"])
+        .args([
+            "--config",
+            missing.to_str().unwrap(),
+            "init",
+            "--db",
+            "mysql://r@h/d",
+            "--node",
+            "Bad Name",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

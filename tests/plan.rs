@@ -9,14 +9,22 @@ use ferry::schema::plan::KeyPart;
 use ferry::schema::{Disposition, Identity, Schema, SyncPlan};
 
 fn identity(plan: &SyncPlan, table: &str) -> Identity {
-    match &plan.table(table).unwrap_or_else(|| panic!("{table} missing")).disposition {
+    match &plan
+        .table(table)
+        .unwrap_or_else(|| panic!("{table} missing"))
+        .disposition
+    {
         Disposition::Synced(s) => s.identity.clone(),
         Disposition::Local { reason } => panic!("{table} is local: {reason}"),
     }
 }
 
 fn local_reason(plan: &SyncPlan, table: &str) -> String {
-    match &plan.table(table).unwrap_or_else(|| panic!("{table} missing")).disposition {
+    match &plan
+        .table(table)
+        .unwrap_or_else(|| panic!("{table} missing"))
+        .disposition
+    {
         Disposition::Local { reason } => reason.clone(),
         d => panic!("{table} should be local, is {d:?}"),
     }
@@ -59,10 +67,16 @@ fn assert_common(plan: &SyncPlan) {
     assert_eq!(identity(plan, "patient"), parent("patient_id", "person"));
     assert_eq!(identity(plan, "drug_order"), parent("order_id", "orders"));
     assert_eq!(identity(plan, "test_order"), parent("order_id", "orders"));
-    assert_eq!(identity(plan, "concept_numeric"), parent("concept_id", "concept"));
+    assert_eq!(
+        identity(plan, "concept_numeric"),
+        parent("concept_id", "concept")
+    );
     assert_eq!(
         identity(plan, "location_tag_map"),
-        composite(&[("location_id", Some("location")), ("location_tag_id", Some("location_tag"))])
+        composite(&[
+            ("location_id", Some("location")),
+            ("location_tag_id", Some("location_tag"))
+        ])
     );
     assert_eq!(
         identity(plan, "role_privilege"),
@@ -83,7 +97,13 @@ fn assert_common(plan: &SyncPlan) {
     let obs = plan.table("obs").unwrap().synced().unwrap();
     assert_eq!(obs.local_id.as_deref(), Some("obs_id"));
     assert!(!obs.columns.contains(&"obs_id".to_string()));
-    for fk in ["person_id", "concept_id", "encounter_id", "obs_group_id", "creator"] {
+    for fk in [
+        "person_id",
+        "concept_id",
+        "encounter_id",
+        "obs_group_id",
+        "creator",
+    ] {
         assert!(
             obs.references.iter().any(|r| r.column == fk),
             "obs.{fk} should be a reference"
@@ -91,27 +111,56 @@ fn assert_common(plan: &SyncPlan) {
     }
     // The users <-> person cycle is planned on both sides.
     let users = plan.table("users").unwrap().synced().unwrap();
-    assert!(users.references.iter().any(|r| r.column == "person_id" && r.table == "person"));
+    assert!(users
+        .references
+        .iter()
+        .any(|r| r.column == "person_id" && r.table == "person"));
     let person = plan.table("person").unwrap().synced().unwrap();
-    assert!(person.references.iter().any(|r| r.column == "creator" && r.table == "users"));
+    assert!(person
+        .references
+        .iter()
+        .any(|r| r.column == "creator" && r.table == "users"));
     // The soft reference of person attributes.
     let pa = plan.table("person_attribute").unwrap().synced().unwrap();
-    let soft = pa.soft_refs.iter().find(|s| s.column == "value").expect("soft ref");
-    assert_eq!(soft.targets.get("org.openmrs.Location").map(String::as_str), Some("location"));
+    let soft = pa
+        .soft_refs
+        .iter()
+        .find(|s| s.column == "value")
+        .expect("soft ref");
+    assert_eq!(
+        soft.targets.get("org.openmrs.Location").map(String::as_str),
+        Some("location")
+    );
 }
 
 /// The 17 tables of the real 2.6.4 schema that have no uuid column, one by one.
 fn assert_real_dump(plan: &SyncPlan) {
-    assert_eq!(plan.tables.len(), 116, "every table of the dump is in the plan");
+    assert_eq!(
+        plan.tables.len(),
+        116,
+        "every table of the dump is in the plan"
+    );
     assert_eq!(identity(plan, "patient"), parent("patient_id", "person"));
     assert_eq!(identity(plan, "drug_order"), parent("order_id", "orders"));
     assert_eq!(identity(plan, "test_order"), parent("order_id", "orders"));
-    assert_eq!(identity(plan, "referral_order"), parent("order_id", "orders"));
-    assert_eq!(identity(plan, "concept_numeric"), parent("concept_id", "concept"));
-    assert_eq!(identity(plan, "concept_complex"), parent("concept_id", "concept"));
+    assert_eq!(
+        identity(plan, "referral_order"),
+        parent("order_id", "orders")
+    );
+    assert_eq!(
+        identity(plan, "concept_numeric"),
+        parent("concept_id", "concept")
+    );
+    assert_eq!(
+        identity(plan, "concept_complex"),
+        parent("concept_id", "concept")
+    );
     assert_eq!(
         identity(plan, "location_tag_map"),
-        composite(&[("location_id", Some("location")), ("location_tag_id", Some("location_tag"))])
+        composite(&[
+            ("location_id", Some("location")),
+            ("location_tag_id", Some("location_tag"))
+        ])
     );
     assert_eq!(
         identity(plan, "order_type_class_map"),
@@ -143,7 +192,13 @@ fn assert_real_dump(plan: &SyncPlan) {
     assert!(local_reason(plan, "concept_proposal_tag_map").contains("no primary key"));
 
     // uuid columns without a unique index still identify rows.
-    for t in ["users", "allergy", "allergy_reaction", "concept_stop_word", "notification_alert_recipient"] {
+    for t in [
+        "users",
+        "allergy",
+        "allergy_reaction",
+        "concept_stop_word",
+        "notification_alert_recipient",
+    ] {
         assert_eq!(identity(plan, t), uuid(false), "{t}");
     }
     // Every other table is synced by its uuid.
@@ -152,7 +207,11 @@ fn assert_real_dump(plan: &SyncPlan) {
         .synced()
         .filter(|(_, s)| matches!(s.identity, Identity::Uuid { .. }))
         .count();
-    assert_eq!(by_uuid, 116 - no_uuid - 3, "all tables with a uuid column except the 3 natural keys");
+    assert_eq!(
+        by_uuid,
+        116 - no_uuid - 3,
+        "all tables with a uuid column except the 3 natural keys"
+    );
     // Attribute tables carry uuid-valued soft references.
     let la = plan.table("location_attribute").unwrap().synced().unwrap();
     assert!(la.soft_refs.iter().any(|s| s.column == "value_reference"));

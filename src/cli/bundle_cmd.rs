@@ -56,7 +56,6 @@ pub enum BundleCommand {
     },
 }
 
-
 /// This node's name, keys, peers and directories.
 struct Node {
     config: Config,

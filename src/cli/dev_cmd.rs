@@ -93,7 +93,10 @@ pub async fn run(cmd: DevCommand, out: &Output) -> anyhow::Result<()> {
         DevCommand::BundleStress { changes, dir } => {
             super::bundle_cmd::bundle_stress(changes, dir, out)
         }
-        DevCommand::Mariadb(MariadbCommand::Start { dir, buffer_pool_mb }) => {
+        DevCommand::Mariadb(MariadbCommand::Start {
+            dir,
+            buffer_pool_mb,
+        }) => {
             let options = crate::dev::mariadb::ServerOptions {
                 buffer_pool_mb,
                 ..Default::default()

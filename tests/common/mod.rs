@@ -29,7 +29,11 @@ impl Source {
 pub fn real_dump() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("FERRY_OPENMRS_DUMP") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "FERRY_OPENMRS_DUMP names {} which does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "FERRY_OPENMRS_DUMP names {} which does not exist",
+            p.display()
+        );
         return Some(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -42,7 +46,9 @@ pub fn sources() -> Vec<Source> {
     let mut v = vec![Source::Fixture];
     match real_dump() {
         Some(p) => v.push(Source::RealDump(p)),
-        None => eprintln!("note: no OpenMRS dump found (set FERRY_OPENMRS_DUMP); running on the fixture only"),
+        None => eprintln!(
+            "note: no OpenMRS dump found (set FERRY_OPENMRS_DUMP); running on the fixture only"
+        ),
     }
     v
 }
@@ -85,10 +91,22 @@ impl Node {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ferry.toml");
         let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["--config", config.to_str().unwrap(), "init", "--db", url, "--node", name])
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "init",
+                "--db",
+                url,
+                "--node",
+                name,
+            ])
             .output()
             .unwrap();
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Node { dir, config }
     }
 
@@ -123,5 +141,9 @@ impl Node {
 
 /// Opens a connection to `url`.
 pub async fn conn(url: &str) -> mysql_async::Conn {
-    ferry::db::DbUrl::parse(url).unwrap().connect().await.unwrap()
+    ferry::db::DbUrl::parse(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
