@@ -160,6 +160,15 @@ impl Pair {
             "{err}"
         );
 
+        let f = self.sum_a.to_str().unwrap();
+        let (code, out, _) = self.b.run(&["verify", "--against", f, "--json"]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["equal"], false);
+        assert_eq!(v["differ"].as_array().map(Vec::len), Some(1), "{out}");
+        assert_eq!(v["differ"][0]["table"], table);
+        assert_eq!(v["differ"][0]["kind"], "content");
+
         let (code, out, err) = against(&self.b, &self.rows_a, true);
         assert_eq!(code, 1, "{why}: exit 1 expected\n{out}\n{err}");
         assert_eq!(out.trim_end(), format!("{table} {uuid}: {kind}"), "{why}");
@@ -273,6 +282,17 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
         );
         let text = pair.b.ok(&["verify"]);
         assert!(text.lines().any(|l| l.starts_with("obs ")), "{text}");
+        assert!(text.contains(report["digest"].as_str().unwrap()), "{text}");
+        let text_rows = pair.b.ok(&["verify", "--rows"]);
+        assert_eq!(
+            text_rows.lines().count() as u64,
+            total,
+            "one text line per row"
+        );
+        assert!(
+            text_rows.lines().all(|l| l.split(' ').count() >= 3),
+            "{text_rows}"
+        );
         pair.assert_equal("local ids alone");
 
         block_on(async {
@@ -519,9 +539,12 @@ fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
 #[test]
 fn a_large_obs_table_is_digested_in_bounded_memory() {
     let target = big_rows();
+    // Its own tmpdir: the doubling and the sorted scan spill temporary files, and a
+    // shared /tmp proved unreliable for those.
+    let tmp = tempfile::tempdir().unwrap();
     let server = MariaServer::start_with(ServerOptions {
         buffer_pool_mb: 512,
-        ..Default::default()
+        extra_args: vec![format!("--tmpdir={}", tmp.path().display())],
     })
     .expect("private MariaDB (run `make deps`)");
     run_sql_blocking(&server.server_url(), "CREATE DATABASE big").unwrap();
