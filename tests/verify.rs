@@ -246,6 +246,20 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
                 one(&mut b, probe).await,
                 "local ids differ"
             );
+            let soft = "SELECT pa.value FROM person_attribute pa JOIN person_attribute_type t \
+                 ON t.person_attribute_type_id = pa.person_attribute_type_id \
+                 WHERE t.format = 'org.openmrs.Location' ORDER BY pa.uuid LIMIT 1";
+            let va: Option<String> = a.query_first(soft).await.unwrap();
+            let vb: Option<String> = b.query_first(soft).await.unwrap();
+            if matches!(source, common::Source::Fixture) {
+                assert!(
+                    va.is_some(),
+                    "the fixture's workload has by-id soft references"
+                );
+            }
+            if let (Some(x), Some(y)) = (&va, &vb) {
+                assert_ne!(x, y, "by-id soft references hold other local ids");
+            }
         });
         let a = Node::new("clinic-a", &site_a.url);
         let b = Node::new("clinic-b", &site_b.url);
@@ -359,6 +373,33 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
             .await
             .unwrap();
             pair.assert_equal("natural key's row changed back");
+
+            // A by-id soft reference pointing at another location.
+            let row: Option<(String, String)> = b
+                .query_first(
+                    "SELECT pa.uuid, pa.value FROM person_attribute pa JOIN person_attribute_type t \
+                     ON t.person_attribute_type_id = pa.person_attribute_type_id \
+                     WHERE t.format = 'org.openmrs.Location' ORDER BY pa.uuid LIMIT 1",
+                )
+                .await
+                .unwrap();
+            if let Some((u, old)) = row {
+                b.exec_drop(
+                    "UPDATE person_attribute SET value = \
+                     (SELECT MIN(location_id) FROM location WHERE location_id <> ?) WHERE uuid = ?",
+                    (&old, &u),
+                )
+                .await
+                .unwrap();
+                pair.assert_differs("a soft reference", "person_attribute", &u, "differs");
+                b.exec_drop(
+                    "UPDATE person_attribute SET value = ? WHERE uuid = ?",
+                    (&old, &u),
+                )
+                .await
+                .unwrap();
+                pair.assert_equal("the soft reference changed back");
+            }
 
             // NULL against the empty string.
             let u = one(
