@@ -1,6 +1,7 @@
 //! `ferry verify` throughput and memory on a large obs table, in a release build: the
 //! generator's clinical workload on the fixture, obs doubled with INSERT .. SELECT (each
-//! copy a fresh uuid) to FERRY_BENCH_ROWS rows (default 1,000,000), then the `ferry`
+//! copy a fresh uuid) to FERRY_BENCH_ROWS rows (default 1,000,000 under `cargo bench`,
+//! 20,000 when `cargo test --all-targets` runs it as a smoke test), then the `ferry`
 //! binary run three ways: `verify --json` (streamed digest), `verify --rows --json`
 //! (sorted row form to a file) and `verify --rows --against` that file (streamed merge).
 //! Prints rows/s and the peak RSS of each child (`wait4`). Target: under 64 MiB each.
@@ -34,10 +35,12 @@ fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a quick smoke test.
+    let full = std::env::args().any(|a| a == "--bench");
     let target: u64 = std::env::var("FERRY_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+        .unwrap_or(if full { 1_000_000 } else { 20_000 });
     let tmp = tempfile::tempdir().unwrap();
     let server = MariaServer::start_with(ServerOptions {
         buffer_pool_mb: 512,
@@ -102,7 +105,12 @@ fn main() {
     let summary = node.path().join("sum.json");
     let rows = node.path().join("rows.jsonl");
     let rows_arg = rows.to_str().unwrap().to_string();
-    println!("ferry verify benchmark: {target} obs rows (release build)");
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("ferry verify benchmark: {target} obs rows ({build} build)");
     let runs: [(&str, Vec<&str>, &Path); 3] = [
         ("verify --json", vec!["verify", "--json"], &summary),
         (
