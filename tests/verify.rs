@@ -160,6 +160,15 @@ impl Pair {
             "{err}"
         );
 
+        let f = self.sum_a.to_str().unwrap();
+        let (code, out, _) = self.b.run(&["verify", "--against", f, "--json"]);
+        assert_eq!(code, 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["equal"], false);
+        assert_eq!(v["differ"].as_array().map(Vec::len), Some(1), "{out}");
+        assert_eq!(v["differ"][0]["table"], table);
+        assert_eq!(v["differ"][0]["kind"], "content");
+
         let (code, out, err) = against(&self.b, &self.rows_a, true);
         assert_eq!(code, 1, "{why}: exit 1 expected\n{out}\n{err}");
         assert_eq!(out.trim_end(), format!("{table} {uuid}: {kind}"), "{why}");
@@ -218,12 +227,39 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
             assert_eq!(ra.per_table, rb.per_table, "same workload on both sites");
             assert!(ra.table("obs").inserts > 100);
             shift_local_ids(&mut b, &site_b.database).await;
+            // Natural keys whose byte order differs from the collation's order, so that
+            // the sorted row form must sort by bytes for the merge to accept it.
+            for c in [&mut a, &mut b] {
+                c.query_drop(
+                    "INSERT INTO global_property (property, property_value, uuid) VALUES \
+                     ('zeta.sort', 'z', '00000000-0000-4000-8000-00000000000a'), \
+                     ('Alpha.sort', 'A', '00000000-0000-4000-8000-00000000000b'), \
+                     ('alpha.sort\tb', 't', '00000000-0000-4000-8000-00000000000c'), \
+                     ('\u{e9}psilon.sort', '\u{e9}', '00000000-0000-4000-8000-00000000000d')",
+                )
+                .await
+                .unwrap();
+            }
             let probe = "SELECT CONCAT(obs_id, '/', person_id, '/', concept_id) FROM obs ORDER BY uuid LIMIT 1";
             assert_ne!(
                 one(&mut a, probe).await,
                 one(&mut b, probe).await,
                 "local ids differ"
             );
+            let soft = "SELECT pa.value FROM person_attribute pa JOIN person_attribute_type t \
+                 ON t.person_attribute_type_id = pa.person_attribute_type_id \
+                 WHERE t.format = 'org.openmrs.Location' ORDER BY pa.uuid LIMIT 1";
+            let va: Option<String> = a.query_first(soft).await.unwrap();
+            let vb: Option<String> = b.query_first(soft).await.unwrap();
+            if matches!(source, common::Source::Fixture) {
+                assert!(
+                    va.is_some(),
+                    "the fixture's workload has by-id soft references"
+                );
+            }
+            if let (Some(x), Some(y)) = (&va, &vb) {
+                assert_ne!(x, y, "by-id soft references hold other local ids");
+            }
         });
         let a = Node::new("clinic-a", &site_a.url);
         let b = Node::new("clinic-b", &site_b.url);
@@ -260,6 +296,17 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
         );
         let text = pair.b.ok(&["verify"]);
         assert!(text.lines().any(|l| l.starts_with("obs ")), "{text}");
+        assert!(text.contains(report["digest"].as_str().unwrap()), "{text}");
+        let text_rows = pair.b.ok(&["verify", "--rows"]);
+        assert_eq!(
+            text_rows.lines().count() as u64,
+            total,
+            "one text line per row"
+        );
+        assert!(
+            text_rows.lines().all(|l| l.split(' ').count() >= 3),
+            "{text_rows}"
+        );
         pair.assert_equal("local ids alone");
 
         block_on(async {
@@ -307,6 +354,52 @@ fn same_content_under_other_ids_verifies_equal_and_each_difference_is_named() {
                 .await
                 .unwrap();
             pair.assert_equal("the foreign key changed back");
+
+            // A row of a table with a natural key.
+            b.query_drop(
+                "UPDATE global_property SET property_value = 'T' WHERE property = 'alpha.sort\tb'",
+            )
+            .await
+            .unwrap();
+            pair.assert_differs(
+                "a natural key's row",
+                "global_property",
+                "alpha.sort\tb",
+                "differs",
+            );
+            b.query_drop(
+                "UPDATE global_property SET property_value = 't' WHERE property = 'alpha.sort\tb'",
+            )
+            .await
+            .unwrap();
+            pair.assert_equal("natural key's row changed back");
+
+            // A by-id soft reference pointing at another location.
+            let row: Option<(String, String)> = b
+                .query_first(
+                    "SELECT pa.uuid, pa.value FROM person_attribute pa JOIN person_attribute_type t \
+                     ON t.person_attribute_type_id = pa.person_attribute_type_id \
+                     WHERE t.format = 'org.openmrs.Location' ORDER BY pa.uuid LIMIT 1",
+                )
+                .await
+                .unwrap();
+            if let Some((u, old)) = row {
+                b.exec_drop(
+                    "UPDATE person_attribute SET value = \
+                     (SELECT MIN(location_id) FROM location WHERE location_id <> ?) WHERE uuid = ?",
+                    (&old, &u),
+                )
+                .await
+                .unwrap();
+                pair.assert_differs("a soft reference", "person_attribute", &u, "differs");
+                b.exec_drop(
+                    "UPDATE person_attribute SET value = ? WHERE uuid = ?",
+                    (&old, &u),
+                )
+                .await
+                .unwrap();
+                pair.assert_equal("the soft reference changed back");
+            }
 
             // NULL against the empty string.
             let u = one(
@@ -466,6 +559,8 @@ pub async fn grow_obs(c: &mut Conn, target: u64) {
 
 /// Runs `ferry ARGS` to the end with stdout into `stdout`; returns (exit code, peak RSS
 /// in KiB) of that child alone (`wait4`).
+// The child is reaped by `wait4`, which `Child::wait` cannot do (it returns no rusage).
+#[allow(clippy::zombie_processes)]
 fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")
@@ -485,9 +580,12 @@ fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
 #[test]
 fn a_large_obs_table_is_digested_in_bounded_memory() {
     let target = big_rows();
+    // Its own tmpdir: the doubling and the sorted scan spill temporary files, and a
+    // shared /tmp proved unreliable for those.
+    let tmp = tempfile::tempdir().unwrap();
     let server = MariaServer::start_with(ServerOptions {
         buffer_pool_mb: 512,
-        ..Default::default()
+        extra_args: vec![format!("--tmpdir={}", tmp.path().display())],
     })
     .expect("private MariaDB (run `make deps`)");
     run_sql_blocking(&server.server_url(), "CREATE DATABASE big").unwrap();

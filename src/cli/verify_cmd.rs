@@ -50,8 +50,13 @@ pub async fn verify(config: &Config, args: VerifyArgs, out: &Output) -> anyhow::
                         &t.digest[..16]
                     ));
                 }
+                let source = if selection.stored {
+                    "stored by ferry setup"
+                } else {
+                    "derived from the schema"
+                };
                 out.line(format!(
-                    "{} tables, {} rows; plan {}; content digest {}",
+                    "{} tables, {} rows; plan {} ({source}); content digest {}",
                     report.tables.len(),
                     report.total_rows(),
                     &report.plan_fingerprint[..16],
