@@ -161,10 +161,18 @@ pub struct Cluster {
 impl Cluster {
     /// `names[0]` is the hub; every other node peers with it only.
     pub fn star(names: &[&str], source: &Source) -> Cluster {
+        Cluster::star_with(names, source, &[])
+    }
+
+    /// [`Cluster::star`], running `sql` statements on every site before `ferry setup`.
+    pub fn star_with(names: &[&str], source: &Source, sql: &[&str]) -> Cluster {
         let mut sites = Vec::new();
         let mut nodes = Vec::new();
         for n in names {
             let s = site(n, source);
+            for stmt in sql {
+                ferry::dev::mariadb::run_sql_blocking(&s.url, stmt).unwrap();
+            }
             nodes.push(Node::new(n, &s.url));
             sites.push(s);
         }
