@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-ferry_bin="$(pwd)/target/release/ferry"
+cargo build --quiet
+ferry_bin="$(pwd)/target/debug/ferry"
 work=$(mktemp -d /tmp/ferry-demo.XXXXXX)
 sites=()
 
@@ -39,25 +39,69 @@ start_site() {
 
 ferry_at() { local site=$1; shift; show "$ferry_bin" --config "$work/$site/ferry.toml" "$@"; }
 
-say "starting a private MariaDB for clinic-a and loading the OpenMRS fixture"
+say "two clinics, each with its own private MariaDB and the OpenMRS fixture"
 url_a=$(start_site clinic-a)
+url_b=$(start_site clinic-b)
 echo "clinic-a: $url_a"
+echo "clinic-b: $url_b"
 
-say "the sync plan ferry derives from the schema alone"
-ferry_at clinic-a plan
+say "each node has a keypair; peers trust each other's public key"
+key_a=$("$ferry_bin" --config "$work/clinic-a/ferry.toml" key)
+key_b=$("$ferry_bin" --config "$work/clinic-b/ferry.toml" key)
+ferry_at clinic-a peer add clinic-b "$key_b"
+ferry_at clinic-b peer add clinic-a "$key_a"
 
-say "installing capture (triggers and ferry_* tables; no OpenMRS table is altered)"
+say "the sync plan ferry derives from the schema alone (clinic-a)"
+ferry_at clinic-a plan | tail -12
+
+say "installing capture on both (triggers and ferry_* tables; no OpenMRS table is altered)"
 ferry_at clinic-a setup
+ferry_at clinic-b setup
 
-say "a clinic day: registrations, visits, encounters with obs, orders, edits"
-show "$ferry_bin" dev gen --db "$url_a" --seed 1 --patients 200
+say "a week offline: each clinic registers patients and records visits, obs and orders"
+show "$ferry_bin" dev gen --db "$url_a" --seed 11 --patients 60
+show "$ferry_bin" dev gen --db "$url_b" --seed 22 --patients 40
 
-say "what ferry captured"
+say "each clinic seals its changes into a signed, encrypted bundle for the other"
+ferry_at clinic-a export
+ferry_at clinic-b export
+
+stick="$work/usb-stick"
+mkdir -p "$stick"
+say "a driver carries a USB stick: both clinics copy their outbox onto it..."
+ferry_at clinic-a send "$stick"
+ferry_at clinic-b send "$stick"
+ls -l "$stick"
+
+say "...and each takes what is addressed to it, verified, into its inbox, then imports"
+ferry_at clinic-a receive "$stick"
+ferry_at clinic-b receive "$stick"
+ferry_at clinic-a import
+ferry_at clinic-b import
+
+say "the acknowledgements travel back on the next trip (heartbeat bundles)"
+ferry_at clinic-a export --heartbeat
+ferry_at clinic-b export --heartbeat
+ferry_at clinic-a send "$stick"
+ferry_at clinic-b send "$stick"
+ferry_at clinic-a receive "$stick"
+ferry_at clinic-b receive "$stick"
+ferry_at clinic-a import
+ferry_at clinic-b import
+
+say "status of both nodes"
 ferry_at clinic-a status
-ferry_at clinic-a tables | head -15
+ferry_at clinic-b status
 
-say "switching capture off for one table, and on again"
-ferry_at clinic-a tables disable obs
-ferry_at clinic-a tables enable obs
+say "proof of convergence: ferry verify prints identical bytes on both nodes"
+"$ferry_bin" --config "$work/clinic-a/ferry.toml" verify --json > "$work/a.json"
+"$ferry_bin" --config "$work/clinic-b/ferry.toml" verify --json > "$work/b.json"
+ferry_at clinic-b verify --against "$work/a.json"
+if cmp -s "$work/a.json" "$work/b.json"; then
+  echo "clinic-a and clinic-b hold the same data: $(grep -m1 '"digest"' "$work/a.json")"
+else
+  echo "clinic-a and clinic-b differ" >&2
+  exit 1
+fi
 
 say "done"
