@@ -61,8 +61,7 @@ pub const MIGRATIONS: &[&str] = &[
        ADD COLUMN base_node VARCHAR(64) NULL, \
        ADD COLUMN origin_seq BIGINT UNSIGNED NULL, \
        ADD COLUMN via VARCHAR(64) NULL, \
-       ADD KEY ferry_change_seq (seq), \
-       ADD KEY ferry_change_row (table_name, row_key(190))",
+       ADD KEY ferry_change_seq (seq)",
     "CREATE TABLE IF NOT EXISTS ferry_row (\
        table_name VARCHAR(64) NOT NULL,\
        row_key VARCHAR(700) NOT NULL,\
