@@ -17,7 +17,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
 
 use super::resolve::{key_text, KeyValues, Resolver};
-use super::ImportError;
+use super::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity, Op, Value};
 use crate::capture::stamp::{row_versions, set_row_versions, version_cols, Stamp};
 use crate::db::{ident, values_sql, DbError};
@@ -610,14 +610,14 @@ impl<'a> Applier<'a> {
                     .await?;
                 for (f, v) in chunk.iter().zip(found) {
                     let Some(v) = v else {
-                        return Err(ImportError::MissingReference {
+                        return Err(ImportError::MissingReference(Box::new(MissingReference {
                             table: f.table.clone(),
                             row: f.row.0.join(", "),
                             column: f.column.clone(),
                             target: f.target.clone(),
                             identity: f.identity.0.join(", "),
                             sender: self.sender.clone(),
-                        });
+                        })));
                     };
                     let (synced, _) = self.table(&f.table)?;
                     let soft = synced.soft_refs.iter().any(|s| s.column == f.column);
@@ -695,14 +695,14 @@ impl<'a> Applier<'a> {
                 .join(" or "),
             _ => table.to_string(),
         };
-        ImportError::MissingReference {
+        ImportError::MissingReference(Box::new(MissingReference {
             table: table.to_string(),
             row: id.0.join(", "),
             column: synced.identity.columns().join(", "),
             target,
             identity: id.0.join(", "),
             sender: self.sender.clone(),
-        }
+        }))
     }
 
     fn write_error(&self, table: &str, id: &Identity, e: mysql_async::Error) -> ImportError {

@@ -59,15 +59,8 @@ pub enum ImportError {
     UnknownTable { table: String },
     #[error("a change to {table} is malformed: {why}\nhint: the sender's ferry is incompatible; update both nodes")]
     BadChange { table: String, why: String },
-    #[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox")]
-    MissingReference {
-        table: String,
-        row: String,
-        column: String,
-        target: String,
-        identity: String,
-        sender: String,
-    },
+    #[error("{0}")]
+    MissingReference(Box<MissingReference>),
     #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to\nhint: a row added here refers to a row deleted at {sender}; nothing of this bundle was applied, it stays in the inbox. Void or re-point the referring row, then import again")]
     StillReferenced {
         table: String,
@@ -92,6 +85,18 @@ pub enum ImportError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// A reference that resolves to no row (boxed in [`ImportError`] to keep it small).
+#[derive(Debug, thiserror::Error)]
+#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox")]
+pub struct MissingReference {
+    pub table: String,
+    pub row: String,
+    pub column: String,
+    pub target: String,
+    pub identity: String,
+    pub sender: String,
 }
 
 impl ImportError {
@@ -326,7 +331,7 @@ async fn import_sender(
         let mut width = 1;
         let outcome = loop {
             match apply_files(conn, node, &run[i..i + width], &ps).await {
-                Err(ImportError::MissingReference { .. }) if i + width < run.len() => width += 1,
+                Err(ImportError::MissingReference(_)) if i + width < run.len() => width += 1,
                 other => break other,
             }
         };

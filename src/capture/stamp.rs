@@ -196,11 +196,11 @@ pub async fn row_versions(
     Ok(out)
 }
 
+/// A row (table, identity text) and its version, with whether it is a tombstone.
+pub type RowVersion = ((String, String), (Version, bool));
+
 /// Records rows' current versions (and whether they are tombstones).
-pub async fn set_row_versions(
-    conn: &mut Conn,
-    rows: &[((String, String), (Version, bool))],
-) -> Result<(), DbError> {
+pub async fn set_row_versions(conn: &mut Conn, rows: &[RowVersion]) -> Result<(), DbError> {
     for chunk in rows.chunks(1000) {
         let values: Vec<Vec<MyValue>> = chunk
             .iter()
