@@ -160,37 +160,49 @@ pub fn version_from(
     })
 }
 
-/// Current versions (and tombstone flags) of the given rows.
+/// Current versions (and tombstone flags) of the given rows. One query per table and
+/// chunk, `table_name = ? AND row_key IN (...)`, so that the primary key serves it (a
+/// row-constructor `IN` would scan the whole table).
 pub async fn row_versions(
     conn: &mut Conn,
     keys: &[(String, String)],
 ) -> Result<HashMap<(String, String), (Version, bool)>, DbError> {
+    let mut by_table: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (t, k) in keys {
+        by_table.entry(t.as_str()).or_default().push(k.as_str());
+    }
     let mut out = HashMap::new();
-    for chunk in keys.chunks(500) {
-        let tuples: Vec<Vec<MyValue>> = chunk
-            .iter()
-            .map(|(t, k)| vec![t.clone().into(), k.clone().into()])
-            .collect();
-        let rows: Vec<(String, String, i64, u32, String, bool)> = conn
-            .query(format!(
-                "SELECT table_name, row_key, version_wall, version_counter, version_node, deleted \
-                 FROM ferry_row WHERE (table_name, row_key) IN ({})",
-                values_sql(&tuples)
-            ))
-            .await
-            .map_err(DbError::query("reading row versions"))?;
-        for (t, k, w, c, n, d) in rows {
-            out.insert(
-                (t, k),
-                (
-                    Version {
-                        wall_us: w,
-                        counter: c,
-                        node: n,
-                    },
-                    d,
-                ),
-            );
+    for (table, mut ks) in by_table {
+        ks.sort_unstable();
+        ks.dedup();
+        for chunk in ks.chunks(1000) {
+            let params: Vec<MyValue> = std::iter::once(MyValue::from(table))
+                .chain(chunk.iter().map(|k| MyValue::from(*k)))
+                .collect();
+            let rows: Vec<(String, i64, u32, String, bool)> = conn
+                .exec(
+                    format!(
+                        "SELECT row_key, version_wall, version_counter, version_node, deleted \
+                         FROM ferry_row WHERE table_name = ? AND row_key IN ({})",
+                        vec!["?"; chunk.len()].join(", ")
+                    ),
+                    params,
+                )
+                .await
+                .map_err(DbError::query("reading row versions"))?;
+            for (k, w, c, n, d) in rows {
+                out.insert(
+                    (table.to_string(), k),
+                    (
+                        Version {
+                            wall_us: w,
+                            counter: c,
+                            node: n,
+                        },
+                        d,
+                    ),
+                );
+            }
         }
     }
     Ok(out)

@@ -6,7 +6,8 @@
 //!    version (see [`crate::capture::stamp`]). The highest `seq` is the horizon.
 //! 2. **Seal**: the log entries between the peer's cursor and the horizon, except those
 //!    that came from the peer or originated there, are read ordered by table (parents
-//!    first, [`SyncPlan::apply_order`]), row and seq; each row's entries coalesce into
+//!    first, [`SyncPlan::apply_order`]), then by the row's local id (rows compress
+//!    best in the order they were written, as in a dump), row and seq; each row's entries coalesce into
 //!    one change (last op and version, first base version) carrying the row's values in
 //!    uuid space ([`rows::TableReader`]); a deleted row travels as a tombstone. Entries
 //!    stream from the server and rows are fetched in batches, so memory stays bounded
@@ -402,7 +403,9 @@ impl Sealer<'_> {
             "SELECT table_name, row_key, row_id, op, version_wall, version_counter, version_node, \
              base_wall, base_counter, base_node, origin FROM ferry_change \
              WHERE seq > ? AND seq <= ? AND (origin IS NULL OR origin <> ?) AND (via IS NULL OR via <> ?) \
-             AND table_name IN ({field}) ORDER BY FIELD(table_name, {field}), row_key, seq"
+             AND table_name IN ({field}) \
+             ORDER BY FIELD(table_name, {field}), \
+             MIN(row_id) OVER (PARTITION BY table_name, row_key), row_key, seq"
         );
         let mut result = conn
             .exec_iter(sql, (cursor, horizon, peer, peer))
