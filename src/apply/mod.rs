@@ -406,11 +406,28 @@ async fn apply_file(
             stamp,
             node.clock.now_us(),
         );
+        let started = std::time::Instant::now();
         applier.stamp.stamp_pending(conn).await?;
-        while let Some(change) = reader.next_change()? {
+        let stamped = started.elapsed();
+        let mut reading = std::time::Duration::ZERO;
+        loop {
+            let t = std::time::Instant::now();
+            let Some(change) = reader.next_change()? else {
+                break;
+            };
+            reading += t.elapsed();
             applier.push(conn, change).await?;
         }
+        let applied = started.elapsed();
         applier.finish(conn).await?;
+        tracing::info!(
+            changes = header.change_count,
+            stamp_s = stamped.as_secs_f64(),
+            read_s = reading.as_secs_f64(),
+            apply_s = (applied - stamped - reading).as_secs_f64(),
+            finish_s = (started.elapsed() - applied).as_secs_f64(),
+            "import stages"
+        );
         let at = node.clock.now_us();
         state::ledger_put(
             conn,
