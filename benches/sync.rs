@@ -70,7 +70,7 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
 
     // Export: dump, export, dump.
     let d1 = dump(server, &pair.src_db, &w.tables, &dump_path);
-    let (export, out) = pair.src.measured_json(&["export"]);
+    let (export, out, export_stages) = pair.src.measured_json(&["export"]);
     let d2 = dump(server, &pair.src_db, &w.tables, &dump_b);
     assert_eq!(
         file_len(&dump_path),
@@ -91,6 +91,7 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         "export:  mariadb-dump {:.2} s | ferry export {:.2} s ({exported} changes, {} entries, {:.1} MB peak RSS) | mariadb-dump {:.2} s ({:.1} MB peak RSS)",
         d1.secs, export.secs, out[0]["entries"], export.rss_mb(), d2.secs, d2.rss_mb()
     );
+    print!("{export_stages}");
 
     // Import: reload, import, reload.
     let reload_a = format!("reload_a_{tag}");
@@ -98,7 +99,7 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
     schema_only(server, &reload_a);
     schema_only(server, &reload_b);
     let r1 = reload(server, &reload_a, &dump_path);
-    let (import, rep) = pair
+    let (import, rep, import_stages) = pair
         .dst
         .measured_json(&["import", bundle.to_str().unwrap()]);
     let r2 = reload(server, &reload_b, &dump_path);
@@ -112,6 +113,7 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         import.rss_mb(),
         r2.secs
     );
+    print!("{import_stages}");
     println!(
         "wire:    bundle {bundle_bytes} B; dump {dump_bytes} B; zstd -3 of the dump {zstd_bytes} B ({:.2} s)",
         zstd.secs

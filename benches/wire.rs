@@ -22,7 +22,7 @@ fn main() {
     let patients = ((target / 70).max(1) as u32).min(1500);
     let w = block_on(workload(&server, &pair.src_db, target, patients));
     let rows = block_on(rows_in(&server, &pair.src_db, &w.tables));
-    let (_, out) = pair.src.measured_json(&["export"]);
+    let (_, out, _) = pair.src.measured_json(&["export"]);
     let changes = out[0]["changes"].as_u64().unwrap();
     let bundle = &pair.src.outbox_bundles()[0];
     let bundle_bytes = file_len(bundle);

@@ -40,7 +40,12 @@ impl Measured {
 
 /// Runs `cmd` to the end (stdin/stdout as already set on it), reaping it with `wait4`
 /// to read its own rusage. Panics with its stderr on failure.
-pub fn measure(mut cmd: Command, what: &str) -> Measured {
+pub fn measure(cmd: Command, what: &str) -> Measured {
+    measure_logged(cmd, what).0
+}
+
+/// [`measure`], also returning the child's stderr.
+pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
     let err = tempfile::NamedTempFile::new().unwrap();
     cmd.stderr(err.reopen().unwrap());
     let t = Instant::now();
@@ -58,10 +63,14 @@ pub fn measure(mut cmd: Command, what: &str) -> Measured {
             std::fs::read_to_string(err.path()).unwrap_or_default()
         );
     }
-    Measured {
-        secs,
-        rss_kb: usage.ru_maxrss,
-    }
+    let stderr = std::fs::read_to_string(err.path()).unwrap_or_default();
+    (
+        Measured {
+            secs,
+            rss_kb: usage.ru_maxrss,
+        },
+        stderr,
+    )
 }
 
 /// `mariadb`/`mariadb-dump` connection arguments for a private server.
@@ -144,17 +153,25 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `ferry ARGS --json` measured (wall time, peak RSS); returns the parsed stdout.
-    pub fn measured_json(&self, args: &[&str]) -> (Measured, serde_json::Value) {
+    /// Runs `ferry ARGS --json` measured (wall time, peak RSS) with its stage timings
+    /// logged (FERRY_LOG=info); returns the parsed stdout and the "stages" log lines.
+    pub fn measured_json(&self, args: &[&str]) -> (Measured, serde_json::Value, String) {
         let out = tempfile::NamedTempFile::new().unwrap();
         let mut cmd = self.command(args);
         cmd.arg("--json")
+            .env("FERRY_LOG", "ferry=info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.reopen().unwrap());
-        let m = measure(cmd, &format!("ferry {args:?}"));
+        let (m, log) = measure_logged(cmd, &format!("ferry {args:?}"));
         let text = std::fs::read_to_string(out.path()).unwrap();
         let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad json: {e}\n{text}"));
-        (m, v)
+        let stages = log
+            .lines()
+            .filter(|l| l.contains("stages"))
+            .map(|l| format!("    {}\n", l.trim()))
+            .collect();
+        (m, v, stages)
     }
 
     /// Every `.bundle` file in this node's outbox.
