@@ -45,6 +45,8 @@ pub fn measure(cmd: Command, what: &str) -> Measured {
 }
 
 /// [`measure`], also returning the child's stderr.
+// The child is reaped by `libc::wait4` (to read its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
     let err = tempfile::NamedTempFile::new().unwrap();
     cmd.stderr(err.reopen().unwrap());

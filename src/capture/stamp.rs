@@ -197,6 +197,7 @@ pub async fn row_versions(
 }
 
 /// Records rows' current versions (and whether they are tombstones).
+#[allow(clippy::type_complexity)]
 pub async fn set_row_versions(
     conn: &mut Conn,
     rows: &[((String, String), (Version, bool))],
