@@ -9,7 +9,7 @@
 mod common;
 
 use common::*;
-use ferry::dev::mariadb::{MariaServer, ServerOptions};
+use ferry::dev::mariadb::{find_program, MariaServer, ServerOptions};
 
 fn main() {
     let target = env_u64("FERRY_BENCH_WIRE_CHANGES", 100_000);
@@ -50,10 +50,31 @@ fn main() {
     println!(
         "  zstd -3 of the dump:   {zstd_bytes:>11} B for {rows:>8} rows    = {per_row:>6.1} B/row"
     );
+    // Diagnostic: the same obs rows compressed in id order (as the dump has them) and
+    // in uuid order (as the bundle seals them, by row key).
+    let mut order_sizes = Vec::new();
+    for order in ["obs_id", "uuid"] {
+        let raw = work.path().join(format!("obs_by_{order}.tsv"));
+        let mut cmd = std::process::Command::new(find_program("mariadb").unwrap());
+        cmd.args(client_args(&server))
+            .args(["-N", "-B", "-e"])
+            .arg(format!("SELECT * FROM obs ORDER BY {order}"))
+            .arg(&pair.src_db)
+            .stdout(std::fs::File::create(&raw).unwrap());
+        measure(cmd, "mariadb -e SELECT");
+        let z = work.path().join(format!("obs_by_{order}.tsv.zst"));
+        zstd3(&raw, &z);
+        order_sizes.push((order, file_len(&raw), file_len(&z)));
+    }
+    for (order, raw, z) in &order_sizes {
+        println!("  obs rows as text, ordered by {order:<7} {raw:>11} B, zstd -3 {z:>10} B");
+    }
+    let order_cost = order_sizes[1].2 as f64 / order_sizes[0].2 as f64;
     println!();
     println!("wire benchmark summary");
     println!(
         "  bundle / zstd -3 dump, per change = {ratio:.2} (target <= 1.3): {}",
         met(ratio <= 1.3)
     );
+    println!("  (obs compressed in uuid order / in id order = {order_cost:.2})");
 }
