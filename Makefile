@@ -30,7 +30,7 @@ fuzz:
 ## [[bench]] target (capture, bundle, wire, sync), each ending with its own summary.
 ## FERRY_BENCH_MAX_CHANGES=100000 skips the 1M-change step of benches/sync.rs.
 bench: deps
-	$(CARGO) bench --benches
+	$(CARGO) bench --bench '*'
 
 clean:
 	$(CARGO) clean
