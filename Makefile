@@ -26,9 +26,11 @@ unit:
 fuzz:
 	scripts/fuzz.sh $(FUZZ_SECONDS)
 
-## make bench: throughput and memory, against baselines run side by side.
+## make bench: throughput and memory, against baselines run side by side. Runs every
+## [[bench]] target (capture, bundle, wire, sync), each ending with its own summary.
+## FERRY_BENCH_MAX_CHANGES=100000 skips the 1M-change step of benches/sync.rs.
 bench: deps
-	$(CARGO) bench
+	$(CARGO) bench --bench '*'
 
 clean:
 	$(CARGO) clean

@@ -25,6 +25,7 @@ pub mod rows;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value as MyValue};
@@ -185,7 +186,9 @@ async fn export_peer(
         .map_err(DbError::query("taking the export lock"))?;
     let result =
         async {
+            let started = std::time::Instant::now();
             let horizon = stamp(conn, node).await?;
+            let stamped = started.elapsed();
             let ps = state::peer(conn, peer, false).await?;
             recover_pending(node, peer, ps.out_seq)?;
             let mut report = PeerExport {
@@ -233,6 +236,8 @@ async fn export_peer(
                 plan: &plan,
                 schema: &schema,
                 readers: HashMap::new(),
+                fetching: Duration::ZERO,
+                writing: Duration::ZERO,
                 declared: Default::default(),
                 me: node.name().to_string(),
             };
@@ -264,7 +269,9 @@ async fn export_peer(
                 finish(conn, r).await?;
                 return Ok(report);
             }
+            let sealing = started.elapsed() - stamped;
             let sealed = writer.finish(&pending)?;
+            let finished = started.elapsed() - stamped - sealing;
             begin(conn).await?;
             let r =
                 async {
@@ -301,6 +308,17 @@ async fn export_peer(
             report.seq = Some(name.seq);
             report.changes = changes;
             report.bytes = sealed.len;
+            tracing::info!(
+                changes,
+                entries,
+                stamp_s = stamped.as_secs_f64(),
+                seal_s = sealing.as_secs_f64(),
+                seal_fetch_s = sealer.fetching.as_secs_f64(),
+                seal_write_s = sealer.writing.as_secs_f64(),
+                finish_s = finished.as_secs_f64(),
+                total_s = started.elapsed().as_secs_f64(),
+                "export stages"
+            );
             Ok(report)
         }
         .await;
@@ -371,6 +389,9 @@ struct Sealer<'a> {
     readers: HashMap<String, TableReader>,
     declared: std::collections::HashSet<String>,
     me: String,
+    /// Time spent reading rows, and encoding them into the bundle (for the stage log).
+    fetching: Duration,
+    writing: Duration,
 }
 
 impl Sealer<'_> {
@@ -502,6 +523,7 @@ impl Sealer<'_> {
             .map(|s| s.identity.arity())
             .unwrap_or(1);
         // Fetch the values of rows that still exist.
+        let started = Instant::now();
         let live: Vec<&Group> = batch.iter().filter(|g| g.op != Op::Delete).collect();
         let mut rows: HashMap<String, (Identity, Vec<crate::bundle::Value>)> = HashMap::new();
         let by_id: Vec<i64> = live.iter().filter_map(|g| g.row_id).collect();
@@ -529,6 +551,8 @@ impl Sealer<'_> {
             }
         }
         let mut n = 0;
+        let fetched = Instant::now();
+        self.fetching += fetched.duration_since(started);
         for g in batch.drain(..) {
             let change = if g.op == Op::Delete {
                 let parts = parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
@@ -567,6 +591,7 @@ impl Sealer<'_> {
             writer.push(&change)?;
             n += 1;
         }
+        self.writing += fetched.elapsed();
         Ok(n)
     }
 }

@@ -1,0 +1,383 @@
+//! Helpers shared by the sync and wire benchmarks: a pair of ferry nodes on one private
+//! MariaDB server (databases `src_*` and `dst_*`), a clinical workload of an exact number
+//! of changes in the source, child processes measured with `wait4` (wall time and peak
+//! RSS of that child alone), and the `mariadb-dump` / `mariadb` baselines.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use ferry::dev::gen::{generate, GenOptions};
+use ferry::dev::mariadb::{find_program, load_sql_file, run_sql_blocking, MariaServer};
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+
+/// Reads a positive integer from the environment.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/openmrs")
+}
+
+/// Wall time, peak RSS (KiB) and exit code of one child process.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub secs: f64,
+    pub rss_kb: i64,
+}
+
+impl Measured {
+    pub fn rss_mb(&self) -> f64 {
+        self.rss_kb as f64 / 1024.0
+    }
+}
+
+/// Runs `cmd` to the end (stdin/stdout as already set on it), reaping it with `wait4`
+/// to read its own rusage. Panics with its stderr on failure.
+pub fn measure(cmd: Command, what: &str) -> Measured {
+    measure_logged(cmd, what).0
+}
+
+/// [`measure`], also returning the child's stderr.
+// The child is reaped by `libc::wait4` (to read its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
+pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
+    let err = tempfile::NamedTempFile::new().unwrap();
+    cmd.stderr(err.reopen().unwrap());
+    let t = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value; wait4 fills it for our own child,
+    // which `Child::wait` never reaps (the handle is dropped unwaited).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(pid, child.id() as i32, "{what}: wait4 failed");
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        panic!(
+            "{what} failed (status {status}):\n{}",
+            std::fs::read_to_string(err.path()).unwrap_or_default()
+        );
+    }
+    let stderr = std::fs::read_to_string(err.path()).unwrap_or_default();
+    (
+        Measured {
+            secs,
+            rss_kb: usage.ru_maxrss,
+        },
+        stderr,
+    )
+}
+
+/// `mariadb`/`mariadb-dump` connection arguments for a private server.
+pub fn client_args(server: &MariaServer) -> Vec<String> {
+    vec![
+        "--no-defaults".into(),
+        "--protocol=tcp".into(),
+        "--host=127.0.0.1".into(),
+        format!("--port={}", server.port()),
+        "--user=root".into(),
+        "--default-character-set=utf8mb4".into(),
+    ]
+}
+
+/// `mariadb-dump` of `tables` of `db` (rows only, default extended inserts, one
+/// consistent snapshot) into `out`.
+pub fn dump(server: &MariaServer, db: &str, tables: &[String], out: &Path) -> Measured {
+    let mut cmd = Command::new(find_program("mariadb-dump").unwrap());
+    cmd.args(client_args(server))
+        .args([
+            "--no-create-info",
+            "--skip-triggers",
+            "--single-transaction",
+            db,
+        ])
+        .args(tables)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(out).unwrap());
+    measure(cmd, "mariadb-dump")
+}
+
+/// `zstd -3` of `input` into `out`.
+pub fn zstd3(input: &Path, out: &Path) -> Measured {
+    let mut cmd = Command::new("zstd");
+    cmd.args(["-3", "-q", "-f", "-o"])
+        .arg(out)
+        .arg(input)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    measure(cmd, "zstd -3")
+}
+
+/// A fresh database `db` with the fixture schema only (no metadata), for a reload.
+pub fn schema_only(server: &MariaServer, db: &str) {
+    run_sql_blocking(&server.server_url(), &format!("CREATE DATABASE {db}")).unwrap();
+    load_sql_file(&server.url(db), &fixture_dir().join("schema.sql")).unwrap();
+}
+
+/// `mariadb DB < dump`.
+pub fn reload(server: &MariaServer, db: &str, dump: &Path) -> Measured {
+    let mut cmd = Command::new(find_program("mariadb").unwrap());
+    cmd.args(client_args(server))
+        .arg(db)
+        .stdin(std::fs::File::open(dump).unwrap())
+        .stdout(Stdio::null());
+    measure(cmd, "mariadb < dump")
+}
+
+/// One ferry node: its directory and config file.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Node {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd
+    }
+
+    /// Runs `ferry ARGS`, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `ferry ARGS --json` measured (wall time, peak RSS) with its stage timings
+    /// logged (FERRY_LOG=info); returns the parsed stdout and the "stages" log lines.
+    pub fn measured_json(&self, args: &[&str]) -> (Measured, serde_json::Value, String) {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = self.command(args);
+        cmd.arg("--json")
+            .env("FERRY_LOG", "ferry=info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.reopen().unwrap());
+        let (m, log) = measure_logged(cmd, &format!("ferry {args:?}"));
+        let text = std::fs::read_to_string(out.path()).unwrap();
+        let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("bad json: {e}\n{text}"));
+        let stages = log
+            .lines()
+            .filter(|l| l.contains("stages"))
+            .map(|l| format!("    {}\n", l.trim()))
+            .collect();
+        (m, v, stages)
+    }
+
+    /// Every `.bundle` file in this node's outbox.
+    pub fn outbox_bundles(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![self.dir.path().to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "bundle")
+                    && p.components().any(|c| c.as_os_str() == "outbox")
+                {
+                    found.push(p);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+}
+
+/// Two nodes, `src` (node "clinic") and `dst` (node "hub"), peers of each other, with
+/// capture set up, on databases `src_TAG` and `dst_TAG` of one server.
+pub struct Pair {
+    pub src_db: String,
+    pub dst_db: String,
+    pub src: Node,
+    pub dst: Node,
+}
+
+impl Pair {
+    pub fn new(server: &MariaServer, tag: &str) -> Pair {
+        let src_db = format!("src_{tag}");
+        let dst_db = format!("dst_{tag}");
+        let mut nodes = Vec::new();
+        for (db, name) in [(&src_db, "clinic"), (&dst_db, "hub")] {
+            run_sql_blocking(&server.server_url(), &format!("CREATE DATABASE {db}")).unwrap();
+            load_sql_file(&server.url(db), &fixture_dir().join("schema.sql")).unwrap();
+            load_sql_file(&server.url(db), &fixture_dir().join("metadata.sql")).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let config = dir.path().join("ferry.toml");
+            let node = Node { dir, config };
+            node.ok(&["init", "--db", &server.url(db), "--node", name]);
+            nodes.push(node);
+        }
+        let dst = nodes.pop().unwrap();
+        let src = nodes.pop().unwrap();
+        let src_key = src.ok(&["key"]).trim().to_string();
+        let dst_key = dst.ok(&["key"]).trim().to_string();
+        src.ok(&["peer", "add", "hub", &dst_key]);
+        dst.ok(&["peer", "add", "clinic", &src_key]);
+        src.ok(&["setup"]);
+        dst.ok(&["setup"]);
+        Pair {
+            src_db,
+            dst_db,
+            src,
+            dst,
+        }
+    }
+}
+
+/// What the workload left in the source's change log.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// Distinct rows changed (what one bundle carries, one change each).
+    pub changes: u64,
+    /// Log entries (before coalescing).
+    pub entries: u64,
+    /// Tables with at least one change.
+    pub tables: Vec<String>,
+    /// Row writes of the generator, and rows added by doubling.
+    pub generated: u64,
+    pub grown: u64,
+    pub secs: f64,
+}
+
+pub async fn connect(url: &str) -> Conn {
+    ferry::db::DbUrl::parse(url)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn distinct_changes(c: &mut Conn) -> u64 {
+    c.query_first("SELECT COUNT(*) FROM (SELECT DISTINCT table_name, row_key FROM ferry_change) d")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn count(c: &mut Conn, table: &str) -> u64 {
+    c.query_first(format!("SELECT COUNT(*) FROM `{table}`"))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Copies rows of `table` (all columns but its key and uuid, a fresh `UUID()` each)
+/// until `add` rows were added, doubling at most, 50,000 rows per statement.
+async fn grow(c: &mut Conn, table: &str, key: &str, mut add: u64) {
+    let cols: Vec<String> = c
+        .exec(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
+             AND TABLE_NAME = ? AND COLUMN_NAME NOT IN (?, 'uuid') ORDER BY ORDINAL_POSITION",
+            (table, key),
+        )
+        .await
+        .unwrap();
+    let cols = cols
+        .iter()
+        .map(|c| format!("`{c}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    while add > 0 {
+        let n = count(c, table).await;
+        let step = add.min(n).min(50_000);
+        // Copy the newest rows first so later copies spread over all the originals.
+        c.query_drop(format!(
+            "INSERT INTO `{table}` ({cols}, uuid) SELECT {cols}, UUID() FROM `{table}` \
+             ORDER BY `{key}` DESC LIMIT {step}"
+        ))
+        .await
+        .unwrap();
+        add -= step;
+    }
+}
+
+/// Writes a clinical workload of exactly `target` changes into `db` (capture installed):
+/// the generator's patients, visits, encounters, obs, orders and edits (`patients`
+/// of them), then encounters and obs copied with fresh uuids in the generator's own
+/// encounter:obs proportion until the log holds `target` distinct rows.
+pub async fn workload(server: &MariaServer, db: &str, target: u64, patients: u32) -> Workload {
+    let t = Instant::now();
+    let mut c = connect(&server.url(db)).await;
+    let opts = GenOptions {
+        seed: 42,
+        patients,
+        retire_metadata: false,
+        ..GenOptions::default()
+    };
+    let report = generate(&mut c, &opts).await.unwrap();
+    let generated = report.total.rows();
+    let have = distinct_changes(&mut c).await;
+    let need = target.saturating_sub(have);
+    if need > 0 {
+        let enc = count(&mut c, "encounter").await;
+        let obs = count(&mut c, "obs").await;
+        let add_enc = need * enc / (enc + obs).max(1);
+        grow(&mut c, "encounter", "encounter_id", add_enc).await;
+        grow(&mut c, "obs", "obs_id", need - add_enc).await;
+    }
+    let changes = distinct_changes(&mut c).await;
+    let entries: u64 = c
+        .query_first("SELECT COUNT(*) FROM ferry_change")
+        .await
+        .unwrap()
+        .unwrap();
+    let tables: Vec<String> = c
+        .query("SELECT DISTINCT table_name FROM ferry_change ORDER BY table_name")
+        .await
+        .unwrap();
+    Workload {
+        changes,
+        entries,
+        tables,
+        generated,
+        grown: need,
+        secs: t.elapsed().as_secs_f64(),
+    }
+}
+
+/// Rows in `tables` of `db` (what a dump of them holds).
+pub async fn rows_in(server: &MariaServer, db: &str, tables: &[String]) -> u64 {
+    let mut c = connect(&server.url(db)).await;
+    let mut n = 0;
+    for t in tables {
+        n += count(&mut c, t).await;
+    }
+    n
+}
+
+/// Runs async code on a fresh runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+pub fn file_len(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+/// "yes" or "NO" for a summary table.
+pub fn met(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "NO"
+    }
+}

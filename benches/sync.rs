@@ -1,0 +1,224 @@
+//! Export and import throughput of the `ferry` release binary on the clinical workload
+//! at 100k and 1M changes (issue 4 §8), against baselines run side by side on the same
+//! private server in the same run: `ferry export` against `mariadb-dump` of the same
+//! tables (dump, export, dump: ABA), `ferry import` against `mariadb DB < dump.sql` into
+//! a fresh database with the fixture schema (reload, import, reload: ABA). Peak RSS of
+//! each child comes from `wait4`. The bundle's size is compared with `zstd -3` of the
+//! dump. Targets: export >= 0.5x dump, import >= 0.5x reload, RSS <= 256 MB at 1M,
+//! bundle <= 1.3x the zstd'd dump.
+//!
+//! Run: `cargo bench --bench sync`. FERRY_BENCH_MAX_CHANGES sets the large step
+//! (default 1000000; a value at or under 100000 runs that single step);
+//! FERRY_BENCH_PATIENTS the generator's patients per step (default 1500); the rest of
+//! each step is encounters and obs copied with fresh uuids under capture.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use ferry::dev::mariadb::{run_sql_blocking, MariaServer, ServerOptions};
+
+/// Figures of one step.
+struct Step {
+    changes: u64,
+    dump_rows: u64,
+    export: Measured,
+    dumps: [Measured; 2],
+    import: Measured,
+    reloads: [Measured; 2],
+    bundle_bytes: u64,
+    dump_bytes: u64,
+    zstd_bytes: u64,
+    zstd: Measured,
+}
+
+impl Step {
+    fn export_rate(&self) -> f64 {
+        self.changes as f64 / self.export.secs
+    }
+    fn dump_rate(&self) -> f64 {
+        self.dump_rows as f64 / ((self.dumps[0].secs + self.dumps[1].secs) / 2.0)
+    }
+    fn import_rate(&self) -> f64 {
+        self.changes as f64 / self.import.secs
+    }
+    fn reload_rate(&self) -> f64 {
+        self.dump_rows as f64 / ((self.reloads[0].secs + self.reloads[1].secs) / 2.0)
+    }
+    fn bundle_per_change(&self) -> f64 {
+        self.bundle_bytes as f64 / self.changes as f64
+    }
+    fn zstd_per_row(&self) -> f64 {
+        self.zstd_bytes as f64 / self.dump_rows as f64
+    }
+}
+
+fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
+    let tag = format!("{target}");
+    println!("== step: {target} changes");
+    let pair = Pair::new(server, &tag);
+    let w = block_on(workload(server, &pair.src_db, target, patients));
+    let dump_rows = block_on(rows_in(server, &pair.src_db, &w.tables));
+    println!(
+        "workload: {} changes ({} log entries; {} generator row writes, {} rows copied) in {} tables, {:.1} s; the dump of those tables holds {} rows",
+        w.changes, w.entries, w.generated, w.grown, w.tables.len(), w.secs, dump_rows
+    );
+    let work = tempfile::tempdir().unwrap();
+    let dump_path = work.path().join("dump.sql");
+    let dump_b = work.path().join("dump_b.sql");
+
+    // Export: dump, export, dump.
+    let d1 = dump(server, &pair.src_db, &w.tables, &dump_path);
+    let (export, out, export_stages) = pair.src.measured_json(&["export"]);
+    let d2 = dump(server, &pair.src_db, &w.tables, &dump_b);
+    assert_eq!(
+        file_len(&dump_path),
+        file_len(&dump_b),
+        "the two dumps differ"
+    );
+    std::fs::remove_file(&dump_b).unwrap();
+    let exported = out[0]["changes"].as_u64().unwrap();
+    let bundles = pair.src.outbox_bundles();
+    assert_eq!(bundles.len(), 1, "{out}");
+    let bundle = &bundles[0];
+    let bundle_bytes = file_len(bundle);
+    let dump_bytes = file_len(&dump_path);
+    let zpath = work.path().join("dump.sql.zst");
+    let zstd = zstd3(&dump_path, &zpath);
+    let zstd_bytes = file_len(&zpath);
+    println!(
+        "export:  mariadb-dump {:.2} s | ferry export {:.2} s ({exported} changes, {} entries, {:.1} MB peak RSS) | mariadb-dump {:.2} s ({:.1} MB peak RSS)",
+        d1.secs, export.secs, out[0]["entries"], export.rss_mb(), d2.secs, d2.rss_mb()
+    );
+    print!("{export_stages}");
+
+    // Import: reload, import, reload.
+    let reload_a = format!("reload_a_{tag}");
+    let reload_b = format!("reload_b_{tag}");
+    schema_only(server, &reload_a);
+    schema_only(server, &reload_b);
+    let r1 = reload(server, &reload_a, &dump_path);
+    let (import, rep, import_stages) = pair
+        .dst
+        .measured_json(&["import", bundle.to_str().unwrap()]);
+    let r2 = reload(server, &reload_b, &dump_path);
+    let applied = &rep["applied"][0];
+    let imported = applied["changes"].as_u64().unwrap_or(0);
+    assert_eq!(imported, exported, "import report: {rep}");
+    println!(
+        "import:  reload {:.2} s | ferry import {:.2} s ({imported} changes, {:.1} MB peak RSS) | reload {:.2} s",
+        r1.secs,
+        import.secs,
+        import.rss_mb(),
+        r2.secs
+    );
+    print!("{import_stages}");
+    println!(
+        "wire:    bundle {bundle_bytes} B; dump {dump_bytes} B; zstd -3 of the dump {zstd_bytes} B ({:.2} s)",
+        zstd.secs
+    );
+    let step = Step {
+        changes: exported,
+        dump_rows,
+        export,
+        dumps: [d1, d2],
+        import,
+        reloads: [r1, r2],
+        bundle_bytes,
+        dump_bytes,
+        zstd_bytes,
+        zstd,
+    };
+    for db in [&pair.src_db, &pair.dst_db, &reload_a, &reload_b] {
+        run_sql_blocking(&server.server_url(), &format!("DROP DATABASE {db}")).unwrap();
+    }
+    step
+}
+
+fn main() {
+    let started = Instant::now();
+    let max = env_u64("FERRY_BENCH_MAX_CHANGES", 1_000_000);
+    let patients = env_u64("FERRY_BENCH_PATIENTS", 1500) as u32;
+    let steps: Vec<u64> = if max <= 100_000 {
+        vec![max]
+    } else {
+        vec![100_000, max]
+    };
+    let server = MariaServer::start_with(ServerOptions {
+        buffer_pool_mb: 1024,
+        ..Default::default()
+    })
+    .expect("private MariaDB (run `make deps`)");
+    println!(
+        "sync benchmark: ferry export/import (release binary) against mariadb-dump / reload, same server, ABA order"
+    );
+    let results: Vec<Step> = steps
+        .iter()
+        .map(|&n| run_step(&server, n, patients.min((n / 70).max(1) as u32)))
+        .collect();
+
+    println!();
+    println!("sync benchmark summary (ratios against the baseline run in the same run)");
+    println!(
+        "{:<10} {:<34} {:>14} {:>14} {:>8} {:>9} {:>4}",
+        "changes", "measure", "ferry", "baseline", "ratio", "target", "met"
+    );
+    for s in &results {
+        let n = s.changes;
+        let ex = s.export_rate() / s.dump_rate();
+        println!(
+            "{n:<10} {:<34} {:>10.0} ch/s {:>8.0} rows/s {ex:>8.2} {:>9} {:>4}",
+            "export vs mariadb-dump",
+            s.export_rate(),
+            s.dump_rate(),
+            ">= 0.5",
+            met(ex >= 0.5)
+        );
+        let im = s.import_rate() / s.reload_rate();
+        println!(
+            "{n:<10} {:<34} {:>10.0} ch/s {:>8.0} rows/s {im:>8.2} {:>9} {:>4}",
+            "import vs mariadb reload",
+            s.import_rate(),
+            s.reload_rate(),
+            ">= 0.5",
+            met(im >= 0.5)
+        );
+        let wire = s.bundle_per_change() / s.zstd_per_row();
+        println!(
+            "{n:<10} {:<34} {:>11.1} B/ch {:>9.1} B/row {wire:>8.2} {:>9} {:>4}",
+            "bundle vs zstd -3 of the dump",
+            s.bundle_per_change(),
+            s.zstd_per_row(),
+            "<= 1.3",
+            met(wire <= 1.3)
+        );
+        let rss_target = if n >= 1_000_000 { "<= 256" } else { "(256)" };
+        for (what, m) in [("export", s.export), ("import", s.import)] {
+            println!(
+                "{n:<10} {:<34} {:>11.1} MB {:>14} {:>8} {:>9} {:>4}",
+                format!("peak RSS of ferry {what}"),
+                m.rss_mb(),
+                "",
+                "",
+                rss_target,
+                met(m.rss_mb() <= 256.0)
+            );
+        }
+        println!(
+            "{n:<10} {:<34} dump {:.2}/{:.2} s, reload {:.2}/{:.2} s, zstd -3 {:.2} s, dump {:.1} MB, dump rows {}",
+            "baselines (A, B)",
+            s.dumps[0].secs,
+            s.dumps[1].secs,
+            s.reloads[0].secs,
+            s.reloads[1].secs,
+            s.zstd.secs,
+            s.dump_bytes as f64 / 1e6,
+            s.dump_rows
+        );
+    }
+    println!(
+        "sync benchmark took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
