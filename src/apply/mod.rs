@@ -16,7 +16,9 @@
 //! reads files from the inbox only.
 
 pub mod changes;
+pub mod conflict;
 pub mod resolve;
+pub mod unique;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -49,6 +51,8 @@ pub enum ImportError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Row(#[from] crate::export::rows::RowError),
     #[error("bundle {seq} from {sender} is not the bundle {seq} applied here before (its hash differs)\nhint: it was moved to quarantine; find out where this file came from, the sender's outbox holds the genuine one")]
     Conflicting { sender: String, seq: u64 },
     #[error("bundle {seq} from {sender} does not follow bundle {prev} applied here (its previous-bundle hash differs)\nhint: the sender's state was probably restored from a backup or re-initialised; do not delete anything, and ask for help before going on")]
@@ -406,6 +410,11 @@ async fn apply_file(
             stamp,
             node.clock.now_us(),
         );
+        applier.created_us = header.created_us;
+        applier.max_skew_us = node
+            .config
+            .max_clock_skew_seconds
+            .saturating_mul(1_000_000);
         applier.stamp.stamp_pending(conn).await?;
         while let Some(change) = reader.next_change()? {
             applier.push(conn, change).await?;
