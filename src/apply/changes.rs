@@ -18,15 +18,17 @@ use std::collections::{BTreeMap, HashMap};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
 
-use super::conflict::{decide, record, record_skew, values_json, Decision, Kind, NewConflict, Side};
+use super::conflict::{
+    decide, record, record_skew, values_json, Decision, Kind, NewConflict, Side,
+};
 use super::resolve::{key_text, KeyValues, Resolver};
 use super::unique::{read_values, unique_columns, Check};
 use super::ImportError;
 use crate::bundle::{Change, Identity, Op, Value, Version};
-use crate::export::rows::TableReader;
 use crate::capture::stamp::{row_versions, set_row_versions, version_cols, Stamp};
 use crate::db::{ident, values_sql, DbError};
 use crate::export::rows::to_param;
+use crate::export::rows::TableReader;
 use crate::schema::plan::{SoftRef, SyncedTable};
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
@@ -144,6 +146,69 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
+    /// Writes one change's values as an ordinary edit of this node: no version check,
+    /// no log entry of its own. In a session without `@ferry_origin` the triggers capture
+    /// it like any local edit (restoring a conflict's losing version).
+    pub async fn rewrite(&mut self, conn: &mut Conn, change: Change) -> Result<(), ImportError> {
+        let table = change.table.clone();
+        let (synced, info) = self.table(&table)?;
+        let resolver = self.resolver();
+        let keys = resolver
+            .key_values(conn, &table, &[change.identity.clone()])
+            .await?;
+        let Some(key) = keys[0].clone() else {
+            return Err(self.missing_parent(&table, synced, &change.identity));
+        };
+        let present = resolver
+            .existing(conn, &table, &[key.clone()], true)
+            .await?
+            .contains_key(&key_text(&key));
+        let cond = key_condition(&synced.identity);
+        let changes = vec![change];
+        if changes[0].op == Op::Delete {
+            if present {
+                conn.exec_drop(
+                    format!("DELETE FROM {} WHERE {cond}", ident(&table)),
+                    key.clone(),
+                )
+                .await
+                .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
+            }
+            return Ok(());
+        }
+        let translated = self
+            .translate(conn, &table, synced, info, &changes, &[0], &keys)
+            .await?;
+        if present {
+            let sets = synced
+                .columns
+                .iter()
+                .map(|c| format!("{} = ?", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut params = translated[&0].clone();
+            params.extend(key.iter().cloned());
+            conn.exec_drop(
+                format!("UPDATE {} SET {sets} WHERE {cond}", ident(&table)),
+                params,
+            )
+            .await
+            .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
+        } else {
+            self.insert_rows(
+                conn,
+                &table,
+                synced,
+                info,
+                &[(0, key)],
+                &translated,
+                &changes,
+            )
+            .await?;
+        }
+        self.apply_fixups(conn).await
+    }
+
     /// Notes a version whose clock reading is too far ahead of the bundle's creation.
     fn note_skew(&mut self, c: &Change) -> bool {
         let skew = c.version.wall_us - self.created_us;
@@ -162,8 +227,7 @@ impl<'a> Applier<'a> {
 
     /// Whether a version's clock reading looks skewed (ahead of the bundle or of now).
     fn skewed(&self, v: &Version) -> bool {
-        v.wall_us - self.created_us > self.max_skew_us
-            || v.wall_us - self.now_us > self.max_skew_us
+        v.wall_us - self.created_us > self.max_skew_us || v.wall_us - self.now_us > self.max_skew_us
     }
 
     fn reader(&mut self, table: &str) -> Result<TableReader, ImportError> {
@@ -310,7 +374,11 @@ impl<'a> Applier<'a> {
             self.note_skew(c);
             let rk = (table.clone(), identity_text(&c.identity));
             let local = versions.get(&rk).cloned();
-            match decide(&c.version, c.base_version.as_ref(), local.as_ref().map(|l| &l.0)) {
+            match decide(
+                &c.version,
+                c.base_version.as_ref(),
+                local.as_ref().map(|l| &l.0),
+            ) {
                 Decision::Stale => {
                     self.stats.skipped += 1;
                     continue;

@@ -202,12 +202,18 @@ mod tests {
             decide(&v(20, "b"), Some(&v(1, "c")), Some(&local)),
             Decision::WinsConcurrent
         );
-        assert_eq!(decide(&v(20, "b"), None, Some(&local)), Decision::WinsConcurrent);
+        assert_eq!(
+            decide(&v(20, "b"), None, Some(&local)),
+            Decision::WinsConcurrent
+        );
         assert_eq!(
             decide(&v(5, "b"), Some(&v(1, "c")), Some(&local)),
             Decision::LosesConcurrent
         );
-        assert_eq!(decide(&local, Some(&v(1, "c")), Some(&local)), Decision::Stale);
+        assert_eq!(
+            decide(&local, Some(&v(1, "c")), Some(&local)),
+            Decision::Stale
+        );
         // Same wall time: the node breaks the tie, identically everywhere.
         assert_eq!(
             decide(&v(10, "b"), Some(&v(1, "c")), Some(&local)),

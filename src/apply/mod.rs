@@ -17,6 +17,7 @@
 
 pub mod changes;
 pub mod conflict;
+pub mod operator;
 pub mod resolve;
 pub mod unique;
 
@@ -411,10 +412,7 @@ async fn apply_file(
             node.clock.now_us(),
         );
         applier.created_us = header.created_us;
-        applier.max_skew_us = node
-            .config
-            .max_clock_skew_seconds
-            .saturating_mul(1_000_000);
+        applier.max_skew_us = node.config.max_clock_skew_seconds.saturating_mul(1_000_000);
         applier.stamp.stamp_pending(conn).await?;
         while let Some(change) = reader.next_change()? {
             applier.push(conn, change).await?;
