@@ -632,6 +632,18 @@ impl Run {
             );
         }
         assert_eq!(row_versions("hub"), finals);
+        eprintln!(
+            "seed {}: {} nodes, {} versions ({} of the in-turn person), {} bundles, {} recorded losers",
+            self.seed,
+            all.len(),
+            self.versions.len(),
+            self.versions
+                .values()
+                .filter(|((_, k), _)| k == IN_TURN)
+                .count(),
+            self.pool.len(),
+            losers.values().map(Vec::len).sum::<usize>()
+        );
     }
 }
 
