@@ -596,7 +596,7 @@ impl Run {
                 .get(&row)
                 .into_iter()
                 .flatten()
-                .flat_map(|l| ancestors(l))
+                .flat_map(&ancestors)
                 .collect();
             for v in vs {
                 assert!(

@@ -466,6 +466,7 @@ pub async fn grow_obs(c: &mut Conn, target: u64) {
 
 /// Runs `ferry ARGS` to the end with stdout into `stdout`; returns (exit code, peak RSS
 /// in KiB) of that child alone (`wait4`).
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which clippy does not see
 fn run_measured(config: &Path, args: &[&str], stdout: &Path) -> (i32, i64) {
     let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("--config")

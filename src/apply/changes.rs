@@ -154,13 +154,13 @@ impl<'a> Applier<'a> {
         let (synced, info) = self.table(&table)?;
         let resolver = self.resolver();
         let keys = resolver
-            .key_values(conn, &table, &[change.identity.clone()])
+            .key_values(conn, &table, std::slice::from_ref(&change.identity))
             .await?;
         let Some(key) = keys[0].clone() else {
             return Err(self.missing_parent(&table, synced, &change.identity));
         };
         let present = resolver
-            .existing(conn, &table, &[key.clone()], true)
+            .existing(conn, &table, std::slice::from_ref(&key), true)
             .await?
             .contains_key(&key_text(&key));
         let cond = key_condition(&synced.identity);

@@ -139,6 +139,9 @@ impl Stamp {
     }
 }
 
+/// A row (table, identity text) with its version and tombstone flag.
+pub type RowVersion = ((String, String), (Version, bool));
+
 /// The NULL-able columns of an optional version.
 pub fn version_cols(v: Option<&Version>) -> (MyValue, MyValue, MyValue) {
     match v {
@@ -197,10 +200,7 @@ pub async fn row_versions(
 }
 
 /// Records rows' current versions (and whether they are tombstones).
-pub async fn set_row_versions(
-    conn: &mut Conn,
-    rows: &[((String, String), (Version, bool))],
-) -> Result<(), DbError> {
+pub async fn set_row_versions(conn: &mut Conn, rows: &[RowVersion]) -> Result<(), DbError> {
     for chunk in rows.chunks(1000) {
         let values: Vec<Vec<MyValue>> = chunk
             .iter()
