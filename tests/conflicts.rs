@@ -466,3 +466,26 @@ fn skewed_clock_is_flagged_and_its_wins_marked() {
     assert_eq!(list[0]["winner_skewed"], true, "{list:?}");
     assert!(c.node("s2").ok(&["conflicts"]).contains("SKEWED"));
 }
+
+/// Rule 2: an incoming change that meets an unexported local edit of the same row is
+/// concurrent with it (import stamps the local edit first): the greater wins, and the
+/// local edit, which never left this node, is recorded with its values.
+#[test]
+fn an_unexported_local_edit_meeting_an_incoming_change_is_recorded() {
+    let c = Cluster::star(&["hub", "s1"], &Source::Fixture);
+    new_person(&c, "hub", P);
+    sync_all(&c);
+    set_gender(&c, "hub", P, "F"); // not exported
+    set_gender(&c, "s1", P, "M");
+    c.carry("s1", "hub");
+    assert_eq!(gender(&c, "hub", P).as_deref(), Some("M"));
+    let list = conflicts(&c, "hub");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["winner"]["node"], "s1");
+    assert_eq!(list[0]["loser"]["node"], "hub");
+    assert_eq!(list[0]["loser"]["values"]["gender"]["Text"], "F");
+    sync_all(&c);
+    assert_eq!(gender(&c, "s1", P).as_deref(), Some("M"));
+    assert!(conflicts(&c, "s1").is_empty());
+    assert_converged(&c);
+}
