@@ -34,3 +34,8 @@ bench: deps
 
 clean:
 	$(CARGO) clean
+
+## make soak: the randomized convergence test over many seeds (FERRY_SOAK_SEEDS, default 300).
+FERRY_SOAK_SEEDS ?= 300
+soak:
+	FERRY_SOAK_SEEDS=$(FERRY_SOAK_SEEDS) $(CARGO) test --test convergence -- --nocapture

@@ -67,6 +67,13 @@ pub struct Config {
     /// clock does; the machine's clock is left alone). Leave it out in production.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub clock_offset_seconds: i64,
+    /// A received version whose clock reading is further ahead of its bundle's creation
+    /// time than this is applied as usual but flagged as skewed (`ferry status`).
+    #[serde(
+        default = "default_max_clock_skew",
+        skip_serializing_if = "is_default_skew"
+    )]
+    pub max_clock_skew_seconds: i64,
     /// The peers this node exchanges bundles with.
     #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -84,6 +91,7 @@ impl Config {
             state_dir: None,
             relay_for: Vec::new(),
             clock_offset_seconds: 0,
+            max_clock_skew_seconds: DEFAULT_MAX_CLOCK_SKEW_SECONDS,
             peers: Vec::new(),
             path: path.to_path_buf(),
         };
@@ -171,6 +179,17 @@ impl Config {
 
 fn is_zero(n: &i64) -> bool {
     *n == 0
+}
+
+/// The default bound on apparent clock skew: ten minutes.
+pub const DEFAULT_MAX_CLOCK_SKEW_SECONDS: i64 = 600;
+
+fn default_max_clock_skew() -> i64 {
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS
+}
+
+fn is_default_skew(n: &i64) -> bool {
+    *n == DEFAULT_MAX_CLOCK_SKEW_SECONDS
 }
 
 /// Node names appear in file names and headers, so they are kept to a safe alphabet.

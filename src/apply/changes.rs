@@ -3,8 +3,10 @@
 //! Changes arrive grouped by table, parents first. [`Applier`] takes them in chunks of
 //! one table and, per chunk: resolves identities to local rows (locking the ones that
 //! exist), stamps any local edit of those rows that committed meanwhile, compares
-//! versions (the greater version wins; an equal one is a duplicate), translates every
-//! reference back to a local id, then deletes, updates and inserts, records the rows'
+//! versions ([`super::conflict`]: the greater version wins, a concurrent loser is
+//! recorded, an equal one is a duplicate), translates every reference back to a local
+//! id, settles unique collisions ([`super::unique`]), then deletes, updates and
+//! inserts, records the rows'
 //! new versions, and logs each applied change with its origin so that it can be
 //! forwarded. A reference to a row later in the same bundle (a cycle, a self-reference)
 //! gets a placeholder and is fixed up at the end; a reference that is still missing
@@ -16,12 +18,17 @@ use std::collections::{BTreeMap, HashMap};
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
 
+use super::conflict::{
+    decide, record, record_skew, values_json, Decision, Kind, NewConflict, Side,
+};
 use super::resolve::{key_text, KeyValues, Resolver};
+use super::unique::{read_values, unique_columns, Check};
 use super::{ImportError, MissingReference};
-use crate::bundle::{Change, Identity, Op, Value};
+use crate::bundle::{Change, Identity, Op, Value, Version};
 use crate::capture::stamp::{row_versions, set_row_versions, version_cols, Stamp};
 use crate::db::{ident, values_sql, DbError};
 use crate::export::rows::to_param;
+use crate::export::rows::TableReader;
 use crate::schema::plan::{SoftRef, SyncedTable};
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
@@ -49,6 +56,8 @@ pub struct ApplyStats {
     pub deleted: u64,
     /// Changes older than (or equal to) what this node holds.
     pub skipped: u64,
+    /// Conflicts recorded (concurrent versions and unique collisions).
+    pub conflicts: u64,
     pub per_table: BTreeMap<String, u64>,
 }
 
@@ -67,6 +76,7 @@ impl ApplyStats {
             updated: self.updated - before.updated,
             deleted: self.deleted - before.deleted,
             skipped: self.skipped - before.skipped,
+            conflicts: self.conflicts - before.conflicts,
             per_table,
         }
     }
@@ -86,6 +96,13 @@ pub struct Applier<'a> {
     fixups: Vec<Fixup>,
     deleted: BTreeMap<String, Vec<i64>>,
     now_us: i64,
+    /// When the sender sealed the bundle (its clock), for the skew check.
+    pub created_us: i64,
+    /// How far ahead of `created_us` a version may be before it is flagged.
+    pub max_skew_us: i64,
+    conflicts: Vec<NewConflict>,
+    skews: BTreeMap<String, (i64, i64)>,
+    readers: HashMap<String, TableReader>,
 }
 
 impl<'a> Applier<'a> {
@@ -111,6 +128,11 @@ impl<'a> Applier<'a> {
             fixups: Vec::new(),
             deleted: BTreeMap::new(),
             now_us,
+            created_us: now_us,
+            max_skew_us: i64::MAX / 2,
+            conflicts: Vec::new(),
+            skews: BTreeMap::new(),
+            readers: HashMap::new(),
         }
     }
 
@@ -153,7 +175,159 @@ impl<'a> Applier<'a> {
     pub async fn finish(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
         self.flush(conn).await?;
         self.apply_fixups(conn).await?;
-        self.check_deletes(conn).await
+        self.check_deletes(conn).await?;
+        let found = std::mem::take(&mut self.conflicts);
+        record(conn, self.now_us, &found).await?;
+        for (node, (skew, wall)) in std::mem::take(&mut self.skews) {
+            record_skew(conn, &node, skew, wall, &self.sender, self.now_us).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one change's values as an ordinary edit of this node: no version check,
+    /// no log entry of its own. In a session without `@ferry_origin` the triggers capture
+    /// it like any local edit (restoring a conflict's losing version).
+    pub async fn rewrite(&mut self, conn: &mut Conn, change: Change) -> Result<(), ImportError> {
+        let table = change.table.clone();
+        let (synced, info) = self.table(&table)?;
+        let resolver = self.resolver();
+        let keys = resolver
+            .key_values(conn, &table, std::slice::from_ref(&change.identity))
+            .await?;
+        let Some(key) = keys[0].clone() else {
+            return Err(self.missing_parent(&table, synced, &change.identity));
+        };
+        let present = resolver
+            .existing(conn, &table, std::slice::from_ref(&key), true)
+            .await?
+            .contains_key(&key_text(&key));
+        let cond = key_condition(&synced.identity);
+        let changes = vec![change];
+        if changes[0].op == Op::Delete {
+            if present {
+                conn.exec_drop(
+                    format!("DELETE FROM {} WHERE {cond}", ident(&table)),
+                    key.clone(),
+                )
+                .await
+                .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
+            }
+            return Ok(());
+        }
+        let translated = self
+            .translate(conn, &table, synced, info, &changes, &[0], &keys)
+            .await?;
+        if present {
+            let sets = synced
+                .columns
+                .iter()
+                .map(|c| format!("{} = ?", ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut params = translated[&0].clone();
+            params.extend(key.iter().cloned());
+            conn.exec_drop(
+                format!("UPDATE {} SET {sets} WHERE {cond}", ident(&table)),
+                params,
+            )
+            .await
+            .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
+        } else {
+            self.insert_rows(
+                conn,
+                &table,
+                synced,
+                info,
+                &[(0, key)],
+                &translated,
+                &changes,
+            )
+            .await?;
+        }
+        self.apply_fixups(conn).await
+    }
+
+    /// Notes a version whose clock reading is too far ahead of the bundle's creation.
+    fn note_skew(&mut self, c: &Change) -> bool {
+        let skew = c.version.wall_us - self.created_us;
+        if skew <= self.max_skew_us {
+            return false;
+        }
+        let e = self
+            .skews
+            .entry(c.version.node.clone())
+            .or_insert((skew, c.version.wall_us));
+        if skew > e.0 {
+            *e = (skew, c.version.wall_us);
+        }
+        true
+    }
+
+    /// Whether a version's clock reading looks skewed (ahead of the bundle or of now).
+    fn skewed(&self, v: &Version) -> bool {
+        v.wall_us - self.created_us > self.max_skew_us || v.wall_us - self.now_us > self.max_skew_us
+    }
+
+    fn reader(&mut self, table: &str) -> Result<TableReader, ImportError> {
+        if let Some(r) = self.readers.get(table) {
+            return Ok(r.clone());
+        }
+        let r = TableReader::new(self.plan, self.schema, table).ok_or_else(|| {
+            ImportError::UnknownTable {
+                table: table.to_string(),
+            }
+        })?;
+        self.readers.insert(table.to_string(), r.clone());
+        Ok(r)
+    }
+
+    /// Records concurrent versions: reads the local rows (before any overwrite) and
+    /// pairs each with the incoming change.
+    async fn record_concurrent(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        changes: &[Change],
+        list: &[(usize, Version, bool, bool)],
+    ) -> Result<(), ImportError> {
+        let reader = self.reader(table)?;
+        let keys: Vec<String> = list
+            .iter()
+            .filter(|(_, _, deleted, _)| !deleted)
+            .map(|(i, ..)| identity_text(&changes[*i].identity))
+            .collect();
+        let local_values = read_values(conn, &reader, &keys).await?;
+        for (i, local_version, local_deleted, incoming_wins) in list {
+            let c = &changes[*i];
+            let key = identity_text(&c.identity);
+            let incoming = Side {
+                version: c.version.clone(),
+                deleted: c.op == Op::Delete,
+                values: (c.op != Op::Delete).then(|| values_json(&reader.columns, &c.values)),
+            };
+            let local = Side {
+                version: local_version.clone(),
+                deleted: *local_deleted,
+                values: local_values.get(&key).cloned(),
+            };
+            let (winner, loser) = if *incoming_wins {
+                (incoming, local)
+            } else {
+                (local, incoming)
+            };
+            self.stats.conflicts += 1;
+            self.conflicts.push(NewConflict {
+                table: table.to_string(),
+                row_key: key,
+                kind: Kind::Concurrent,
+                column: None,
+                winner_skewed: self.skewed(&winner.version),
+                winner,
+                loser,
+                via: self.sender.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn table(&self, name: &str) -> Result<(&'a SyncedTable, &'a Table), ImportError> {
@@ -226,19 +400,38 @@ impl<'a> Applier<'a> {
         }
         let mut versions = row_versions(conn, &row_keys).await?;
 
-        // 2. Decide.
+        // 2. Decide: fast-forward, concurrent (greater wins, the loser is recorded), or stale.
         let mut deletes: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
         let mut updates: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
         let mut inserts: Vec<(usize, KeyValues)> = Vec::new();
         let mut applied: Vec<usize> = Vec::new();
+        // (change, local version, local tombstone, incoming wins)
+        let mut concurrent: Vec<(usize, Version, bool, bool)> = Vec::new();
         for (i, c) in changes.iter().enumerate() {
             self.stamp.hlc.observe(&c.version);
+            self.note_skew(c);
             let rk = (table.clone(), identity_text(&c.identity));
-            if let Some((local, _)) = versions.get(&rk) {
-                if c.version <= *local {
+            let local = versions.get(&rk).cloned();
+            match decide(
+                &c.version,
+                c.base_version.as_ref(),
+                local.as_ref().map(|l| &l.0),
+            ) {
+                Decision::Stale => {
                     self.stats.skipped += 1;
                     continue;
                 }
+                Decision::LosesConcurrent => {
+                    self.stats.skipped += 1;
+                    let (v, d) = local.expect("a local version");
+                    concurrent.push((i, v, d, false));
+                    continue;
+                }
+                Decision::WinsConcurrent => {
+                    let (v, d) = local.expect("a local version");
+                    concurrent.push((i, v, d, true));
+                }
+                Decision::FastForward => {}
             }
             versions.insert(rk, (c.version.clone(), c.op == Op::Delete));
             applied.push(i);
@@ -254,16 +447,34 @@ impl<'a> Applier<'a> {
                 }
             }
         }
+        if !concurrent.is_empty() {
+            self.record_concurrent(conn, &table, &changes, &concurrent)
+                .await?;
+        }
 
-        // 3. Translate references of the rows to write.
+        // 3. Translate references of the rows to write, then settle unique collisions.
         let writes: Vec<usize> = updates
             .iter()
             .map(|u| u.0)
             .chain(inserts.iter().map(|u| u.0))
             .collect();
-        let translated = self
+        let mut translated = self
             .translate(conn, &table, synced, info, &changes, &writes, &keys)
             .await?;
+        let uniques = unique_columns(&table, synced, info);
+        if !uniques.is_empty() && !writes.is_empty() {
+            let reader = self.reader(&table)?;
+            let check = Check {
+                table: &table,
+                columns: &uniques,
+                reader: &reader,
+                changes: &changes,
+                via: &self.sender,
+            };
+            let found = check.resolve(conn, &writes, &mut translated).await?;
+            self.stats.conflicts += found.len() as u64;
+            self.conflicts.extend(found);
+        }
 
         // 4. Write.
         for (i, key, local_id) in &deletes {

@@ -15,8 +15,15 @@
 //! reported, so it applies once the cause is fixed. Apply never sees a transport: it
 //! reads files from the inbox only.
 
+// Import errors carry the names an operator needs (table, row, column, target, sender);
+// they are returned once per bundle, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod changes;
+pub mod conflict;
+pub mod operator;
 pub mod resolve;
+pub mod unique;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -49,6 +56,8 @@ pub enum ImportError {
     Capture(#[from] CaptureError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Row(#[from] crate::export::rows::RowError),
     #[error("bundle {seq} from {sender} is not the bundle {seq} applied here before (its hash differs)\nhint: it was moved to quarantine; find out where this file came from, the sender's outbox holds the genuine one")]
     Conflicting { sender: String, seq: u64 },
     #[error("bundle {seq} from {sender} does not follow bundle {prev} applied here (its previous-bundle hash differs)\nhint: the sender's state was probably restored from a backup or re-initialised; do not delete anything, and ask for help before going on")]
@@ -404,6 +413,7 @@ async fn apply_files(
             stamp,
             node.clock.now_us(),
         );
+        applier.max_skew_us = node.config.max_clock_skew_seconds.saturating_mul(1_000_000);
         applier.stamp.stamp_pending(conn).await?;
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
@@ -439,6 +449,7 @@ async fn apply_files(
             }
             let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
             applier.start_bundle(conn, acks.clone()).await?;
+            applier.created_us = header.created_us;
             let before = applier.stats.clone();
             while let Some(change) = reader.next_change()? {
                 applier.push(conn, change).await?;

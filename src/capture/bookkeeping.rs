@@ -17,6 +17,10 @@
 //!   horizon it covers (a peer acknowledges it by acking that horizon).
 //! - `ferry_ledger`: every bundle applied (sender, seq, hash), written in the bundle's
 //!   own transaction: the once-only guarantee.
+//! - `ferry_conflict`: every concurrent overwrite and unique collision resolved here,
+//!   with both versions (node, clock reading, full values in uuid space as JSON), a
+//!   mark when the winner's clock looked skewed, and the operator's resolution.
+//! - `ferry_skew`: per node, the largest apparent clock skew seen in received versions.
 //!
 //! [`MIGRATIONS`] brings an older bookkeeping schema up to date; each step runs once.
 
@@ -99,6 +103,34 @@ pub const MIGRATIONS: &[&str] = &[
        bytes BIGINT UNSIGNED NOT NULL,\
        sealed_us BIGINT NOT NULL,\
        PRIMARY KEY (peer, seq))",
+    "CREATE TABLE IF NOT EXISTS ferry_conflict (\
+       id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\
+       table_name VARCHAR(64) NOT NULL,\
+       row_key VARCHAR(700) NOT NULL,\
+       kind VARCHAR(16) NOT NULL,\
+       column_name VARCHAR(64) NULL,\
+       winner_wall BIGINT NOT NULL,\
+       winner_counter INT UNSIGNED NOT NULL,\
+       winner_node VARCHAR(64) NOT NULL,\
+       winner_deleted TINYINT(1) NOT NULL,\
+       winner_values LONGTEXT NULL,\
+       winner_skewed TINYINT(1) NOT NULL DEFAULT 0,\
+       loser_wall BIGINT NULL,\
+       loser_counter INT UNSIGNED NULL,\
+       loser_node VARCHAR(64) NULL,\
+       loser_deleted TINYINT(1) NOT NULL,\
+       loser_values LONGTEXT NULL,\
+       detected_us BIGINT NOT NULL,\
+       via VARCHAR(64) NULL,\
+       resolved VARCHAR(16) NULL,\
+       resolved_us BIGINT NULL,\
+       KEY ferry_conflict_row (table_name, row_key(190)))",
+    "CREATE TABLE IF NOT EXISTS ferry_skew (\
+       node VARCHAR(64) NOT NULL PRIMARY KEY,\
+       skew_us BIGINT NOT NULL,\
+       version_wall BIGINT NOT NULL,\
+       sender VARCHAR(64) NOT NULL,\
+       seen_us BIGINT NOT NULL)",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.

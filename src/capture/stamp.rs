@@ -139,6 +139,9 @@ impl Stamp {
     }
 }
 
+/// A row (table, identity text) with its version and tombstone flag.
+pub type RowVersion = ((String, String), (Version, bool));
+
 /// The NULL-able columns of an optional version.
 pub fn version_cols(v: Option<&Version>) -> (MyValue, MyValue, MyValue) {
     match v {
@@ -207,9 +210,6 @@ pub async fn row_versions(
     }
     Ok(out)
 }
-
-/// A row (table, identity text) and its version, with whether it is a tombstone.
-pub type RowVersion = ((String, String), (Version, bool));
 
 /// Records rows' current versions (and whether they are tombstones).
 pub async fn set_row_versions(conn: &mut Conn, rows: &[RowVersion]) -> Result<(), DbError> {

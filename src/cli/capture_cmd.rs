@@ -170,6 +170,10 @@ pub struct StatusReport {
     pub oldest_pending_age_s: Option<i64>,
     pub drift: Vec<capture::drift::DriftItem>,
     pub peers: Vec<crate::state::PeerStatus>,
+    /// Unresolved conflicts per table (`ferry conflicts`).
+    pub conflicts: std::collections::BTreeMap<String, u64>,
+    /// Nodes whose versions arrived with their clock ahead of the bundle's creation.
+    pub clock_skew: Vec<crate::apply::operator::Skew>,
 }
 
 /// `ferry status`.
@@ -189,6 +193,8 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         oldest_pending_age_s: None,
         drift: Vec::new(),
         peers: Vec::new(),
+        conflicts: Default::default(),
+        clock_skew: Vec::new(),
     };
     if installed {
         report.plan_fingerprint = bookkeeping::get_meta(&mut conn, "plan_fingerprint").await?;
@@ -212,6 +218,8 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         report.oldest_pending_age_s = oldest.map(|us| (now_us() - us) / 1_000_000);
         report.drift = capture::drift::detect(&mut conn, &database).await?;
         report.peers = peer_status(config, &mut conn).await?;
+        report.conflicts = crate::apply::operator::unresolved_per_table(&mut conn).await?;
+        report.clock_skew = crate::apply::operator::skews(&mut conn).await?;
     }
     if args.json {
         out.json(&report);
@@ -259,6 +267,26 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         for d in &report.drift {
             out.line(format!("          {}: {}", d.table, d.change));
         }
+    }
+    if report.conflicts.is_empty() {
+        out.line("conflicts none unresolved");
+    } else {
+        let total: u64 = report.conflicts.values().sum();
+        out.line(format!(
+            "conflicts {total} unresolved (see `ferry conflicts`):"
+        ));
+        for (table, n) in &report.conflicts {
+            out.line(format!("          {table}: {n}"));
+        }
+    }
+    for skew in &report.clock_skew {
+        out.line(format!(
+            "skew      {}'s clock looks {} s ({:.1} days) ahead (seen in a bundle from {}); conflicts its versions won are marked SKEWED",
+            skew.node,
+            skew.skew_s,
+            skew.skew_s as f64 / 86_400.0,
+            skew.sender
+        ));
     }
     Ok(())
 }

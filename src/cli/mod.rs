@@ -5,6 +5,7 @@
 
 mod bundle_cmd;
 mod capture_cmd;
+mod conflicts_cmd;
 mod dev_cmd;
 mod output;
 mod sync_cmd;
@@ -88,6 +89,9 @@ pub enum Command {
     /// Prove convergence: per-table row counts and content digests in uuid space, equal
     /// on two nodes iff their synced content is equal; --against compares with another node.
     Verify(verify_cmd::VerifyArgs),
+    /// List the conflicts import recorded here, show one, or resolve one (keep the
+    /// winner, or restore the loser as a new edit that syncs everywhere).
+    Conflicts(conflicts_cmd::ConflictsArgs),
 }
 
 /// Parses argv, runs the command, and returns the process exit code.
@@ -177,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive(args) => bundle_cmd::receive(&cli.config, args, &out),
         Command::Bundle(cmd) => bundle_cmd::bundle(&cli.config, cmd, &out),
         Command::Verify(args) => verify_cmd::verify(&load(&cli.config)?, args, &out).await,
+        Command::Conflicts(args) => conflicts_cmd::run(load(&cli.config)?, args, &out).await,
     }
 }
 

@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter, Change, Identity, Op};
 use crate::capture::drift::{self, DriftItem};
 use crate::capture::setup::{enabled_tables, stored_plan};
-use crate::capture::stamp::{version_from, Stamp};
+use crate::capture::stamp::{row_versions, version_from, Stamp};
 use crate::capture::CaptureError;
 use crate::db::{literal, DbError};
 use crate::node::NodeContext;
@@ -240,6 +240,7 @@ async fn export_peer(
                 writing: Duration::ZERO,
                 declared: Default::default(),
                 me: node.name().to_string(),
+                peer: peer.to_string(),
             };
             let (entries, changes) = sealer
                 .seal(
@@ -392,6 +393,7 @@ struct Sealer<'a> {
     /// Time spent reading rows, and encoding them into the bundle (for the stage log).
     fetching: Duration,
     writing: Duration,
+    peer: String,
 }
 
 impl Sealer<'_> {
@@ -550,6 +552,20 @@ impl Sealer<'_> {
                 rows.insert(k, (id, v));
             }
         }
+        // A row whose current version was made at the peer itself and beat the
+        // versions grouped here (a local edit that lost on import): the peer holds a
+        // greater version already, and the row's values are no longer these versions'.
+        // The loser was recorded here; sending it would only mislabel the winner's values.
+        let keys: Vec<(String, String)> = batch
+            .iter()
+            .map(|g| (g.table.clone(), g.key.clone()))
+            .collect();
+        let current = row_versions(fetch, &keys).await?;
+        batch.retain(|g| {
+            !current
+                .get(&(g.table.clone(), g.key.clone()))
+                .is_some_and(|(v, _)| v.node == self.peer && *v > g.version)
+        });
         let mut n = 0;
         let fetched = Instant::now();
         self.fetching += fetched.duration_since(started);

@@ -9,6 +9,7 @@ pub mod introspect;
 pub mod plan;
 pub mod render;
 pub mod soft_refs;
+pub mod unique_rules;
 
 pub use introspect::{Schema, Table};
 pub use plan::{Disposition, Identity, SyncPlan, SyncedTable, TablePlan};

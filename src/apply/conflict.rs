@@ -1,0 +1,231 @@
+//! Deciding between an incoming change and the local row, and recording what lost.
+//!
+//! Every row's current version lives in `ferry_row`. An incoming change whose base
+//! version equals that version was made on top of what this node holds: a plain
+//! fast-forward that records nothing. One whose base differs was made without seeing
+//! the local version: the two are concurrent. Either way the greater version wins, so
+//! every node ends with the same row whatever order bundles arrive in; when they were
+//! concurrent the losing version (its full values in uuid space, node, clock reading)
+//! and the winner go to `ferry_conflict` on the node where the overwrite happened, so
+//! that an operator can restore the loser (`ferry conflicts`). Deletes are versions like
+//! any other (their rows stay in `ferry_row` as tombstones). An equal version is the
+//! same change arriving again and does nothing.
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Value as MyValue};
+use serde_json::{Map, Value as Json};
+
+use crate::bundle::{Value, Version};
+use crate::db::{values_sql, DbError};
+
+/// What to do with one incoming change, given the row's local version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// The row is new here, or the change builds on the local version: apply, record nothing.
+    FastForward,
+    /// Concurrent and greater: apply, record the local version as the loser.
+    WinsConcurrent,
+    /// Concurrent and smaller: skip, record the incoming change as the loser.
+    LosesConcurrent,
+    /// The same version again, or an older one this node already built on: skip.
+    Stale,
+}
+
+/// Decides an incoming change (`version` on top of `base`) against the local version.
+pub fn decide(version: &Version, base: Option<&Version>, local: Option<&Version>) -> Decision {
+    let Some(local) = local else {
+        return Decision::FastForward;
+    };
+    let concurrent = base != Some(local);
+    match (version.cmp(local), concurrent) {
+        (std::cmp::Ordering::Equal, _) => Decision::Stale,
+        (std::cmp::Ordering::Greater, false) => Decision::FastForward,
+        (std::cmp::Ordering::Greater, true) => Decision::WinsConcurrent,
+        // An older change whose base is this very version cannot happen (versions grow
+        // along a row's history); treat it as seen.
+        (std::cmp::Ordering::Less, false) => Decision::Stale,
+        (std::cmp::Ordering::Less, true) => Decision::LosesConcurrent,
+    }
+}
+
+/// One side of a conflict.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub version: Version,
+    pub deleted: bool,
+    /// The row's values by column (uuid space, exact), when it exists.
+    pub values: Option<Json>,
+}
+
+/// What kind of conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Two concurrent versions of one row.
+    Concurrent,
+    /// Two rows with one value in a unique column; the later one's value was suffixed.
+    Unique,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Concurrent => "concurrent",
+            Kind::Unique => "unique",
+        }
+    }
+}
+
+/// A conflict to record.
+#[derive(Debug, Clone)]
+pub struct NewConflict {
+    pub table: String,
+    pub row_key: String,
+    pub kind: Kind,
+    /// For unique collisions: the column.
+    pub column: Option<String>,
+    pub winner: Side,
+    pub winner_skewed: bool,
+    pub loser: Side,
+    /// The peer the bundle came from.
+    pub via: String,
+}
+
+/// Values by column name, each in its exact serde form (restorable).
+pub fn values_json(columns: &[String], values: &[Value]) -> Json {
+    let mut m = Map::new();
+    for (c, v) in columns.iter().zip(values) {
+        m.insert(
+            c.clone(),
+            serde_json::to_value(v).unwrap_or(Json::String(format!("{v:?}"))),
+        );
+    }
+    Json::Object(m)
+}
+
+/// Reads values back from [`values_json`] in `columns` order.
+pub fn values_from_json(columns: &[String], json: &Json) -> Option<Vec<Value>> {
+    let m = json.as_object()?;
+    columns
+        .iter()
+        .map(|c| serde_json::from_value(m.get(c)?.clone()).ok())
+        .collect()
+}
+
+/// Writes conflicts to `ferry_conflict`.
+pub async fn record(conn: &mut Conn, now_us: i64, list: &[NewConflict]) -> Result<(), DbError> {
+    for chunk in list.chunks(200) {
+        let rows: Vec<Vec<MyValue>> = chunk
+            .iter()
+            .map(|c| {
+                let text = |v: &Option<Json>| match v {
+                    Some(j) => MyValue::from(j.to_string()),
+                    None => MyValue::NULL,
+                };
+                vec![
+                    c.table.clone().into(),
+                    c.row_key.clone().into(),
+                    c.kind.as_str().into(),
+                    c.column.clone().map(MyValue::from).unwrap_or(MyValue::NULL),
+                    c.winner.version.wall_us.into(),
+                    c.winner.version.counter.into(),
+                    c.winner.version.node.clone().into(),
+                    c.winner.deleted.into(),
+                    text(&c.winner.values),
+                    c.winner_skewed.into(),
+                    c.loser.version.wall_us.into(),
+                    c.loser.version.counter.into(),
+                    c.loser.version.node.clone().into(),
+                    c.loser.deleted.into(),
+                    text(&c.loser.values),
+                    now_us.into(),
+                    c.via.clone().into(),
+                ]
+            })
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        conn.query_drop(format!(
+            "INSERT INTO ferry_conflict (table_name, row_key, kind, column_name, winner_wall, \
+             winner_counter, winner_node, winner_deleted, winner_values, winner_skewed, \
+             loser_wall, loser_counter, loser_node, loser_deleted, loser_values, detected_us, via) \
+             VALUES {}",
+            values_sql(&rows)
+        ))
+        .await
+        .map_err(DbError::query("recording conflicts"))?;
+    }
+    Ok(())
+}
+
+/// Remembers the largest apparent skew of `node`'s clock.
+pub async fn record_skew(
+    conn: &mut Conn,
+    node: &str,
+    skew_us: i64,
+    version_wall: i64,
+    sender: &str,
+    now_us: i64,
+) -> Result<(), DbError> {
+    conn.exec_drop(
+        "INSERT INTO ferry_skew (node, skew_us, version_wall, sender, seen_us) VALUES (?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE version_wall = IF(VALUES(skew_us) >= skew_us, VALUES(version_wall), version_wall), \
+         sender = IF(VALUES(skew_us) >= skew_us, VALUES(sender), sender), \
+         skew_us = GREATEST(skew_us, VALUES(skew_us)), seen_us = VALUES(seen_us)",
+        (node, skew_us, version_wall, sender, now_us),
+    )
+    .await
+    .map_err(DbError::query("recording clock skew"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(w: i64, n: &str) -> Version {
+        Version {
+            wall_us: w,
+            counter: 0,
+            node: n.into(),
+        }
+    }
+
+    #[test]
+    fn base_equal_to_local_is_a_fast_forward_and_anything_else_is_concurrent() {
+        let local = v(10, "a");
+        assert_eq!(decide(&v(5, "b"), None, None), Decision::FastForward);
+        assert_eq!(
+            decide(&v(20, "b"), Some(&local), Some(&local)),
+            Decision::FastForward
+        );
+        assert_eq!(
+            decide(&v(20, "b"), Some(&v(1, "c")), Some(&local)),
+            Decision::WinsConcurrent
+        );
+        assert_eq!(
+            decide(&v(20, "b"), None, Some(&local)),
+            Decision::WinsConcurrent
+        );
+        assert_eq!(
+            decide(&v(5, "b"), Some(&v(1, "c")), Some(&local)),
+            Decision::LosesConcurrent
+        );
+        assert_eq!(
+            decide(&local, Some(&v(1, "c")), Some(&local)),
+            Decision::Stale
+        );
+        // Same wall time: the node breaks the tie, identically everywhere.
+        assert_eq!(
+            decide(&v(10, "b"), Some(&v(1, "c")), Some(&local)),
+            Decision::WinsConcurrent
+        );
+    }
+
+    #[test]
+    fn values_round_trip_through_json() {
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let vals = vec![Value::Text("x".into()), Value::Int(3)];
+        let j = values_json(&cols, &vals);
+        assert_eq!(values_from_json(&cols, &j), Some(vals));
+    }
+}
