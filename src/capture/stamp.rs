@@ -78,13 +78,24 @@ impl Stamp {
 
     /// Stamps every committed, unstamped local change. Returns how many.
     pub async fn stamp_pending(&mut self, conn: &mut Conn) -> Result<u64, DbError> {
-        let mut after = 0u64;
+        // Start at the first unstamped entry (the seq index finds it), then walk the
+        // primary key: each round reads the next batch in id order, never re-sorting
+        // what earlier rounds left behind.
+        let first: Option<Option<u64>> = conn
+            .query_first("SELECT MIN(change_id) FROM ferry_change WHERE seq IS NULL")
+            .await
+            .map_err(DbError::query("finding unstamped changes"))?;
+        let Some(Some(first)) = first else {
+            return Ok(0);
+        };
+        let mut after = first - 1;
         let mut total = 0u64;
         loop {
             let rows: Vec<(u64, String, String, String, i64)> = conn
                 .exec(
-                    "SELECT change_id, table_name, row_key, op, wall_us FROM ferry_change \
-                     WHERE seq IS NULL AND change_id > ? ORDER BY change_id LIMIT ?",
+                    "SELECT change_id, table_name, row_key, op, wall_us \
+                     FROM ferry_change FORCE INDEX (PRIMARY) \
+                     WHERE change_id > ? AND seq IS NULL ORDER BY change_id LIMIT ?",
                     (after, BATCH as u64),
                 )
                 .await
