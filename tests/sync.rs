@@ -79,21 +79,6 @@ fn phase1_person_insert_update_delete_both_ways() {
     assert_eq!(out[0]["bundle"], serde_json::Value::Null, "{out}");
 }
 
-fn generate(url: &str, seed: u64, patients: u32) {
-    block_on(async {
-        let mut db = conn(url).await;
-        let opts = ferry::dev::gen::GenOptions {
-            seed,
-            patients,
-            visits_per_patient: 1,
-            encounters_per_visit: 2,
-            obs_per_encounter: 5,
-            ..Default::default()
-        };
-        ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
-    });
-}
-
 fn assert_same(c: &Cluster, names: &[&str]) {
     let first = c.verify(names[0]);
     assert!(first.contains("\"rows\""), "{first}");
@@ -117,9 +102,9 @@ fn phase2_all_tables_both_ways_after_a_week_offline() {
         eprintln!("phase 2 on {}", source.name());
         let c = Cluster::star(&["site-a", "site-b"], &source);
         for day in 0..7 {
-            generate(c.url("site-a"), 100 + day, 8);
+            common::generate(c.url("site-a"), 100 + day, 8, 2, 5);
             c.node("site-a").ok(&["export"]);
-            generate(c.url("site-b"), 200 + day, 8);
+            common::generate(c.url("site-b"), 200 + day, 8, 2, 5);
             c.node("site-b").ok(&["export"]);
         }
         let stick = c.stick.path().to_str().unwrap();
@@ -156,8 +141,8 @@ fn phase2_all_tables_both_ways_after_a_week_offline() {
 #[test]
 fn phase3_hub_forwards_between_spokes() {
     let c = Cluster::star(&["hub", "spoke-1", "spoke-2"], &Source::Fixture);
-    generate(c.url("spoke-1"), 11, 3);
-    generate(c.url("spoke-2"), 22, 3);
+    common::generate(c.url("spoke-1"), 11, 3, 2, 5);
+    common::generate(c.url("spoke-2"), 22, 3, 2, 5);
     c.carry("spoke-1", "hub");
     c.carry("spoke-2", "hub");
     // The hub forwards each spoke's changes to the other, never back.

@@ -10,21 +10,6 @@ use std::time::{Duration, Instant};
 use common::{block_on, conn, Cluster, Source};
 use mysql_async::prelude::*;
 
-fn generate(url: &str, seed: u64, patients: u32) {
-    block_on(async {
-        let mut db = conn(url).await;
-        let opts = ferry::dev::gen::GenOptions {
-            seed,
-            patients,
-            visits_per_patient: 1,
-            encounters_per_visit: 1,
-            obs_per_encounter: 4,
-            ..Default::default()
-        };
-        ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
-    });
-}
-
 /// The bundles in `from`'s outbox for `to`, in sequence order.
 fn outbox(c: &Cluster, from: &str, to: &str) -> Vec<PathBuf> {
     let dir = c.node(from).dir.path().join("outbox").join(to);
@@ -46,7 +31,7 @@ fn import(c: &Cluster, node: &str, file: &std::path::Path) -> serde_json::Value 
 fn reverse_order_duplicates_and_held_bundles_all_converge() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     for round in 0..5 {
-        generate(c.url("site-a"), 300 + round, 3);
+        common::generate(c.url("site-a"), 300 + round, 3, 1, 4);
         c.node("site-a").ok(&["export"]);
     }
     let files = outbox(&c, "site-a", "site-b");
@@ -93,7 +78,7 @@ fn reverse_order_duplicates_and_held_bundles_all_converge() {
 #[test]
 fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
-    generate(c.url("site-a"), 5, 1);
+    common::generate(c.url("site-a"), 5, 1, 1, 4);
     c.carry("site-a", "site-b");
     // A location created at site-a while location capture was off there, and a visit
     // (captured) that refers to it.
@@ -161,7 +146,7 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
 #[test]
 fn killing_the_server_mid_import_leaves_all_or_nothing() {
     let mut c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
-    generate(c.url("site-a"), 77, 600);
+    common::generate(c.url("site-a"), 77, 600, 1, 4);
     c.node("site-a").ok(&["export"]);
     let file = outbox(&c, "site-a", "site-b").remove(0);
     let before = c.verify("site-b");

@@ -9,8 +9,9 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::{load, Output, UsageError};
-use crate::bundle::{self, BundleError, Header, NodeKeys, Peers, PublicKey};
+use crate::bundle::{self, BundleError, Header, NodeKeys, PublicKey};
 use crate::config::{validate_node_name, Config, PeerConfig};
+use crate::node::NodeContext;
 use crate::transport::{self, Receiver, StateDirs};
 
 #[derive(Debug, Subcommand)]
@@ -56,25 +57,9 @@ pub enum BundleCommand {
     },
 }
 
-/// This node's name, keys, peers and directories.
-struct Node {
-    config: Config,
-    keys: NodeKeys,
-    peers: Peers,
-    dirs: StateDirs,
-}
-
-fn node(config_path: &Path) -> anyhow::Result<Node> {
-    let config = load(config_path)?;
-    let keys = NodeKeys::load(&NodeKeys::path_in(&config.state_dir()))?;
-    let peers = Peers::from_config(&config, &keys.public())?;
-    let dirs = StateDirs::new(&config.state_dir());
-    Ok(Node {
-        config,
-        keys,
-        peers,
-        dirs,
-    })
+/// This node's name, keys, peers and directories (the context sync commands share).
+fn node(config_path: &Path) -> anyhow::Result<NodeContext> {
+    Ok(NodeContext::load(load(config_path)?)?)
 }
 
 /// Creates the node's keypair (called by `ferry init`); returns the public key.
@@ -246,7 +231,7 @@ fn view(file: &Path, h: &Header, hash: [u8; 32]) -> HeaderView {
 }
 
 /// Verifies `file` as completely as this node can; counts changes when it can decrypt.
-fn check_bundle(n: &Node, file: &Path) -> Result<HeaderView, BundleError> {
+fn check_bundle(n: &NodeContext, file: &Path) -> Result<HeaderView, BundleError> {
     let verified = bundle::verify_header(file, &n.peers)?;
     let mut v = view(file, &verified.header, verified.hash);
     if verified.header.recipient == n.config.node {

@@ -230,3 +230,25 @@ impl Cluster {
         self.node(name).ok(&["verify", "--json"])
     }
 }
+
+/// Writes the generator's clinic workload into `url` (seeded, so reproducible).
+pub fn generate(
+    url: &str,
+    seed: u64,
+    patients: u32,
+    encounters_per_visit: u32,
+    obs_per_encounter: u32,
+) {
+    block_on(async {
+        let mut db = conn(url).await;
+        let opts = ferry::dev::gen::GenOptions {
+            seed,
+            patients,
+            visits_per_patient: 1,
+            encounters_per_visit,
+            obs_per_encounter,
+            ..Default::default()
+        };
+        ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
+    });
+}
