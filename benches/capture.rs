@@ -39,7 +39,7 @@ fn main() {
         let cap_url = DbUrl::parse(&server.url("captured")).unwrap();
         let mut plain = plain_url.connect().await.unwrap();
         let mut cap = cap_url.connect().await.unwrap();
-        setup(&mut cap, "captured").await.unwrap();
+        setup(&mut cap, "captured", 0).await.unwrap();
 
         let (mut rows_plain, mut secs_plain, mut rows_cap, mut secs_cap) = (0u64, 0f64, 0u64, 0f64);
         for round in 0..rounds {

@@ -3,7 +3,7 @@
 //! (`ferry_peer`), this node's ack vector (`ferry_applied`), and the ledger of applied
 //! bundles (`ferry_ledger`).
 //!
-//! Ack vectors say, per origin node, the highest change id (that origin's `seq`) whose
+//! Ack vectors say, per origin node, the highest log position (at that origin) whose
 //! effect a node holds. A change in the log may be deleted once every peer that must
 //! receive it holds it: see [`prune`].
 
@@ -13,6 +13,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
+use crate::capture::versions::{settle, Floors, LogEntry, Settle, FLOOR_MARKER};
 use crate::db::DbError;
 
 /// What this node knows of one peer.
@@ -24,7 +25,7 @@ pub struct PeerState {
     /// Hash of that bundle (the next one's `prev_hash`).
     #[serde(skip)]
     pub out_hash: [u8; 32],
-    /// The highest `ferry_change.seq` exported to the peer.
+    /// The log position up to which everything was exported to the peer.
     pub out_cursor: u64,
     /// When the last bundle was sealed (µs).
     pub out_at: Option<i64>,
@@ -242,26 +243,82 @@ fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> St
     )
 }
 
-/// Deletes change-log entries every configured peer holds. Returns how many.
-pub async fn prune(
-    conn: &mut Conn,
-    me: &str,
-    peers: &[(String, BTreeMap<String, u64>)],
-) -> Result<u64, DbError> {
+/// What pruning needs to know of one peer: its name, its ack vector, and the export
+/// cursor (the log position up to which it was sent everything).
+pub type PeerAcks = (String, BTreeMap<String, u64>, u64);
+
+/// Entries folded per round while pruning.
+const PRUNE_BATCH: usize = 5000;
+
+/// Deletes change-log entries every configured peer holds, after folding each row's
+/// latest pruned version into `ferry_row` (so the row's history keeps its head), and the
+/// version floors no remaining entry needs. Never goes past any peer's export cursor.
+/// Returns how many entries went.
+pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64, DbError> {
     if peers.is_empty() {
         return Ok(0); // with no peer, nothing has been delivered: keep everything
     }
+    let below = peers.iter().map(|p| p.2).min().unwrap_or(0);
     let conds: Vec<String> = peers
         .iter()
-        .map(|(p, acks)| done_for(me, p, acks, "seq"))
+        .map(|(p, acks, _)| done_for(me, p, acks, "change_id"))
         .collect();
-    conn.query_drop(format!(
-        "DELETE FROM ferry_change WHERE seq IS NOT NULL AND {}",
-        conds.join(" AND ")
-    ))
-    .await
-    .map_err(DbError::query("pruning the change log"))?;
-    Ok(conn.affected_rows())
+    let cond = format!("change_id <= {below} AND {}", conds.join(" AND "));
+    let floors = Floors::load(conn).await?;
+    let mut after = 0u64;
+    loop {
+        let rows: Vec<mysql_async::Row> = conn
+            .exec(
+                format!(
+                    "SELECT {} FROM ferry_change WHERE {cond} AND change_id > ? \
+                     ORDER BY change_id LIMIT {PRUNE_BATCH}",
+                    LogEntry::COLUMNS
+                ),
+                (after,),
+            )
+            .await
+            .map_err(DbError::query("reading the change log to prune"))?;
+        let Some(last) = rows.len().checked_sub(1) else {
+            break;
+        };
+        let entries: Vec<LogEntry> = rows.into_iter().map(LogEntry::from_row).collect();
+        after = entries[last].change_id;
+        let settled: Vec<Settle> = entries
+            .iter()
+            .filter(|e| e.op != FLOOR_MARKER)
+            .map(|e| Settle {
+                table: e.table.clone(),
+                row_key: e.row_key.clone(),
+                version: e.version(&floors, me),
+                deleted: e.op == "D",
+                at: e.change_id,
+                via: e.via.clone(),
+            })
+            .collect();
+        settle(conn, &settled).await?;
+        if entries.len() < PRUNE_BATCH {
+            break;
+        }
+    }
+    conn.query_drop(format!("DELETE FROM ferry_change WHERE {cond}"))
+        .await
+        .map_err(DbError::query("pruning the change log"))?;
+    let pruned = conn.affected_rows();
+    // Floors before the one in force at the oldest remaining entry are done with.
+    let oldest: Option<Option<u64>> = conn
+        .query_first("SELECT MIN(change_id) FROM ferry_change")
+        .await
+        .map_err(DbError::query("reading the oldest log entry"))?;
+    let keep = match oldest.flatten() {
+        Some(o) => floors.at(o).map(|f| f.from),
+        None => floors.latest().map(|f| f.from),
+    };
+    if let Some(keep) = keep {
+        conn.exec_drop("DELETE FROM ferry_floor WHERE from_change < ?", (keep,))
+            .await
+            .map_err(DbError::query("pruning the version floors"))?;
+    }
+    Ok(pruned)
 }
 
 /// Entries of the change log not yet held by `peer`.
@@ -273,8 +330,8 @@ pub async fn pending_for(
 ) -> Result<(u64, Option<i64>), DbError> {
     let row: Option<(u64, Option<i64>)> = conn
         .query_first(format!(
-            "SELECT COUNT(*), MIN(wall_us) FROM ferry_change WHERE NOT {}",
-            done_for(me, peer, acks, "COALESCE(seq, ~0)")
+            "SELECT COUNT(*), MIN(wall_us) FROM ferry_change WHERE op <> '{FLOOR_MARKER}' AND NOT {}",
+            done_for(me, peer, acks, "change_id")
         ))
         .await
         .map_err(DbError::query("counting unacknowledged changes"))?;
@@ -290,8 +347,8 @@ mod tests {
         let acks: BTreeMap<String, u64> = [("hub".to_string(), 7), ("a".to_string(), 3)]
             .into_iter()
             .collect();
-        let c = done_for("a", "hub", &acks, "seq");
-        assert!(c.contains("seq <= 3"), "{c}");
+        let c = done_for("a", "hub", &acks, "change_id");
+        assert!(c.contains("change_id <= 3"), "{c}");
         assert!(c.contains("WHEN 'hub' THEN 7"), "{c}");
         assert!(!c.contains("WHEN 'a'"), "{c}");
         assert!(c.contains("via = 'hub'"), "{c}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{block_on, conn, Cluster, Source};
+use common::{block_on, conn, row_head, row_version, Cluster, Source};
 use mysql_async::prelude::*;
 use serde_json::Value as Json;
 
@@ -47,20 +47,11 @@ fn gender(c: &Cluster, at: &str, uuid: &str) -> Option<String> {
 
 /// The row's version at a node: (wall µs, counter, node).
 fn version(c: &Cluster, at: &str, table: &str, key: &str) -> (i64, u32, String) {
-    block_on(async {
-        let mut db = conn(c.url(at)).await;
-        db.exec_first(
-            "SELECT version_wall, version_counter, version_node FROM ferry_row \
-             WHERE table_name = ? AND row_key = ?",
-            (table, key),
-        )
-        .await
-        .unwrap()
+    row_version(c.url(at), at, table, key)
         .unwrap_or_else(|| panic!("{at} has no version of {table} {key}"))
-    })
 }
 
-/// Shifts a node's clock (in its ferry.toml).
+/// Shifts a node's clock (in its ferry.toml; setup bakes it into the triggers).
 fn set_clock(c: &Cluster, node: &str, offset_s: i64) {
     let path = &c.node(node).config;
     let text = std::fs::read_to_string(path).unwrap();
@@ -70,6 +61,7 @@ fn set_clock(c: &Cluster, node: &str, offset_s: i64) {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(path, format!("clock_offset_seconds = {offset_s}\n{kept}")).unwrap();
+    c.node(node).ok(&["setup"]);
 }
 
 /// Every conflict recorded at a node.
@@ -150,7 +142,7 @@ fn concurrent_updates_converge_on_the_greater_version_and_record_the_loser() {
     new_person(&c, "hub", P);
     sync_all(&c);
     set_gender(&c, "s1", P, "M");
-    c.node("s1").ok(&["export"]); // stamped first: the smaller version
+    c.node("s1").ok(&["export"]); // edited first: the smaller version
     set_gender(&c, "s2", P, "F");
     // s2's edit reaches the hub first, then s1's (older, concurrent).
     c.carry("s2", "hub");
@@ -276,15 +268,7 @@ fn update_against_delete_is_decided_by_the_same_rule_and_recorded() {
         assert_eq!(q["loser"]["deleted"], true, "{q}");
     }
     // The hub holds P's tombstone.
-    let deleted: Option<bool> = block_on(async {
-        let mut db = conn(c.url("hub")).await;
-        db.exec_first(
-            "SELECT deleted FROM ferry_row WHERE table_name = 'person' AND row_key = ?",
-            (P,),
-        )
-        .await
-        .unwrap()
-    });
+    let deleted = row_head(c.url("hub"), "hub", "person", P).map(|h| h.deleted);
     assert_eq!(deleted, Some(true));
 }
 
@@ -471,7 +455,7 @@ fn skewed_clock_is_flagged_and_its_wins_marked() {
 }
 
 /// Rule 2: an incoming change that meets an unexported local edit of the same row is
-/// concurrent with it (import stamps the local edit first): the greater wins, and the
+/// concurrent with it (the edit's version follows from its log entry): the greater wins, and the
 /// local edit, which never left this node, is recorded with its values.
 #[test]
 fn an_unexported_local_edit_meeting_an_incoming_change_is_recorded() {

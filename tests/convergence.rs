@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use common::{block_on, conn, Cluster, Source};
+use common::{all_row_versions, block_on, bundle_changes, conn, row_version, Cluster, Source};
 use mysql_async::prelude::*;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -50,7 +50,7 @@ struct Run {
     offline: String,
     pool: Vec<Bundle>,
     pool_dir: tempfile::TempDir,
-    /// Every version made anywhere: version → (row, base).
+    /// Every version that travelled: version → (row, base), from the bundles.
     versions: HashMap<Version, (RowKey, Option<Version>)>,
     gen_seed: u64,
 }
@@ -146,6 +146,7 @@ fn set_clock(c: &Cluster, node: &str, offset_s: i64) {
     let path = &c.node(node).config;
     let text = std::fs::read_to_string(path).unwrap();
     std::fs::write(path, format!("clock_offset_seconds = {offset_s}\n{text}")).unwrap();
+    c.node(node).ok(&["setup"]);
 }
 
 fn exec(url: &str, sql: &str, params: Vec<mysql_async::Value>) -> u64 {
@@ -310,35 +311,15 @@ impl Run {
         }
     }
 
-    /// The in-turn person: edited only at a node that holds its latest version, when
-    /// no edit of it waits unstamped anywhere.
+    /// The in-turn person: edited only at a node that holds its latest version (local
+    /// edits not yet exported included: their versions follow from their log entries).
     fn in_turn_edit(&mut self) {
         let mut latest: BTreeMap<String, Option<Version>> = BTreeMap::new();
         for n in self.online() {
-            let (v, pending) = block_on(async {
-                let mut db = conn(self.c.url(&n)).await;
-                let v: Option<Version> = db
-                    .exec_first(
-                        "SELECT version_wall, version_counter, version_node FROM ferry_row \
-                         WHERE table_name = 'person' AND row_key = ?",
-                        (IN_TURN,),
-                    )
-                    .await
-                    .unwrap();
-                let pending: Option<u64> = db
-                    .exec_first(
-                        "SELECT COUNT(*) FROM ferry_change WHERE table_name = 'person' \
-                         AND row_key = ? AND seq IS NULL",
-                        (IN_TURN,),
-                    )
-                    .await
-                    .unwrap();
-                (v, pending.unwrap_or(0))
-            });
-            if pending > 0 {
-                return;
-            }
-            latest.insert(n, v);
+            latest.insert(
+                n.clone(),
+                row_version(self.c.url(&n), &n, "person", IN_TURN),
+            );
         }
         let max = latest.values().max().cloned().flatten();
         let ready: Vec<String> = latest
@@ -373,6 +354,7 @@ impl Run {
                     continue;
                 }
                 std::fs::copy(&path, &dest).unwrap();
+                self.record_versions(&name.recipient, &dest);
                 self.pool.push(Bundle {
                     recipient: name.recipient.clone(),
                     path: dest,
@@ -380,33 +362,23 @@ impl Run {
                 });
             }
         }
-        let rows: Vec<mysql_async::Row> = block_on(async {
-            let mut db = conn(self.c.url(node)).await;
-            db.query(
-                "SELECT table_name, row_key, version_wall, version_counter, version_node, \
-                 base_wall, base_counter, base_node FROM ferry_change \
-                 WHERE origin IS NULL AND seq IS NOT NULL",
-            )
-            .await
-            .unwrap()
-        });
-        for r in rows {
-            type R = (
-                String,
-                String,
-                i64,
-                u32,
-                String,
-                Option<i64>,
-                Option<u32>,
-                Option<String>,
-            );
-            let (t, k, vw, vc, vn, bw, bc, bn): R = mysql_async::from_row(r);
-            let base = match (bw, bc, bn) {
-                (Some(w), Some(c), Some(n)) => Some((w, c, n)),
-                _ => None,
-            };
-            self.versions.insert((vw, vc, vn), ((t, k), base));
+    }
+
+    /// Records the versions a new bundle carries, each with its base. One version can
+    /// travel on top of different bases to different peers (coalesced with more or
+    /// fewer of its predecessors): the nearest (greatest) base is its parent.
+    fn record_versions(&mut self, recipient: &str, path: &std::path::Path) {
+        for ch in bundle_changes(self.c.node(recipient), path) {
+            let v = (ch.version.wall_us, ch.version.counter, ch.version.node);
+            let key = ferry::apply::changes::identity_text(&ch.identity);
+            let base = ch.base_version.map(|b| (b.wall_us, b.counter, b.node));
+            let e = self
+                .versions
+                .entry(v)
+                .or_insert(((ch.table.clone(), key), None));
+            if base > e.1 {
+                e.1 = base;
+            }
         }
     }
 
@@ -495,21 +467,8 @@ impl Run {
                 self.seed
             );
         }
-        let row_versions = |n: &str| -> BTreeMap<RowKey, Version> {
-            block_on(async {
-                let mut db = conn(self.c.url(n)).await;
-                let rows: Vec<(String, String, i64, u32, String)> = db
-                    .query(
-                        "SELECT table_name, row_key, version_wall, version_counter, version_node \
-                         FROM ferry_row",
-                    )
-                    .await
-                    .unwrap();
-                rows.into_iter()
-                    .map(|(t, k, w, c, n)| ((t, k), (w, c, n)))
-                    .collect()
-            })
-        };
+        let row_versions =
+            |n: &str| -> BTreeMap<RowKey, Version> { all_row_versions(self.c.url(n), n) };
         let finals = row_versions("hub");
         for n in &all[1..] {
             assert_eq!(

@@ -2,13 +2,12 @@
 //!
 //! Changes arrive grouped by table, parents first. [`Applier`] takes them in chunks of
 //! one table and, per chunk: resolves identities to local rows (locking the ones that
-//! exist), stamps any local edit of those rows that committed meanwhile, compares
-//! versions ([`super::conflict`]: the greater version wins, a concurrent loser is
-//! recorded, an equal one is a duplicate), translates every reference back to a local
-//! id, settles unique collisions ([`super::unique`]), then deletes, updates and
-//! inserts, records the rows'
-//! new versions, and logs each applied change with its origin so that it can be
-//! forwarded. A reference to a row later in the same bundle (a cycle, a self-reference)
+//! exist), reads the rows' current versions (their heads, local edits included),
+//! compares versions ([`super::conflict`]: the greater version wins, a concurrent
+//! loser is recorded, an equal one is a duplicate), translates every reference back to
+//! a local id, settles unique collisions ([`super::unique`]), then deletes, updates and
+//! inserts. Each applied change is logged with its origin when other peers need it
+//! forwarded, and otherwise settled in `ferry_row`. A reference to a row later in the same bundle (a cycle, a self-reference)
 //! gets a placeholder and is fixed up at the end; a reference that is still missing
 //! then fails the whole bundle, naming the row. Deletes are checked at the end too: no
 //! remaining row may refer to a deleted one.
@@ -25,7 +24,7 @@ use super::resolve::{key_text, KeyValues, Resolver};
 use super::unique::{read_values, unique_columns, Check};
 use super::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity, Op, Value, Version};
-use crate::capture::stamp::{row_versions, set_row_versions, version_cols, Stamp};
+use crate::capture::versions::{heads, last_position, settle, version_cols, Floors, Settle};
 use crate::db::{ident, values_sql, DbError};
 use crate::export::rows::to_param;
 use crate::export::rows::TableReader;
@@ -90,7 +89,13 @@ pub struct Applier<'a> {
     pub me: String,
     /// The sender's ack vector: bounds of the origins' change ids this bundle covers.
     pub acks: BTreeMap<String, u64>,
-    pub stamp: Stamp,
+    /// This node's version floors (local versions are read against them).
+    pub floors: Floors,
+    /// Whether applied changes go into the log, to be forwarded to other peers; when
+    /// not, their versions are settled in `ferry_row` directly.
+    pub forward: bool,
+    /// The greatest version seen (the next floor).
+    pub seen: Option<Version>,
     pub stats: ApplyStats,
     buffer: Vec<Change>,
     fixups: Vec<Fixup>,
@@ -113,7 +118,7 @@ impl<'a> Applier<'a> {
         sender: &str,
         me: &str,
         acks: BTreeMap<String, u64>,
-        stamp: Stamp,
+        floors: Floors,
         now_us: i64,
     ) -> Applier<'a> {
         Applier {
@@ -122,7 +127,9 @@ impl<'a> Applier<'a> {
             sender: sender.to_string(),
             me: me.to_string(),
             acks,
-            stamp,
+            floors,
+            forward: true,
+            seen: None,
             stats: ApplyStats::default(),
             buffer: Vec::new(),
             fixups: Vec::new(),
@@ -378,27 +385,22 @@ impl<'a> Applier<'a> {
         let keys = resolver.key_values(conn, &table, &ids).await?;
         let present: Vec<KeyValues> = keys.iter().flatten().cloned().collect();
         let existing = resolver.existing(conn, &table, &present, true).await?;
-        let row_keys: Vec<(String, String)> = changes
-            .iter()
-            .map(|c| (table.clone(), identity_text(&c.identity)))
-            .collect();
-        let pending: Option<u64> = conn
-            .exec_first(
-                format!(
-                    "SELECT COUNT(*) FROM ferry_change WHERE seq IS NULL AND table_name = ? \
-                     AND row_key IN ({})",
-                    vec!["?"; row_keys.len()].join(", ")
-                ),
-                std::iter::once(MyValue::from(table.clone()))
-                    .chain(row_keys.iter().map(|(_, k)| MyValue::from(k.clone())))
-                    .collect::<Vec<_>>(),
-            )
-            .await
-            .map_err(DbError::query("looking for unstamped local edits"))?;
-        if pending.unwrap_or(0) > 0 {
-            self.stamp.stamp_pending(conn).await?;
-        }
-        let mut versions = row_versions(conn, &row_keys).await?;
+        let row_keys: Vec<String> = changes.iter().map(|c| identity_text(&c.identity)).collect();
+        let key_refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
+        let mut versions: HashMap<String, (Version, bool)> =
+            heads(conn, &self.floors, &self.me, &table, &key_refs, None)
+                .await?
+                .into_iter()
+                .map(|(k, h)| (k, (h.version, h.deleted)))
+                .collect();
+        // Where these versions settle in the row's history, when they are not logged:
+        // after every entry written so far (the rows are locked), and before any entry
+        // written later (an entry wins a tie with a settled record).
+        let settled_at = if self.forward {
+            0
+        } else {
+            last_position(conn).await? + 1
+        };
 
         // 2. Decide: fast-forward, concurrent (greater wins, the loser is recorded), or stale.
         let mut deletes: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
@@ -408,14 +410,20 @@ impl<'a> Applier<'a> {
         // (change, local version, local tombstone, incoming wins)
         let mut concurrent: Vec<(usize, Version, bool, bool)> = Vec::new();
         for (i, c) in changes.iter().enumerate() {
-            self.stamp.hlc.observe(&c.version);
+            let greater = match &self.seen {
+                Some(s) => (c.version.wall_us, c.version.counter) > (s.wall_us, s.counter),
+                None => true,
+            };
+            if greater {
+                self.seen = Some(c.version.clone());
+            }
             self.note_skew(c);
-            let rk = (table.clone(), identity_text(&c.identity));
+            let rk = row_keys[i].clone();
             let local = versions.get(&rk).cloned();
             match decide(
                 &c.version,
                 c.base_version.as_ref(),
-                local.as_ref().map(|l| &l.0),
+                local.as_ref().map(|l| (&l.0, l.1)),
             ) {
                 Decision::Stale => {
                     self.stats.skipped += 1;
@@ -470,6 +478,8 @@ impl<'a> Applier<'a> {
                 reader: &reader,
                 changes: &changes,
                 via: &self.sender,
+                floors: &self.floors,
+                me: &self.me,
             };
             let found = check.resolve(conn, &writes, &mut translated).await?;
             self.stats.conflicts += found.len() as u64;
@@ -514,23 +524,31 @@ impl<'a> Applier<'a> {
                 .await?;
         }
 
-        // 5. Versions, forwarding log.
-        let mut version_rows = Vec::new();
+        // 5. Versions: logged for forwarding, or settled.
         let mut inserted_ids: HashMap<String, Option<i64>> = HashMap::new();
-        if !inserts.is_empty() {
+        if self.forward && !inserts.is_empty() {
             let ks: Vec<KeyValues> = inserts.iter().map(|(_, k)| k.clone()).collect();
             for (k, row) in resolver.existing(conn, &table, &ks, false).await? {
                 inserted_ids.insert(k, row.local_id);
             }
         }
         let mut log = Vec::new();
+        let mut settled = Vec::new();
         for i in &applied {
             let c = &changes[*i];
-            let rk = identity_text(&c.identity);
-            version_rows.push((
-                (table.clone(), rk.clone()),
-                (c.version.clone(), c.op == Op::Delete),
-            ));
+            let rk = row_keys[*i].clone();
+            *self.stats.per_table.entry(table.clone()).or_default() += 1;
+            if !self.forward {
+                settled.push(Settle {
+                    table: table.clone(),
+                    row_key: rk,
+                    version: c.version.clone(),
+                    deleted: c.op == Op::Delete,
+                    at: settled_at,
+                    via: Some(self.sender.clone()),
+                });
+                continue;
+            }
             let row_id = keys[*i]
                 .as_ref()
                 .and_then(|k| {
@@ -541,12 +559,11 @@ impl<'a> Applier<'a> {
                 })
                 .flatten();
             log.push(self.log_row(&table, rk, row_id, c));
-            *self.stats.per_table.entry(table.clone()).or_default() += 1;
         }
-        set_row_versions(conn, &version_rows).await?;
+        settle(conn, &settled).await?;
         if !log.is_empty() {
             conn.query_drop(format!(
-                "INSERT INTO ferry_change (table_name, row_id, row_key, op, wall_us, origin, origin_seq, via, seq, \
+                "INSERT INTO ferry_change (table_name, row_id, row_key, op, wall_us, origin, origin_seq, via, \
                  version_wall, version_counter, version_node, base_wall, base_counter, base_node) VALUES {}",
                 values_sql(&log)
             ))
@@ -579,7 +596,6 @@ impl<'a> Applier<'a> {
             c.origin.clone().into(),
             origin_seq.into(),
             self.sender.clone().into(),
-            self.stamp.next_seq().into(),
             c.version.wall_us.into(),
             c.version.counter.into(),
             c.version.node.clone().into(),

@@ -1,15 +1,17 @@
 //! Deciding between an incoming change and the local row, and recording what lost.
 //!
-//! Every row's current version lives in `ferry_row`. An incoming change whose base
-//! version equals that version was made on top of what this node holds: a plain
-//! fast-forward that records nothing. One whose base differs was made without seeing
-//! the local version: the two are concurrent. Either way the greater version wins, so
-//! every node ends with the same row whatever order bundles arrive in; when they were
-//! concurrent the losing version (its full values in uuid space, node, clock reading)
+//! A row's current version is its head ([`crate::capture::versions::heads`]). An
+//! incoming change whose base version equals that version was made on top of what this
+//! node holds: a plain fast-forward that records nothing, whatever its version (a wall
+//! clock that stepped back can make a later edit's version smaller). One whose base
+//! differs was made without seeing the local version: the two are concurrent, and the
+//! greater version wins, so every node ends with the same row whatever order bundles
+//! arrive in; the losing version (its full values in uuid space, node, clock reading)
 //! and the winner go to `ferry_conflict` on the node where the overwrite happened, so
 //! that an operator can restore the loser (`ferry conflicts`). Deletes are versions like
-//! any other (their rows stay in `ferry_row` as tombstones). An equal version is the
-//! same change arriving again and does nothing.
+//! any other (their rows stay as tombstones). A row inserted again over its tombstone
+//! by a greater version is a fast-forward too (an insert names no base). An equal
+//! version is the same change arriving again and does nothing.
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
@@ -31,20 +33,26 @@ pub enum Decision {
     Stale,
 }
 
-/// Decides an incoming change (`version` on top of `base`) against the local version.
-pub fn decide(version: &Version, base: Option<&Version>, local: Option<&Version>) -> Decision {
-    let Some(local) = local else {
+/// Decides an incoming change (`version` on top of `base`) against the local version
+/// (and whether the local row is a tombstone).
+pub fn decide(
+    version: &Version,
+    base: Option<&Version>,
+    local: Option<(&Version, bool)>,
+) -> Decision {
+    use std::cmp::Ordering::*;
+    let Some((local, tombstone)) = local else {
         return Decision::FastForward;
     };
-    let concurrent = base != Some(local);
-    match (version.cmp(local), concurrent) {
-        (std::cmp::Ordering::Equal, _) => Decision::Stale,
-        (std::cmp::Ordering::Greater, false) => Decision::FastForward,
-        (std::cmp::Ordering::Greater, true) => Decision::WinsConcurrent,
-        // An older change whose base is this very version cannot happen (versions grow
-        // along a row's history); treat it as seen.
-        (std::cmp::Ordering::Less, false) => Decision::Stale,
-        (std::cmp::Ordering::Less, true) => Decision::LosesConcurrent,
+    let on_top = base == Some(local) || (base.is_none() && tombstone);
+    match (version.cmp(local), on_top) {
+        (Equal, _) => Decision::Stale,
+        (Greater, true) => Decision::FastForward,
+        (Greater, false) => Decision::WinsConcurrent,
+        // Made on top of the local version, yet smaller: the maker's clock stepped
+        // back. A re-insert over a tombstone is not on top of it, though.
+        (Less, true) if base.is_some() => Decision::FastForward,
+        (Less, _) => Decision::LosesConcurrent,
     }
 }
 
@@ -193,30 +201,47 @@ mod tests {
     #[test]
     fn base_equal_to_local_is_a_fast_forward_and_anything_else_is_concurrent() {
         let local = v(10, "a");
+        let live = Some((&local, false));
         assert_eq!(decide(&v(5, "b"), None, None), Decision::FastForward);
         assert_eq!(
-            decide(&v(20, "b"), Some(&local), Some(&local)),
+            decide(&v(20, "b"), Some(&local), live),
             Decision::FastForward
         );
         assert_eq!(
-            decide(&v(20, "b"), Some(&v(1, "c")), Some(&local)),
+            decide(&v(20, "b"), Some(&v(1, "c")), live),
             Decision::WinsConcurrent
         );
+        assert_eq!(decide(&v(20, "b"), None, live), Decision::WinsConcurrent);
         assert_eq!(
-            decide(&v(20, "b"), None, Some(&local)),
-            Decision::WinsConcurrent
-        );
-        assert_eq!(
-            decide(&v(5, "b"), Some(&v(1, "c")), Some(&local)),
+            decide(&v(5, "b"), Some(&v(1, "c")), live),
             Decision::LosesConcurrent
         );
-        assert_eq!(
-            decide(&local, Some(&v(1, "c")), Some(&local)),
-            Decision::Stale
-        );
+        assert_eq!(decide(&local, Some(&v(1, "c")), live), Decision::Stale);
         // Same wall time: the node breaks the tie, identically everywhere.
         assert_eq!(
-            decide(&v(10, "b"), Some(&v(1, "c")), Some(&local)),
+            decide(&v(10, "b"), Some(&v(1, "c")), live),
+            Decision::WinsConcurrent
+        );
+    }
+
+    #[test]
+    fn an_edit_on_top_of_the_local_version_applies_even_when_its_clock_stepped_back() {
+        let local = v(10, "a");
+        assert_eq!(
+            decide(&v(7, "a"), Some(&local), Some((&local, false))),
+            Decision::FastForward
+        );
+    }
+
+    #[test]
+    fn a_greater_insert_over_a_tombstone_is_a_fast_forward() {
+        let gone = v(10, "a");
+        let tomb = Some((&gone, true));
+        assert_eq!(decide(&v(20, "a"), None, tomb), Decision::FastForward);
+        assert_eq!(decide(&v(5, "b"), None, tomb), Decision::LosesConcurrent);
+        // Against a live row an insert is concurrent.
+        assert_eq!(
+            decide(&v(20, "a"), None, Some((&gone, false))),
             Decision::WinsConcurrent
         );
     }

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use crate::bundle::{self, BundleError, BundleName};
 use crate::capture::setup::stored_plan;
-use crate::capture::stamp::Stamp;
+use crate::capture::versions::{raise_floor, Floors};
 use crate::capture::CaptureError;
 use crate::db::DbError;
 use crate::export::{begin, finish};
@@ -223,7 +223,7 @@ pub async fn import(
             .await
             .map_err(DbError::query("pruning the outbox record"))?;
         }
-        peer_acks.push((p, ps.acks));
+        peer_acks.push((p, ps.acks, ps.out_cursor));
     }
     state::prune(conn, node.name(), &peer_acks).await?;
     Ok(report)
@@ -402,19 +402,20 @@ async fn apply_files(
     .map_err(DbError::query("preparing the import session"))?;
     begin(conn).await?;
     let result = async {
-        let stamp = Stamp::lock(conn, node.name(), node.clock).await?;
         let mut now = state::peer(conn, &sender, true).await?;
+        let floors = Floors::load(conn).await?;
         let mut applier = Applier::new(
             &plan,
             &schema,
             &sender,
             node.name(),
             BTreeMap::new(),
-            stamp,
+            floors,
             node.clock.now_us(),
         );
         applier.max_skew_us = node.config.max_clock_skew_seconds.saturating_mul(1_000_000);
-        applier.stamp.stamp_pending(conn).await?;
+        // Changes need logging only when there is another peer to forward them to.
+        applier.forward = node.peer_names().iter().any(|p| *p != sender);
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
         for path in paths {
@@ -482,7 +483,9 @@ async fn apply_files(
             state::record_in(conn, &header.sender, header.seq, &hash, at, &acks).await?;
             state::merge_applied(conn, node.name(), &acks).await?;
         }
-        applier.stamp.save(conn).await?;
+        if let Some(seen) = applier.seen.clone() {
+            raise_floor(conn, &seen).await?;
+        }
         Ok(done)
     }
     .await;

@@ -5,8 +5,9 @@
 //! (`--keep winner`, which only marks the conflict resolved) or restore the loser
 //! (`--keep loser`): its values are written back with ordinary SQL in a session
 //! without `@ferry_origin`, so the triggers capture it as a new local edit. That edit
-//! is stamped after the winner (the clock has seen it), travels like any edit and wins
-//! everywhere by the ordinary rule, as a fast-forward that records nothing further.
+//! comes after the winner in this node's history (its version passes the floor the
+//! winner raised), travels like any edit and wins everywhere by the ordinary rule, as a
+//! fast-forward that records nothing further.
 //! Also here: unresolved counts per table and the skewed clocks, for `ferry status`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,9 +21,8 @@ use super::changes::Applier;
 use super::conflict::values_from_json;
 use super::ImportError;
 use crate::bundle::{Change, Identity, Op, Version};
-use crate::capture::clock::Hlc;
 use crate::capture::setup::stored_plan;
-use crate::capture::stamp::Stamp;
+use crate::capture::versions::Floors;
 use crate::capture::CaptureError;
 use crate::db::DbError;
 use crate::export::{begin, finish};
@@ -287,19 +287,13 @@ pub async fn resolve(
                 });
             }
             let change = restoring_change(&plan, &c, node.name())?;
-            let stamp = Stamp {
-                hlc: Hlc::default(),
-                seq: 0,
-                node: node.name().to_string(),
-                clock: node.clock,
-            };
             let mut applier = Applier::new(
                 &plan,
                 &schema,
                 node.name(),
                 node.name(),
                 BTreeMap::new(),
-                stamp,
+                Floors::load(conn).await?,
                 node.clock.now_us(),
             );
             applier.rewrite(conn, change).await?;

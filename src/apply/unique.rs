@@ -20,7 +20,7 @@ use super::changes::identity_text;
 use super::conflict::{values_json, Kind, NewConflict, Side};
 use super::ImportError;
 use crate::bundle::{Change, Version};
-use crate::capture::stamp::row_versions;
+use crate::capture::versions::{heads, Floors};
 use crate::db::{ident, DbError};
 use crate::export::rows::TableReader;
 use crate::schema::unique_rules::declared_unique;
@@ -105,6 +105,8 @@ pub struct Check<'a> {
     pub reader: &'a TableReader,
     pub changes: &'a [Change],
     pub via: &'a str,
+    pub floors: &'a Floors,
+    pub me: &'a str,
 }
 
 impl Check<'_> {
@@ -134,11 +136,8 @@ impl Check<'_> {
             if found.is_empty() {
                 continue;
             }
-            let keys: Vec<(String, String)> = found
-                .iter()
-                .map(|(k, _)| (self.table.to_string(), k.clone()))
-                .collect();
-            let versions = row_versions(conn, &keys).await?;
+            let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+            let versions = heads(conn, self.floors, self.me, self.table, &keys, None).await?;
             for (i, value) in wanted {
                 let c = &self.changes[i];
                 let mine = identity_text(&c.identity);
@@ -151,8 +150,8 @@ impl Check<'_> {
                     continue;
                 };
                 let other_version = versions
-                    .get(&(self.table.to_string(), other_key.clone()))
-                    .map(|(v, _)| v.clone())
+                    .get(&other_key)
+                    .map(|h| h.version.clone())
                     .unwrap_or_else(loaded);
                 let other_values = self.read(conn, &other_key).await?;
                 let incoming = Side {

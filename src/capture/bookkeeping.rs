@@ -1,18 +1,23 @@
 //! ferry's bookkeeping tables, all named `ferry_*`, in the OpenMRS database itself so
 //! that a change and its log entry commit together.
 //!
-//! - `ferry_meta`: key/value facts (bookkeeping version, the stored plan and its fingerprint).
+//! - `ferry_meta`: key/value facts (bookkeeping version, the stored plan and its
+//!   fingerprint, the clock offset baked into the triggers).
 //! - `ferry_table`: per synced table, whether capture is enabled (the operator's
 //!   choice, kept across `setup`) and the table's shape at the last setup (for drift).
-//! - `ferry_change`: the change log. Triggers append local changes (seq NULL); the
-//!   stamping step gives each a place in commit order (`seq`) and a version; the
-//!   importer appends forwarded changes with their origin, version and the peer they
-//!   came through (`via`).
-//! - `ferry_row`: the current version of every row ferry has seen change (deleted rows
-//!   stay as tombstones), for ordering and conflict detection.
+//! - `ferry_change`: the change log. `change_id` is an entry's position: triggers append
+//!   local changes (no version: it follows from the entry, see
+//!   [`versions`](super::versions)); the importer appends the changes it applied and must
+//!   forward, with their origin, version and base and the peer they came through (`via`).
+//!   `ferry_change_row` finds a row's entries.
+//! - `ferry_row`: per row, the version this node last settled outside the log: versions
+//!   the importer applied without logging them, and the latest version of entries pruned
+//!   from the log (deleted rows stay as tombstones), each with its position `at_change`.
+//! - `ferry_floor`: from which log position local versions must exceed which version
+//!   (the greatest one this node has received by then).
 //! - `ferry_peer`: per peer, the outgoing and incoming bundle sequence and hash chain,
-//!   the export cursor, and the peer's last ack vector.
-//! - `ferry_applied`: this node's ack vector (per origin, the highest change applied).
+//!   the export cursor (a log position), and the peer's last ack vector.
+//! - `ferry_applied`: this node's ack vector (per origin, the highest position applied).
 //! - `ferry_outbox`: every bundle sealed and not yet acknowledged, with the change-log
 //!   horizon it covers (a peer acknowledges it by acking that horizon).
 //! - `ferry_ledger`: every bundle applied (sender, seq, hash), written in the bundle's
@@ -23,6 +28,10 @@
 //! - `ferry_skew`: per node, the largest apparent clock skew seen in received versions.
 //!
 //! [`MIGRATIONS`] brings an older bookkeeping schema up to date; each step runs once.
+//! Steps 11 to 19 replaced stamping (a `seq` and a version written into every entry)
+//! with positions and versions that follow from the entries themselves: they renumber
+//! the log so that every stamped entry's position is its old `seq` (cursors and ack
+//! vectors keep their meaning) and turn the stamping clock into the first floor.
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -131,6 +140,27 @@ pub const MIGRATIONS: &[&str] = &[
        version_wall BIGINT NOT NULL,\
        sender VARCHAR(64) NOT NULL,\
        seen_us BIGINT NOT NULL)",
+    // 11-14: an entry's new position: its seq when stamped, else the next free one.
+    "ALTER TABLE ferry_change ADD COLUMN new_id BIGINT UNSIGNED NULL",
+    "UPDATE ferry_change SET new_id = seq WHERE seq IS NOT NULL",
+    "SET @ferry_n := (SELECT COALESCE(MAX(seq), 0) FROM ferry_change)",
+    "UPDATE ferry_change SET new_id = (@ferry_n := @ferry_n + 1) WHERE seq IS NULL ORDER BY change_id",
+    // 15-16: the stamping clock becomes the floor of every entry it did not stamp.
+    "CREATE TABLE IF NOT EXISTS ferry_floor (\
+       from_change BIGINT UNSIGNED NOT NULL PRIMARY KEY,\
+       wall BIGINT NOT NULL,\
+       counter INT UNSIGNED NOT NULL)",
+    "INSERT IGNORE INTO ferry_floor (from_change, wall, counter) \
+       SELECT COALESCE((SELECT MAX(seq) FROM ferry_change), 0), \
+       CAST(SUBSTRING_INDEX(value, ',', 1) AS SIGNED), CAST(SUBSTRING_INDEX(value, ',', -1) AS UNSIGNED) \
+       FROM ferry_meta WHERE name = 'hlc'",
+    // 17: positions are change ids from now on; entries are found by row.
+    "ALTER TABLE ferry_change DROP PRIMARY KEY, DROP KEY ferry_change_seq, DROP COLUMN change_id, \
+       DROP COLUMN seq, CHANGE COLUMN new_id change_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT FIRST, \
+       ADD PRIMARY KEY (change_id), ADD KEY ferry_change_row (table_name, row_key(64))",
+    "ALTER TABLE ferry_row ADD COLUMN at_change BIGINT UNSIGNED NOT NULL DEFAULT 0, \
+       ADD COLUMN via VARCHAR(64) NULL",
+    "DELETE FROM ferry_meta WHERE name IN ('seq', 'hlc')",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.

@@ -10,9 +10,9 @@ pub mod bookkeeping;
 pub mod clock;
 pub mod drift;
 pub mod setup;
-pub mod stamp;
 pub mod tables;
 pub mod triggers;
+pub mod versions;
 
 use crate::db::DbError;
 

@@ -30,9 +30,18 @@ pub struct SetupReport {
     pub plan_fingerprint: String,
 }
 
-/// Installs or refreshes capture in the connected database.
-pub async fn setup(conn: &mut Conn, database: &str) -> Result<SetupReport, CaptureError> {
+/// The meta entry holding the clock offset (µs) baked into the triggers.
+pub const CLOCK_OFFSET_META: &str = "clock_offset_us";
+
+/// Installs or refreshes capture in the connected database. `clock_offset_us` shifts
+/// the wall time the triggers record (a test setting; 0 in production).
+pub async fn setup(
+    conn: &mut Conn,
+    database: &str,
+    clock_offset_us: i64,
+) -> Result<SetupReport, CaptureError> {
     bookkeeping::install(conn).await?;
+    bookkeeping::set_meta(conn, CLOCK_OFFSET_META, &clock_offset_us.to_string()).await?;
     let schema = Schema::read(conn, database).await?;
     let plan = SyncPlan::derive(&schema);
     bookkeeping::set_meta(conn, "plan", &serde_json::to_string(&plan).expect("plan")).await?;
@@ -63,7 +72,9 @@ pub async fn setup(conn: &mut Conn, database: &str) -> Result<SetupReport, Captu
     for (name, _) in plan.synced() {
         if enabled.get(name) == Some(&true) {
             report.enabled_tables += 1;
-            for t in triggers_for(&plan, &schema, name).expect("synced table has triggers") {
+            for t in triggers_for(&plan, &schema, name, clock_offset_us)
+                .expect("synced table has triggers")
+            {
                 wanted.insert(t.name.clone(), t);
             }
         }
@@ -98,9 +109,11 @@ pub async fn install_table_triggers(
     schema: &Schema,
     table: &str,
 ) -> Result<(), CaptureError> {
-    let triggers = triggers_for(plan, schema, table).ok_or_else(|| CaptureError::UnknownTable {
-        table: table.to_string(),
-    })?;
+    let offset = installed_clock_offset(conn).await?;
+    let triggers =
+        triggers_for(plan, schema, table, offset).ok_or_else(|| CaptureError::UnknownTable {
+            table: table.to_string(),
+        })?;
     for t in triggers {
         conn.query_drop(t.create_statement())
             .await
@@ -157,6 +170,14 @@ pub async fn stored_plan(conn: &mut Conn, database: &str) -> Result<SyncPlan, Ca
                 database: database.to_string(),
             })?;
     serde_json::from_str(&text).map_err(|e| CaptureError::Corrupt(format!("stored plan: {e}")))
+}
+
+/// The clock offset (µs) the installed triggers add to the time they record.
+pub async fn installed_clock_offset(conn: &mut Conn) -> Result<i64, DbError> {
+    Ok(bookkeeping::get_meta(conn, CLOCK_OFFSET_META)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
 }
 
 /// Enabled flag per table from `ferry_table`.

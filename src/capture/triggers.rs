@@ -84,7 +84,12 @@ impl TriggerSql {
 }
 
 /// The three triggers for a synced table; `None` when the table is not synced.
-pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec<TriggerSql>> {
+pub fn triggers_for(
+    plan: &SyncPlan,
+    schema: &Schema,
+    table: &str,
+    clock_offset_us: i64,
+) -> Option<Vec<TriggerSql>> {
     let info = schema.tables.get(table)?;
     let synced = plan.table(table)?.synced()?;
     let key_of = |row: &'static str| {
@@ -99,9 +104,10 @@ pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec
     let insert = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
             "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
-             SELECT {}, {}, {key}, '{op}', {cols}, {NOW_US} FROM DUAL WHERE {ORIGIN_VARIABLE} IS NULL",
+             SELECT {}, {}, {key}, '{op}', {cols}, {} FROM DUAL WHERE {ORIGIN_VARIABLE} IS NULL",
             literal(table),
-            row_id(row)
+            row_id(row),
+            now_us(clock_offset_us)
         )
     };
     // Text is compared as bytes so that a change of case or trailing spaces counts.
@@ -151,8 +157,15 @@ pub fn triggers_for(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<Vec
     Some(out)
 }
 
-/// Wall time in microseconds since the epoch, independent of the session time zone.
-const NOW_US: &str = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED)";
+/// Wall time in microseconds since the epoch at the moment of the write, independent of
+/// the session time zone, shifted by `offset_us`.
+fn now_us(offset_us: i64) -> String {
+    let now = "CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)";
+    match offset_us {
+        0 => now.to_string(),
+        o => format!("({now} + ({o}))"),
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -111,7 +111,8 @@ pub async fn plan(config: &Config, args: PlanArgs, out: &Output) -> anyhow::Resu
 /// `ferry setup`.
 pub async fn setup(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Result<()> {
     let (mut conn, database) = connect(config).await?;
-    let report = capture::setup::setup(&mut conn, &database).await?;
+    let offset_us = config.clock_offset_seconds.saturating_mul(1_000_000);
+    let report = capture::setup::setup(&mut conn, &database, offset_us).await?;
     bookkeeping::set_meta(&mut conn, "node", &config.node).await?;
     if args.json {
         out.json(&report);
@@ -208,8 +209,9 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         let (local, forwarded, oldest): (u64, u64, Option<i64>) = conn
             .query_first(format!(
                 "SELECT COALESCE(SUM(origin IS NULL), 0), COALESCE(SUM(origin IS NOT NULL), 0), \
-                 MIN(wall_us) FROM {}",
-                bookkeeping::CHANGE_TABLE
+                 MIN(wall_us) FROM {} WHERE op <> '{}'",
+                bookkeeping::CHANGE_TABLE,
+                capture::versions::FLOOR_MARKER
             ))
             .await?
             .unwrap_or((0, 0, None));

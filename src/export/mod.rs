@@ -1,52 +1,64 @@
 //! Export: sealing, for each peer, every captured change the peer does not hold yet
 //! into the next bundle of that (sender, peer) sequence.
 //!
-//! One export of one peer runs in three steps:
-//! 1. **Stamp** (a short transaction): every committed local change gets its `seq` and
-//!    version (see [`crate::capture::stamp`]). The highest `seq` is the horizon.
-//! 2. **Seal**: the log entries between the peer's cursor and the horizon, except those
-//!    that came from the peer or originated there, are read ordered by table (parents
-//!    first, [`SyncPlan::apply_order`]), then by the row's local id (rows compress
-//!    best in the order they were written, as in a dump), row and seq; each row's entries coalesce into
-//!    one change (last op and version, first base version) carrying the row's values in
-//!    uuid space ([`rows::TableReader`]); a deleted row travels as a tombstone. Entries
-//!    stream from the server and rows are fetched in batches, so memory stays bounded
-//!    whatever the backlog. The bundle is written to `<name>.pending` in the outbox.
-//! 3. **Commit** (a second short transaction): the peer's sequence, hash chain and cursor
+//! Export writes nothing to the log: an entry's position and version follow from the
+//! entry itself ([`crate::capture::versions`]). One export of one peer runs in four
+//! steps:
+//! 1. **Horizon** ([`horizon`]): the position up to which no entry can still appear.
+//! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot,
+//!    and sort it into bundle order ([`sorter`]): by table (parents first,
+//!    [`SyncPlan::apply_order`]), then by the row's local id (rows compress best in the
+//!    order they were written, as in a dump), then by position.
+//! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op and
+//!    version) on top of the version the peer is known to hold (the base). Entries that
+//!    came from the peer, or originated there, are not sent back; the peer holds them,
+//!    and they are the base of what follows them. The rows' values are read in batches
+//!    in uuid space ([`fetch::RowFetcher`]) from the same snapshot; a deleted row
+//!    travels as a tombstone. The bundle is sealed on a thread of its own ([`seal`])
+//!    into `<name>.pending` in the outbox.
+//! 4. **Commit** (a short transaction): the peer's sequence, hash chain and cursor
 //!    advance, then the pending file is renamed to its final name. A crash between the
 //!    two leaves a pending file that the next export publishes (if the commit happened)
 //!    or deletes (if not): the outbox never holds two different bundles with one number.
 //!
+//! Memory stays bounded whatever the backlog: the sort spills to disk, rows are read a
+//! batch at a time, the reference cache has a ceiling and the sealing queue is bounded.
 //! Entries stay in the log until every peer that must receive them has acknowledged
 //! them ([`crate::state::prune`]).
 
+pub mod fetch;
+pub mod group;
+pub mod horizon;
 pub mod rows;
+pub mod seal;
+pub mod sorter;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
-use mysql_async::{Conn, Row, Value as MyValue};
+use mysql_async::Conn;
 use serde::Serialize;
 
-use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter, Change, Identity, Op};
+use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::drift::{self, DriftItem};
-use crate::capture::setup::{enabled_tables, stored_plan};
-use crate::capture::stamp::{row_versions, version_from, Stamp};
+use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
+use crate::capture::versions::{Floors, LogEntry, FLOOR_MARKER};
 use crate::capture::CaptureError;
-use crate::db::{literal, DbError};
+use crate::db::DbError;
 use crate::node::NodeContext;
-use crate::schema::identity_sql::parse_identity;
-use crate::schema::{Schema, SyncPlan};
+use crate::schema::Schema;
 use crate::state;
 use crate::transport::atomic;
 use crate::transport::state::TransportError;
-use rows::{RowError, TableReader};
-
-/// Rows fetched per query while sealing.
-const FETCH_BATCH: usize = 500;
+use fetch::FetchError;
+use group::Sealer;
+use horizon::Contiguous;
+use rows::RowError;
+use seal::SealThread;
+use sorter::{SortError, Sorter};
 
 /// Errors of export.
 #[derive(Debug, thiserror::Error)]
@@ -61,17 +73,32 @@ pub enum ExportError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Row(#[from] RowError),
+    #[error(transparent)]
+    Sort(#[from] SortError),
     #[error("the schema changed since the last setup ({})\nhint: run `ferry setup` first, on every node, so that all nodes read bundles the same way", describe(.0))]
     Drift(Vec<DriftItem>),
+    #[error("the clock offset in the config ({config} s) is not the one the triggers were set up with ({installed} s)\nhint: run `ferry setup` to apply it")]
+    ClockOffset { config: i64, installed: i64 },
     #[error("{peer} is not a peer of this node\nhint: add it with `ferry peer add {peer} KEY`")]
     UnknownPeer { peer: String },
     #[error("the change log holds an entry for {table} row {key:?} that ferry cannot read\nhint: run `ferry setup` to repair the plan, then export again")]
     BadEntry { table: String, key: String },
+    #[error("another export to {peer} ran at the same time\nhint: nothing was lost; export again")]
+    Concurrent { peer: String },
     #[error("i/o error on {path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<FetchError> for ExportError {
+    fn from(e: FetchError) -> ExportError {
+        match e {
+            FetchError::Db(e) => ExportError::Db(e),
+            FetchError::Row(e) => ExportError::Row(e),
+        }
+    }
 }
 
 fn describe(d: &[DriftItem]) -> String {
@@ -101,7 +128,8 @@ pub struct PeerExport {
     pub entries: u64,
 }
 
-/// Exports to every configured peer (or the named ones).
+/// Exports to every configured peer (or the named ones). `fetch` is a second
+/// connection that reads the log and the rows inside one snapshot.
 pub async fn export(
     conn: &mut Conn,
     fetch: &mut Conn,
@@ -124,19 +152,6 @@ pub async fn export(
     Ok(out)
 }
 
-/// Runs stamping in its own short transaction; returns the horizon (last `seq`).
-pub async fn stamp(conn: &mut Conn, node: &NodeContext) -> Result<u64, DbError> {
-    begin(conn).await?;
-    let result = async {
-        let mut s = Stamp::lock(conn, node.name(), node.clock).await?;
-        s.stamp_pending(conn).await?;
-        s.save(conn).await?;
-        Ok::<u64, DbError>(s.seq)
-    }
-    .await;
-    finish(conn, result).await
-}
-
 /// Starts a READ COMMITTED transaction.
 pub async fn begin(conn: &mut Conn) -> Result<(), DbError> {
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
@@ -145,6 +160,16 @@ pub async fn begin(conn: &mut Conn) -> Result<(), DbError> {
     conn.query_drop("START TRANSACTION")
         .await
         .map_err(DbError::query("starting a transaction"))
+}
+
+/// Starts a read-only transaction on one consistent snapshot.
+pub async fn begin_snapshot(conn: &mut Conn) -> Result<(), DbError> {
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .await
+        .map_err(DbError::query("setting the isolation level"))?;
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
+        .await
+        .map_err(DbError::query("starting a snapshot"))
 }
 
 /// Commits on success, rolls back on failure.
@@ -163,6 +188,88 @@ pub async fn finish<T, E: From<DbError>>(conn: &mut Conn, result: Result<T, E>) 
     }
 }
 
+/// Refuses when the triggers record time with another offset than the config says.
+pub async fn check_clock(conn: &mut Conn, node: &NodeContext) -> Result<(), ExportError> {
+    let installed = installed_clock_offset(conn).await?;
+    if installed != node.clock.offset_us {
+        return Err(ExportError::ClockOffset {
+            config: node.clock.offset_us / 1_000_000,
+            installed: installed / 1_000_000,
+        });
+    }
+    Ok(())
+}
+
+/// The log range read into bundle order.
+struct Range {
+    sorter: Sorter,
+    /// The horizon: every entry up to it was read.
+    horizon: u64,
+    /// Entries of synced, enabled tables in the range that did not come from the peer.
+    entries: u64,
+}
+
+/// Reads the log after `cursor` (up to `settled` when the barrier gave it, else up to
+/// the end of the unbroken run) into a sorter, inside the snapshot of `fetch`.
+async fn read_range(
+    fetch: &mut Conn,
+    node: &NodeContext,
+    peer: &str,
+    cursor: u64,
+    settled: Option<u64>,
+    ranks: &HashMap<String, u32>,
+) -> Result<Range, ExportError> {
+    let mut sorter = Sorter::new(node.dirs.root());
+    let mut run = Contiguous::after(cursor);
+    let mut entries = 0;
+    let (sql, params): (String, Vec<mysql_async::Value>) = match settled {
+        Some(h) => (
+            format!(
+                "SELECT {} FROM ferry_change WHERE change_id > ? AND change_id <= ? ORDER BY change_id",
+                LogEntry::COLUMNS
+            ),
+            vec![cursor.into(), h.into()],
+        ),
+        None => (
+            format!(
+                "SELECT {} FROM ferry_change WHERE change_id > ? ORDER BY change_id",
+                LogEntry::COLUMNS
+            ),
+            vec![cursor.into()],
+        ),
+    };
+    let mut result = fetch
+        .exec_iter(sql, params)
+        .await
+        .map_err(DbError::query("reading the change log"))?;
+    while let Some(row) = result
+        .next()
+        .await
+        .map_err(DbError::query("reading the change log"))?
+    {
+        let e = LogEntry::from_row(row);
+        if settled.is_none() && !run.take(e.change_id) {
+            continue; // past a gap: the next export takes it
+        }
+        if e.op == FLOOR_MARKER {
+            continue;
+        }
+        let Some(&rank) = ranks.get(&e.table) else {
+            continue; // not synced, or switched off
+        };
+        if e.origin.as_deref() != Some(peer) && e.via.as_deref() != Some(peer) {
+            entries += 1;
+        }
+        sorter.push(rank, e)?;
+    }
+    drop(result);
+    Ok(Range {
+        sorter,
+        horizon: settled.unwrap_or(run.end),
+        entries,
+    })
+}
+
 async fn export_peer(
     conn: &mut Conn,
     fetch: &mut Conn,
@@ -176,6 +283,7 @@ async fn export_peer(
     if !drift.is_empty() {
         return Err(ExportError::Drift(drift));
     }
+    check_clock(conn, node).await?;
     // Serialise exports of this database (a second `ferry export` waits).
     let _: Option<i64> = conn
         .exec_first(
@@ -186,9 +294,7 @@ async fn export_peer(
         .map_err(DbError::query("taking the export lock"))?;
     let result =
         async {
-            let started = std::time::Instant::now();
-            let horizon = stamp(conn, node).await?;
-            let stamped = started.elapsed();
+            let started = Instant::now();
             let ps = state::peer(conn, peer, false).await?;
             recover_pending(node, peer, ps.out_seq)?;
             let mut report = PeerExport {
@@ -199,68 +305,104 @@ async fn export_peer(
                 bytes: 0,
                 entries: 0,
             };
-            if horizon <= ps.out_cursor && !opts.heartbeat {
-                return Ok(report);
-            }
-            let schema = Schema::read(conn, &database).await?;
+            let settled = horizon::barrier(conn).await?;
             let enabled = enabled_tables(conn).await?;
-            let mut acks = state::applied(conn).await?;
-            acks.insert(node.name().to_string(), horizon);
-            let recipient_key = node
-                .peers
-                .get(peer)
-                .ok_or_else(|| ExportError::UnknownPeer { peer: peer.into() })?
-                .clone();
-            let mut meta = BundleMeta::new(node.name(), peer, ps.out_seq + 1, ps.out_hash);
-            if ps.out_seq == 0 {
-                meta.prev_hash = [0; 32];
-            }
-            meta.created_us = node.clock.now_us();
-            meta.plan_fingerprint = plan.fingerprint();
-            meta.acks = acks;
-            let name = BundleName {
-                sender: node.name().to_string(),
-                recipient: peer.to_string(),
-                seq: meta.seq,
-            };
-            let final_path = node.dirs.outbox_path(&name)?;
-            let pending = pending_path(&final_path);
-            let mut writer = BundleWriter::new(
-                node.dirs.root(),
-                &node.keys,
-                &recipient_key,
-                meta.clone(),
-                &mut rand::rngs::OsRng,
-            )?;
-            let mut sealer = Sealer {
-                plan: &plan,
-                schema: &schema,
-                readers: HashMap::new(),
-                fetching: Duration::ZERO,
-                writing: Duration::ZERO,
-                declared: Default::default(),
-                me: node.name().to_string(),
-                peer: peer.to_string(),
-            };
-            let (entries, changes) = sealer
-                .seal(
-                    conn,
-                    fetch,
-                    &mut writer,
+            let ranks: HashMap<String, u32> = plan
+                .apply_order()
+                .into_iter()
+                .filter(|t| enabled.get(t).copied().unwrap_or(true))
+                .enumerate()
+                .map(|(i, t)| (t, i as u32))
+                .collect();
+            begin_snapshot(fetch).await?;
+            let sealed = async {
+                let floors = Floors::load(fetch).await?;
+                let range = read_range(fetch, node, peer, ps.out_cursor, settled, &ranks).await?;
+                let read = started.elapsed();
+                report.entries = range.entries;
+                let horizon = range.horizon;
+                if horizon <= ps.out_cursor && !opts.heartbeat {
+                    return Ok(None);
+                }
+                if range.sorter.is_empty() && !opts.heartbeat {
+                    return Ok(Some((horizon, None, read)));
+                }
+                let schema = Schema::read(fetch, &database).await?;
+                let mut acks = state::applied(fetch).await?;
+                acks.insert(node.name().to_string(), horizon);
+                let recipient_key = node
+                    .peers
+                    .get(peer)
+                    .ok_or_else(|| ExportError::UnknownPeer { peer: peer.into() })?
+                    .clone();
+                let mut meta = BundleMeta::new(node.name(), peer, ps.out_seq + 1, ps.out_hash);
+                if ps.out_seq == 0 {
+                    meta.prev_hash = [0; 32];
+                }
+                meta.created_us = node.clock.now_us();
+                meta.plan_fingerprint = plan.fingerprint();
+                meta.acks = acks;
+                let name = BundleName {
+                    sender: node.name().to_string(),
+                    recipient: peer.to_string(),
+                    seq: meta.seq,
+                };
+                let final_path = node.dirs.outbox_path(&name)?;
+                let pending = pending_path(&final_path);
+                let writer = BundleWriter::new(
+                    node.dirs.root(),
+                    &node.keys,
+                    &recipient_key,
+                    meta.clone(),
+                    &mut rand::rngs::OsRng,
+                )?;
+                let mut sealer = Sealer::new(
+                    &plan,
+                    &schema,
+                    &floors,
+                    node.name(),
                     peer,
                     ps.out_cursor,
+                    SealThread::start(writer, pending.clone()),
+                );
+                let sorted = range.sorter.finish()?;
+                let changes = sealer.seal(fetch, sorted).await?;
+                let stages = sealer.stages();
+                let outcome = sealer.finish()?;
+                if changes == 0 && !opts.heartbeat {
+                    let _ = fs::remove_file(&pending);
+                    return Ok(Some((horizon, None, read)));
+                }
+                tracing::info!(
+                    changes,
+                    entries = report.entries,
+                    read_s = read.as_secs_f64(),
+                    fetch_s = stages.fetching.as_secs_f64(),
+                    lookups = stages.lookups,
+                    cache_hits = stages.cache_hits,
+                    cache_fetched = stages.cache_fetched,
+                    seal_busy_s = outcome.busy.as_secs_f64(),
+                    total_s = started.elapsed().as_secs_f64(),
+                    "export stages"
+                );
+                Ok(Some((
                     horizon,
-                    &enabled,
-                )
-                .await?;
-            report.entries = entries;
-            if changes == 0 && !opts.heartbeat {
+                    Some((name, meta, pending, final_path, outcome.sealed, changes)),
+                    read,
+                )))
+            }
+            .await;
+            let sealed: Result<_, ExportError> = finish(fetch, sealed).await;
+            let Some((horizon, bundle, _)) = sealed? else {
+                return Ok(report);
+            };
+            let Some((name, meta, pending, final_path, sealed, changes)) = bundle else {
                 // Nothing for this peer (everything was its own): just move the cursor.
                 begin(conn).await?;
                 let r = async {
                     state::peer(conn, peer, true).await?;
                     conn.exec_drop(
-                        "UPDATE ferry_peer SET out_cursor = ? WHERE peer = ?",
+                        "UPDATE ferry_peer SET out_cursor = GREATEST(out_cursor, ?) WHERE peer = ?",
                         (horizon, peer),
                     )
                     .await
@@ -269,21 +411,13 @@ async fn export_peer(
                 .await;
                 finish(conn, r).await?;
                 return Ok(report);
-            }
-            let sealing = started.elapsed() - stamped;
-            let sealed = writer.finish(&pending)?;
-            let finished = started.elapsed() - stamped - sealing;
+            };
             begin(conn).await?;
             let r =
                 async {
                     let now = state::peer(conn, peer, true).await?;
                     if now.out_seq != ps.out_seq {
-                        return Err(ExportError::Db(DbError::Query {
-                            doing: "recording the bundle".into(),
-                            source: mysql_async::Error::Other(
-                                "another export ran at the same time".into(),
-                            ),
-                        }));
+                        return Err(ExportError::Concurrent { peer: peer.into() });
                     }
                     state::record_out(conn, peer, name.seq, &sealed.hash, horizon, meta.created_us)
                         .await?;
@@ -309,17 +443,6 @@ async fn export_peer(
             report.seq = Some(name.seq);
             report.changes = changes;
             report.bytes = sealed.len;
-            tracing::info!(
-                changes,
-                entries,
-                stamp_s = stamped.as_secs_f64(),
-                seal_s = sealing.as_secs_f64(),
-                seal_fetch_s = sealer.fetching.as_secs_f64(),
-                seal_write_s = sealer.writing.as_secs_f64(),
-                finish_s = finished.as_secs_f64(),
-                total_s = started.elapsed().as_secs_f64(),
-                "export stages"
-            );
             Ok(report)
         }
         .await;
@@ -327,6 +450,15 @@ async fn export_peer(
         .query_drop("DO RELEASE_LOCK(CONCAT('ferry-export-', DATABASE()))")
         .await;
     result
+}
+
+/// Time spent per stage of sealing (for the stage log).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stages {
+    pub fetching: Duration,
+    pub lookups: u64,
+    pub cache_hits: u64,
+    pub cache_fetched: u64,
 }
 
 fn pending_path(final_path: &std::path::Path) -> PathBuf {
@@ -360,288 +492,4 @@ fn recover_pending(node: &NodeContext, peer: &str, committed: u64) -> Result<(),
         }
     }
     Ok(())
-}
-
-/// One log entry as the sealer reads it.
-struct Entry {
-    table: String,
-    key: String,
-    row_id: Option<i64>,
-    op: String,
-    version: Option<crate::bundle::Version>,
-    base: Option<crate::bundle::Version>,
-    origin: Option<String>,
-}
-
-/// A row's coalesced entries.
-struct Group {
-    table: String,
-    key: String,
-    row_id: Option<i64>,
-    op: Op,
-    version: crate::bundle::Version,
-    base: Option<crate::bundle::Version>,
-    origin: String,
-}
-
-struct Sealer<'a> {
-    plan: &'a SyncPlan,
-    schema: &'a Schema,
-    readers: HashMap<String, TableReader>,
-    declared: std::collections::HashSet<String>,
-    me: String,
-    /// Time spent reading rows, and encoding them into the bundle (for the stage log).
-    fetching: Duration,
-    writing: Duration,
-    peer: String,
-}
-
-impl Sealer<'_> {
-    #[allow(clippy::too_many_arguments)]
-    async fn seal(
-        &mut self,
-        conn: &mut Conn,
-        fetch: &mut Conn,
-        writer: &mut BundleWriter,
-        peer: &str,
-        cursor: u64,
-        horizon: u64,
-        enabled: &BTreeMap<String, bool>,
-    ) -> Result<(u64, u64), ExportError> {
-        let order: Vec<String> = self
-            .plan
-            .apply_order()
-            .into_iter()
-            .filter(|t| enabled.get(t).copied().unwrap_or(true))
-            .collect();
-        if order.is_empty() {
-            return Ok((0, 0));
-        }
-        let field = order
-            .iter()
-            .map(|t| literal(t))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
-            "SELECT table_name, row_key, row_id, op, version_wall, version_counter, version_node, \
-             base_wall, base_counter, base_node, origin FROM ferry_change \
-             WHERE seq > ? AND seq <= ? AND (origin IS NULL OR origin <> ?) AND (via IS NULL OR via <> ?) \
-             AND table_name IN ({field}) \
-             ORDER BY FIELD(table_name, {field}), \
-             MIN(row_id) OVER (PARTITION BY table_name, row_key), row_key, seq"
-        );
-        let mut result = conn
-            .exec_iter(sql, (cursor, horizon, peer, peer))
-            .await
-            .map_err(DbError::query("reading the change log"))?;
-        let mut entries = 0u64;
-        let mut changes = 0u64;
-        let mut batch: Vec<Group> = Vec::new();
-        let mut current: Option<Group> = None;
-        while let Some(row) = result
-            .next()
-            .await
-            .map_err(DbError::query("reading the change log"))?
-        {
-            entries += 1;
-            let e = entry(row);
-            match current.as_mut() {
-                Some(g) if g.table == e.table && g.key == e.key => {
-                    g.op = op_of(&e.op);
-                    if let Some(v) = e.version {
-                        g.version = v;
-                    }
-                    g.origin = e.origin.unwrap_or_else(|| self.me.clone());
-                    if e.row_id.is_some() {
-                        g.row_id = e.row_id;
-                    }
-                }
-                _ => {
-                    if let Some(g) = current.take() {
-                        if batch.first().is_some_and(|b| b.table != g.table)
-                            || batch.len() >= FETCH_BATCH
-                        {
-                            changes += self.flush(fetch, writer, &mut batch).await?;
-                        }
-                        batch.push(g);
-                    }
-                    let version = e.version.clone().ok_or_else(|| ExportError::BadEntry {
-                        table: e.table.clone(),
-                        key: e.key.clone(),
-                    })?;
-                    current = Some(Group {
-                        op: op_of(&e.op),
-                        version,
-                        base: e.base,
-                        origin: e.origin.unwrap_or_else(|| self.me.clone()),
-                        row_id: e.row_id,
-                        table: e.table,
-                        key: e.key,
-                    });
-                }
-            }
-        }
-        drop(result);
-        if let Some(g) = current.take() {
-            if batch.first().is_some_and(|b| b.table != g.table) {
-                changes += self.flush(fetch, writer, &mut batch).await?;
-            }
-            batch.push(g);
-        }
-        changes += self.flush(fetch, writer, &mut batch).await?;
-        Ok((entries, changes))
-    }
-
-    /// Fetches the rows of a batch (one table) and writes their changes.
-    async fn flush(
-        &mut self,
-        fetch: &mut Conn,
-        writer: &mut BundleWriter,
-        batch: &mut Vec<Group>,
-    ) -> Result<u64, ExportError> {
-        let Some(first) = batch.first() else {
-            return Ok(0);
-        };
-        let table = first.table.clone();
-        if !self.readers.contains_key(&table) {
-            match TableReader::new(self.plan, self.schema, &table) {
-                Some(r) => {
-                    self.readers.insert(table.clone(), r);
-                }
-                None => {
-                    batch.clear(); // the table is no longer synced
-                    return Ok(0);
-                }
-            }
-        }
-        let reader = &self.readers[&table];
-        if self.declared.insert(table.clone()) {
-            writer.declare_table(&table, &reader.columns)?;
-        }
-        let arity = self
-            .plan
-            .table(&table)
-            .and_then(|t| t.synced())
-            .map(|s| s.identity.arity())
-            .unwrap_or(1);
-        // Fetch the values of rows that still exist.
-        let started = Instant::now();
-        let live: Vec<&Group> = batch.iter().filter(|g| g.op != Op::Delete).collect();
-        let mut rows: HashMap<String, (Identity, Vec<crate::bundle::Value>)> = HashMap::new();
-        let by_id: Vec<i64> = live.iter().filter_map(|g| g.row_id).collect();
-        if reader.row_id.is_some() && by_id.len() == live.len() && !by_id.is_empty() {
-            let sql = reader.select_by_row_ids(by_id.len()).expect("row id");
-            let params: Vec<MyValue> = by_id.iter().map(|i| MyValue::Int(*i)).collect();
-            let found: Vec<Row> = fetch
-                .exec(sql, params)
-                .await
-                .map_err(DbError::query(format!("reading {table} rows")))?;
-            for r in found {
-                let (k, id, v) = reader.decode(&r)?;
-                rows.insert(k, (id, v));
-            }
-        } else if !live.is_empty() {
-            let sql = reader.select_by_keys(live.len());
-            let params: Vec<MyValue> = live.iter().map(|g| MyValue::from(g.key.clone())).collect();
-            let found: Vec<Row> = fetch
-                .exec(sql, params)
-                .await
-                .map_err(DbError::query(format!("reading {table} rows")))?;
-            for r in found {
-                let (k, id, v) = reader.decode(&r)?;
-                rows.insert(k, (id, v));
-            }
-        }
-        // A row whose current version was made at the peer itself and beat the
-        // versions grouped here (a local edit that lost on import): the peer holds a
-        // greater version already, and the row's values are no longer these versions'.
-        // The loser was recorded here; sending it would only mislabel the winner's values.
-        let keys: Vec<(String, String)> = batch
-            .iter()
-            .map(|g| (g.table.clone(), g.key.clone()))
-            .collect();
-        let current = row_versions(fetch, &keys).await?;
-        batch.retain(|g| {
-            !current
-                .get(&(g.table.clone(), g.key.clone()))
-                .is_some_and(|(v, _)| v.node == self.peer && *v > g.version)
-        });
-        let mut n = 0;
-        let fetched = Instant::now();
-        self.fetching += fetched.duration_since(started);
-        for g in batch.drain(..) {
-            let change = if g.op == Op::Delete {
-                let parts = parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
-                    table: g.table.clone(),
-                    key: g.key.clone(),
-                })?;
-                Change {
-                    table: g.table,
-                    identity: Identity(parts),
-                    op: Op::Delete,
-                    version: g.version,
-                    base_version: g.base,
-                    origin: g.origin,
-                    values: Vec::new(),
-                }
-            } else {
-                // A row that is gone was deleted after the horizon; its delete
-                // travels in the next bundle.
-                let Some((identity, values)) = rows.remove(&g.key) else {
-                    continue;
-                };
-                Change {
-                    table: g.table,
-                    identity,
-                    op: if g.base.is_none() {
-                        Op::Insert
-                    } else {
-                        Op::Update
-                    },
-                    version: g.version,
-                    base_version: g.base,
-                    origin: g.origin,
-                    values,
-                }
-            };
-            writer.push(&change)?;
-            n += 1;
-        }
-        self.writing += fetched.elapsed();
-        Ok(n)
-    }
-}
-
-fn op_of(op: &str) -> Op {
-    match op {
-        "I" => Op::Insert,
-        "D" => Op::Delete,
-        _ => Op::Update,
-    }
-}
-
-fn entry(row: Row) -> Entry {
-    type R = (
-        String,
-        String,
-        Option<i64>,
-        String,
-        Option<i64>,
-        Option<u32>,
-        Option<String>,
-        Option<i64>,
-        Option<u32>,
-        Option<String>,
-        Option<String>,
-    );
-    let (table, key, row_id, op, vw, vc, vn, bw, bc, bn, origin): R = mysql_async::from_row(row);
-    Entry {
-        table,
-        key,
-        row_id,
-        op,
-        version: version_from(vw, vc, vn),
-        base: version_from(bw, bc, bn),
-        origin,
-    }
 }

@@ -250,7 +250,7 @@ impl TableReader {
 }
 
 /// Whether a soft reference's raw value can be a local id: a non-empty run of digits.
-fn is_local_id(raw: Option<&MyValue>) -> bool {
+pub(crate) fn is_local_id(raw: Option<&MyValue>) -> bool {
     match raw {
         Some(MyValue::Bytes(b)) => !b.is_empty() && b.iter().all(u8::is_ascii_digit),
         Some(MyValue::Int(i)) => *i >= 0,

@@ -252,3 +252,57 @@ pub fn generate(
         ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
     });
 }
+
+/// A row's current state at a node (its head: latest log entry or settled record).
+pub fn row_head(
+    url: &str,
+    node: &str,
+    table: &str,
+    key: &str,
+) -> Option<ferry::capture::versions::Head> {
+    block_on(async {
+        let mut db = conn(url).await;
+        let floors = ferry::capture::versions::Floors::load(&mut db)
+            .await
+            .unwrap();
+        let mut heads =
+            ferry::capture::versions::heads(&mut db, &floors, node, table, &[key], None)
+                .await
+                .unwrap();
+        heads.remove(key)
+    })
+}
+
+/// A row's current version at a node: (wall µs, counter, node).
+pub fn row_version(url: &str, node: &str, table: &str, key: &str) -> Option<(i64, u32, String)> {
+    row_head(url, node, table, key).map(|h| (h.version.wall_us, h.version.counter, h.version.node))
+}
+
+/// Every row's current version at a node: (table, identity) → (wall, counter, node).
+pub fn all_row_versions(
+    url: &str,
+    node: &str,
+) -> std::collections::BTreeMap<(String, String), (i64, u32, String)> {
+    block_on(async {
+        let mut db = conn(url).await;
+        ferry::capture::versions::all_heads(&mut db, node)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(k, h)| (k, (h.version.wall_us, h.version.counter, h.version.node)))
+            .collect()
+    })
+}
+
+/// The changes of a bundle, opened with the keys of `node` (its recipient).
+pub fn bundle_changes(node: &Node, path: &Path) -> Vec<ferry::bundle::Change> {
+    let config = ferry::config::Config::load(&node.config).unwrap();
+    let me = config.node.clone();
+    let ctx = ferry::node::NodeContext::load(config).unwrap();
+    let mut reader = ferry::bundle::open(path, &me, &ctx.keys, &ctx.peers).unwrap();
+    let mut out = Vec::new();
+    while let Some(c) = reader.next_change().unwrap() {
+        out.push(c);
+    }
+    out
+}
