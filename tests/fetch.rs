@@ -36,7 +36,7 @@ fn fast_reader_equals_the_join_reader_on_every_table() {
             let mut rows = 0;
             for (table, _) in plan.synced() {
                 let slow = TableReader::new(&plan, &schema, table);
-                let fast = RowFetcher::new(&plan, &schema, table);
+                let fast = RowFetcher::new(&plan, &schema, table, &mut cache);
                 assert_eq!(
                     slow.is_some(),
                     fast.is_some(),
@@ -48,8 +48,7 @@ fn fast_reader_equals_the_join_reader_on_every_table() {
                 };
                 assert_eq!(slow.columns, fast.columns, "{table}");
                 let mut want: Rows = BTreeMap::new();
-                let found: Vec<mysql_async::Row> =
-                    c.exec(slow.select_all(), ()).await.unwrap();
+                let found: Vec<mysql_async::Row> = c.exec(slow.select_all(), ()).await.unwrap();
                 for r in found {
                     let (k, id, v) = slow.decode(&r).unwrap();
                     want.insert(k, (id, v));
@@ -61,7 +60,12 @@ fn fast_reader_equals_the_join_reader_on_every_table() {
                     .into_iter()
                     .map(|r| (r.key, (r.identity, r.values)))
                     .collect();
-                assert_eq!(got.len(), want.len(), "{}: {table} row count", source.name());
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "{}: {table} row count",
+                    source.name()
+                );
                 for (k, w) in &want {
                     assert_eq!(got.get(k), Some(w), "{}: {table} row {k}", source.name());
                 }

@@ -102,7 +102,9 @@ fn a_stamped_log_is_renumbered_by_seq_and_its_clock_becomes_a_floor() {
             .await
             .unwrap();
         assert!(next.unwrap() > 5);
-        let floors = ferry::capture::versions::Floors::load(&mut c).await.unwrap();
+        let floors = ferry::capture::versions::Floors::load(&mut c)
+            .await
+            .unwrap();
         let v = floors.local_version(4, 13, "a");
         assert!((v.wall_us, v.counter) > (1_700_000_000_000_000, 7), "{v:?}");
     });

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::BundleError;
 use super::format::{valid_node_name, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES};
-use super::model::{Change, Identity, Op, Value, Version};
+use super::model::{Change, ChangeRef, Identity, Op, Value, Version};
 
 /// A version with its node given as a node index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,21 +44,22 @@ enum Record {
     End { changes: u64 },
 }
 
-/// Borrowed twin of [`WireChange`]; serializes to the same bytes.
+/// Borrowed twin of [`WireChange`] (with owned or borrowed identity and values);
+/// serializes to the same bytes.
 #[derive(Serialize)]
-struct WireChangeRef<'a> {
+struct WireChangeRef<'a, I: Serialize, V: Serialize> {
     table: u32,
-    identity: &'a Identity,
+    identity: &'a I,
     op: Op,
     version: WireVersion,
     base_version: Option<WireVersion>,
     origin: u32,
-    values: &'a [Value],
+    values: &'a [V],
 }
 
 /// Borrowed twin of [`Record`]; serializes to the same bytes.
 #[derive(Serialize)]
-enum RecordRef<'a> {
+enum RecordRef<'a, I: Serialize = Identity, V: Serialize = Value> {
     Table {
         name: &'a str,
         columns: &'a [String],
@@ -66,11 +67,14 @@ enum RecordRef<'a> {
     Node {
         name: &'a str,
     },
-    Change(WireChangeRef<'a>),
+    Change(WireChangeRef<'a, I, V>),
     End {
         changes: u64,
     },
 }
+
+/// A record whose change (if any) holds owned values.
+type PlainRecord<'a> = RecordRef<'a, Identity, Value>;
 
 /// Writes records into `inner` (the compressor).
 pub struct BodyEncoder<W: Write> {
@@ -96,7 +100,10 @@ impl<W: Write> BodyEncoder<W> {
         }
     }
 
-    fn emit(&mut self, record: &RecordRef) -> Result<(), BundleError> {
+    fn emit<I: Serialize, V: Serialize>(
+        &mut self,
+        record: &RecordRef<I, V>,
+    ) -> Result<(), BundleError> {
         self.scratch.clear();
         let mut body = std::mem::take(&mut self.scratch);
         body = postcard::to_extend(record, body).map_err(|e| BundleError::InvalidParams {
@@ -139,7 +146,7 @@ impl<W: Write> BodyEncoder<W> {
                 why: format!("more than {MAX_TABLES} tables or {MAX_COLUMNS} columns"),
             });
         }
-        self.emit(&RecordRef::Table { name, columns })?;
+        self.emit(&PlainRecord::Table { name, columns })?;
         let index = self.tables.len() as u32;
         self.tables
             .insert(name.to_string(), (index, columns.len(), columns.to_vec()));
@@ -155,7 +162,7 @@ impl<W: Write> BodyEncoder<W> {
                 why: format!("node name {name:?} is invalid or one too many"),
             });
         }
-        self.emit(&RecordRef::Node { name })?;
+        self.emit(&PlainRecord::Node { name })?;
         let i = self.nodes.len() as u32;
         self.nodes.insert(name.to_string(), i);
         Ok(i)
@@ -171,41 +178,80 @@ impl<W: Write> BodyEncoder<W> {
 
     /// Appends one change.
     pub fn push(&mut self, change: &Change) -> Result<(), BundleError> {
-        let (table, ncols) = match self.tables.get(&change.table) {
+        self.push_wire(
+            &change.table,
+            change.op,
+            &change.version,
+            change.base_version.as_ref(),
+            &change.origin,
+            &change.identity,
+            change.identity.0.is_empty(),
+            &change.values,
+        )
+    }
+
+    /// Appends one change given by reference; the same bytes as [`BodyEncoder::push`] of
+    /// the owned change.
+    pub fn push_ref(&mut self, change: &ChangeRef) -> Result<(), BundleError> {
+        self.push_wire(
+            change.table,
+            change.op,
+            change.version,
+            change.base_version,
+            change.origin,
+            &change.identity,
+            change.identity.is_empty(),
+            change.values,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_wire<I: Serialize, V: Serialize>(
+        &mut self,
+        table_name: &str,
+        op: Op,
+        version: &Version,
+        base: Option<&Version>,
+        origin: &str,
+        identity: &I,
+        identity_empty: bool,
+        values: &[V],
+    ) -> Result<(), BundleError> {
+        let (table, ncols) = match self.tables.get(table_name) {
             Some((i, n, _)) => (*i, *n),
             None => {
                 return Err(BundleError::UndeclaredTable {
-                    table: change.table.clone(),
+                    table: table_name.to_string(),
                 })
             }
         };
-        let expected = if change.op == Op::Delete { 0 } else { ncols };
-        if change.values.len() != expected {
+        let expected = if op == Op::Delete { 0 } else { ncols };
+        if values.len() != expected {
             return Err(BundleError::ValueCount {
-                table: change.table.clone(),
+                table: table_name.to_string(),
                 expected,
-                got: change.values.len(),
+                got: values.len(),
             });
         }
-        if change.identity.0.is_empty() {
+        if identity_empty {
             return Err(BundleError::InvalidParams {
-                why: format!("a change to {} has an empty identity", change.table),
+                why: format!("a change to {table_name} has an empty identity"),
             });
         }
-        let version = self.wire_version(&change.version)?;
-        let base_version = match &change.base_version {
+        let version = self.wire_version(version)?;
+        let base_version = match base {
             Some(b) => Some(self.wire_version(b)?),
             None => None,
         };
-        let origin = self.node(&change.origin)?;
+        let origin = self.node(origin)?;
         self.emit(&RecordRef::Change(WireChangeRef {
             table,
-            identity: &change.identity,
-            op: change.op,
+            identity,
+            op,
             version,
             base_version,
             origin,
-            values: &change.values,
+            values,
         }))?;
         self.changes += 1;
         Ok(())
@@ -216,10 +262,15 @@ impl<W: Write> BodyEncoder<W> {
         self.changes
     }
 
+    /// The writer records go to.
+    pub fn inner_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+
     /// Writes the `End` record; returns the inner writer and the stream's length.
     pub fn finish(mut self) -> Result<(W, u64), BundleError> {
         let changes = self.changes;
-        self.emit(&RecordRef::End { changes })?;
+        self.emit(&PlainRecord::End { changes })?;
         Ok((self.inner, self.plain_len))
     }
 }
@@ -450,6 +501,44 @@ mod tests {
     }
 
     #[test]
+    fn borrowed_changes_encode_like_owned_ones() {
+        let owned = |e: &mut BodyEncoder<Vec<u8>>, c: &Change| e.push(c).unwrap();
+        let borrowed = |e: &mut BodyEncoder<Vec<u8>>, c: &Change| {
+            let values: Vec<crate::bundle::ValueRef> = c.values.iter().map(Value::as_ref).collect();
+            e.push_ref(&ChangeRef {
+                table: &c.table,
+                identity: crate::bundle::IdentityRef::Owned(&c.identity.0),
+                op: c.op,
+                version: &c.version,
+                base_version: c.base_version.as_ref(),
+                origin: &c.origin,
+                values: &values,
+            })
+            .unwrap()
+        };
+        let mut c = change(
+            "obs",
+            Op::Update,
+            vec![
+                Value::Text("x".into()),
+                Value::Ref(Identity(vec!["r-1".into()])),
+            ],
+        );
+        let mut a = BodyEncoder::new(Vec::new());
+        let mut b = BodyEncoder::new(Vec::new());
+        for e in [&mut a, &mut b] {
+            e.declare_table("obs", &["a".into(), "b".into()]).unwrap();
+        }
+        owned(&mut a, &c);
+        borrowed(&mut b, &c);
+        c.base_version = None;
+        c.origin = "hub".into();
+        owned(&mut a, &c);
+        borrowed(&mut b, &c);
+        assert_eq!(a.finish().unwrap().0, b.finish().unwrap().0);
+    }
+
+    #[test]
     fn writer_refuses_caller_mistakes() {
         let mut enc = BodyEncoder::new(Vec::new());
         let e = enc.push(&change("obs", Op::Delete, vec![])).unwrap_err();
@@ -476,7 +565,7 @@ mod tests {
         let e = dec.next_change().unwrap_err();
         assert!(e.to_string().contains("before its End record"), "{e}");
         // A change that names table 7, which was never declared.
-        let rec = RecordRef::Change(WireChangeRef {
+        let rec: PlainRecord = RecordRef::Change(WireChangeRef {
             table: 7,
             identity: &Identity(vec!["x".into()]),
             op: Op::Delete,

@@ -20,7 +20,7 @@ pub use error::BundleError;
 pub use format::BundleName;
 pub use header::Header;
 pub use keys::{KeyError, NodeKeys, Peers, PublicKey};
-pub use model::{Change, Identity, Op, Value, Version};
+pub use model::{Change, ChangeRef, Identity, IdentityRef, Op, Value, ValueRef, Version};
 pub use reader::{
     open, open_named, verify_header, verify_named, verify_reader, BundleReader, Verified,
 };

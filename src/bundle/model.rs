@@ -107,6 +107,217 @@ pub struct Change {
     pub values: Vec<Value>,
 }
 
+/// A borrowed [`Value`]: the same variants in the same order, so it serializes to the
+/// same bytes. Export seals rows through it without copying their text.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum ValueRef<'a> {
+    Null,
+    Int(i64),
+    UInt(u64),
+    Float(f32),
+    Double(f64),
+    Decimal(&'a str),
+    Text(&'a str),
+    Bytes(&'a [u8]),
+    Date {
+        year: u16,
+        month: u8,
+        day: u8,
+    },
+    DateTime {
+        year: u16,
+        month: u8,
+        day: u8,
+        hour: u8,
+        minute: u8,
+        second: u8,
+        micros: u32,
+    },
+    Time {
+        negative: bool,
+        hours: u32,
+        minutes: u8,
+        seconds: u8,
+        micros: u32,
+    },
+    Ref(IdentityRef<'a>),
+}
+
+/// A borrowed [`Identity`] (serializes to the same bytes): one part, or several.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum IdentityRef<'a> {
+    One(&'a str),
+    Parts(&'a [&'a str]),
+    Owned(&'a [String]),
+}
+
+impl IdentityRef<'_> {
+    /// How many parts.
+    pub fn len(&self) -> usize {
+        match self {
+            IdentityRef::One(_) => 1,
+            IdentityRef::Parts(p) => p.len(),
+            IdentityRef::Owned(p) => p.len(),
+        }
+    }
+
+    /// Whether it has no part.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Serialize for IdentityRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Seq<'b, 'a>(&'b IdentityRef<'a>);
+        impl Serialize for Seq<'_, '_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                match self.0 {
+                    IdentityRef::One(p) => seq.serialize_element(p)?,
+                    IdentityRef::Parts(ps) => {
+                        for p in *ps {
+                            seq.serialize_element(p)?;
+                        }
+                    }
+                    IdentityRef::Owned(ps) => {
+                        for p in *ps {
+                            seq.serialize_element(p)?;
+                        }
+                    }
+                }
+                seq.end()
+            }
+        }
+        // The same shape as the derived form of `Identity(Vec<String>)`.
+        s.serialize_newtype_struct("Identity", &Seq(self))
+    }
+}
+
+impl Value {
+    /// The borrowed form.
+    pub fn as_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Int(*i),
+            Value::UInt(u) => ValueRef::UInt(*u),
+            Value::Float(f) => ValueRef::Float(*f),
+            Value::Double(d) => ValueRef::Double(*d),
+            Value::Decimal(s) => ValueRef::Decimal(s),
+            Value::Text(s) => ValueRef::Text(s),
+            Value::Bytes(b) => ValueRef::Bytes(b),
+            Value::Date { year, month, day } => ValueRef::Date {
+                year: *year,
+                month: *month,
+                day: *day,
+            },
+            Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            } => ValueRef::DateTime {
+                year: *year,
+                month: *month,
+                day: *day,
+                hour: *hour,
+                minute: *minute,
+                second: *second,
+                micros: *micros,
+            },
+            Value::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            } => ValueRef::Time {
+                negative: *negative,
+                hours: *hours,
+                minutes: *minutes,
+                seconds: *seconds,
+                micros: *micros,
+            },
+            Value::Ref(id) => ValueRef::Ref(IdentityRef::Owned(&id.0)),
+        }
+    }
+}
+
+impl ValueRef<'_> {
+    /// The owned form.
+    pub fn to_value(&self) -> Value {
+        match *self {
+            ValueRef::Null => Value::Null,
+            ValueRef::Int(i) => Value::Int(i),
+            ValueRef::UInt(u) => Value::UInt(u),
+            ValueRef::Float(f) => Value::Float(f),
+            ValueRef::Double(d) => Value::Double(d),
+            ValueRef::Decimal(s) => Value::Decimal(s.to_string()),
+            ValueRef::Text(s) => Value::Text(s.to_string()),
+            ValueRef::Bytes(b) => Value::Bytes(b.to_vec()),
+            ValueRef::Date { year, month, day } => Value::Date { year, month, day },
+            ValueRef::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            } => Value::DateTime {
+                year,
+                month,
+                day,
+                hour,
+                minute,
+                second,
+                micros,
+            },
+            ValueRef::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            } => Value::Time {
+                negative,
+                hours,
+                minutes,
+                seconds,
+                micros,
+            },
+            ValueRef::Ref(id) => Value::Ref(id.to_identity()),
+        }
+    }
+}
+
+impl IdentityRef<'_> {
+    /// The owned form.
+    pub fn to_identity(&self) -> Identity {
+        Identity(match self {
+            IdentityRef::One(p) => vec![p.to_string()],
+            IdentityRef::Parts(ps) => ps.iter().map(|p| p.to_string()).collect(),
+            IdentityRef::Owned(ps) => ps.to_vec(),
+        })
+    }
+}
+
+/// A borrowed [`Change`], for sealing without building one.
+#[derive(Debug, Clone, Copy)]
+pub struct ChangeRef<'a> {
+    pub table: &'a str,
+    pub identity: IdentityRef<'a>,
+    pub op: Op,
+    pub version: &'a Version,
+    pub base_version: Option<&'a Version>,
+    pub origin: &'a str,
+    pub values: &'a [ValueRef<'a>],
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +385,60 @@ mod tests {
         assert_eq!(
             enc(&Value::Ref(Identity(vec!["ab".into()]))),
             [11, 1, 2, b'a', b'b']
+        );
+    }
+
+    #[test]
+    fn borrowed_values_encode_like_owned_ones() {
+        let values = vec![
+            Value::Null,
+            Value::Int(-2),
+            Value::UInt(300),
+            Value::Float(1.5),
+            Value::Double(-0.0),
+            Value::Decimal("1.5".into()),
+            Value::Text("é".into()),
+            Value::Bytes(vec![0, 255, 7]),
+            Value::Date {
+                year: 2024,
+                month: 2,
+                day: 29,
+            },
+            Value::DateTime {
+                year: 0,
+                month: 0,
+                day: 0,
+                hour: 1,
+                minute: 2,
+                second: 3,
+                micros: 4,
+            },
+            Value::Time {
+                negative: true,
+                hours: 838,
+                minutes: 59,
+                seconds: 59,
+                micros: 999_999,
+            },
+            Value::Ref(Identity(vec!["ab".into(), "cd".into()])),
+        ];
+        for v in &values {
+            let r = v.as_ref();
+            assert_eq!(
+                postcard::to_allocvec(&r).unwrap(),
+                postcard::to_allocvec(v).unwrap(),
+                "{v:?}"
+            );
+            assert_eq!(&r.to_value(), v);
+        }
+        let id = Identity(vec!["x".into(), "y".into()]);
+        let enc = |i: IdentityRef| postcard::to_allocvec(&i).unwrap();
+        let want = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(enc(IdentityRef::Parts(&["x", "y"])), want);
+        assert_eq!(enc(IdentityRef::Owned(&id.0)), want);
+        assert_eq!(
+            enc(IdentityRef::One("x")),
+            postcard::to_allocvec(&Identity(vec!["x".into()])).unwrap()
         );
     }
 

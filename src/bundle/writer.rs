@@ -24,7 +24,7 @@ use super::format::{
 };
 use super::header::{self, body_len_for, Header};
 use super::keys::{NodeKeys, PublicKey};
-use super::model::Change;
+use super::model::{Change, ChangeRef};
 use super::stream::{BodyKey, Encryptor, KdfContext};
 use super::tarball;
 
@@ -190,6 +190,21 @@ impl BundleWriter {
     /// Appends a change; its values follow the declared column order (none for Delete).
     pub fn push(&mut self, change: &Change) -> Result<(), BundleError> {
         self.body.push(change)
+    }
+
+    /// Appends a change given by reference (the same bytes as [`BundleWriter::push`]).
+    pub fn push_ref(&mut self, change: &ChangeRef) -> Result<(), BundleError> {
+        self.body.push_ref(change)
+    }
+
+    /// Compresses on a worker thread of zstd's own from here on, while the caller
+    /// prepares the next changes (the frame is the same format; its bytes may differ).
+    pub fn compress_in_background(&mut self) -> Result<(), BundleError> {
+        let io = |e| BundleError::Io {
+            path: "<bundle body>".into(),
+            source: e,
+        };
+        self.body.inner_mut().multithread(1).map_err(io)
     }
 
     /// Changes pushed so far.

@@ -8,8 +8,11 @@
 //! [`RefCache`]: per referenced table, the identity of each local key seen recently,
 //! fetched in one query per table and batch for the keys it lacks. Rows written
 //! together refer to the same few encounters, patients, concepts and users, so nearly
-//! every reference is a hit. The cache is cleared when it holds [`CACHE_ENTRIES`], which
-//! bounds memory whatever the table sizes.
+//! every reference is a hit. The rows sealed teach the cache their own identities too:
+//! parents are sealed before their children, so an obs finds its encounter, patient and
+//! group already known. Per referenced table the cache keeps two generations of at most
+//! [`CACHE_ENTRIES`] identities each (the older is dropped when the newer fills up), so
+//! memory stays bounded whatever the table sizes while recent rows stay known.
 //!
 //! Both readers produce the same identities and values; a test holds them equal on
 //! every table of the fixture and of the real OpenMRS dump.
@@ -18,17 +21,20 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value as MyValue};
+use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::rows::{decode_value, is_local_id, RowError};
-use crate::bundle::{Identity, Value};
+use std::borrow::Cow;
+
+use super::rows::{decode_value_ref, is_local_id, RowError};
+use crate::bundle::{Identity, IdentityRef, Value, ValueRef};
 use crate::db::{ident, DbError};
 use crate::schema::identity_sql::{parse_identity, referenced_identity, row_identity};
 use crate::schema::introspect::Column;
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity as IdentityRule, Schema, SyncPlan};
 
-/// Identities the reference cache holds before it starts over.
-pub const CACHE_ENTRIES: usize = 400_000;
+/// Identities of one referenced table in one generation of the cache.
+pub const CACHE_ENTRIES: usize = 50_000;
 
 /// Largest IN list of one query; shorter lists are padded to a few fixed lengths so
 /// that the server keeps a handful of prepared statements.
@@ -72,29 +78,74 @@ impl RawKey {
 /// Where a reference points: a table and the column the local value matches.
 type Target = (String, String);
 
+/// A [`Target`] registered in a [`RefCache`] (so that a lookup hashes a number, not
+/// two names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TargetId(usize);
+
+/// Identities by local key (hashed with FxHash: these keys are the database's own ids,
+/// and the map is hit for every reference of every row).
+type KeyMap = FxHashMap<RawKey, Option<String>>;
+
+/// Two generations of one target's identities.
+#[derive(Debug, Default)]
+struct Generations {
+    new: KeyMap,
+    old: KeyMap,
+}
+
+impl Generations {
+    fn get(&self, k: &RawKey) -> Option<&Option<String>> {
+        self.new.get(k).or_else(|| self.old.get(k))
+    }
+
+    fn insert(&mut self, k: RawKey, v: Option<String>) {
+        if self.new.len() >= CACHE_ENTRIES {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(k, v);
+    }
+
+    fn contains(&self, k: &RawKey) -> bool {
+        self.new.contains_key(k) || self.old.contains_key(k)
+    }
+}
+
 /// Identities of referenced rows by local key, and attribute types' discriminators.
 #[derive(Debug, Default)]
 pub struct RefCache {
-    refs: HashMap<Target, HashMap<RawKey, Option<String>>>,
-    /// (type table, discriminator column) → type row's key → discriminator.
-    kinds: HashMap<Target, HashMap<RawKey, Option<String>>>,
-    entries: usize,
+    targets: Vec<Target>,
+    ids: HashMap<Target, TargetId>,
+    /// Per target: local key → identity.
+    refs: Vec<Generations>,
+    /// Per (type table, discriminator column): type row's key → discriminator.
+    kinds: Vec<Generations>,
     /// Lookups answered from the cache, and keys fetched (for the stage log).
     pub hits: u64,
     pub fetched: u64,
 }
 
 impl RefCache {
-    fn get(&self, target: &Target, key: &RawKey) -> Option<&Option<String>> {
-        self.refs.get(target)?.get(key)
+    /// The id of `(table, column)`, registering it.
+    pub fn target(&mut self, table: &str, column: &str) -> TargetId {
+        let key = (table.to_string(), column.to_string());
+        if let Some(id) = self.ids.get(&key) {
+            return *id;
+        }
+        let id = TargetId(self.targets.len());
+        self.targets.push(key.clone());
+        self.refs.push(Generations::default());
+        self.kinds.push(Generations::default());
+        self.ids.insert(key, id);
+        id
     }
 
-    fn make_room(&mut self, more: usize) {
-        if self.entries + more > CACHE_ENTRIES {
-            self.refs.clear();
-            self.kinds.clear();
-            self.entries = 0;
-        }
+    fn get(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
+        self.refs[target.0].get(key)
+    }
+
+    fn kind(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
+        self.kinds[target.0].get(key)
     }
 
     /// Fetches the identities of the `wanted` keys it lacks.
@@ -103,11 +154,10 @@ impl RefCache {
         conn: &mut Conn,
         plan: &SyncPlan,
         schema: &Schema,
-        wanted: HashMap<Target, HashSet<RawKey>>,
+        wanted: FxHashMap<TargetId, FxHashSet<RawKey>>,
     ) -> Result<(), DbError> {
-        let total: usize = wanted.values().map(|s| s.len()).sum();
-        self.make_room(total);
-        for ((table, column), keys) in wanted {
+        for (id, keys) in wanted {
+            let (table, column) = self.targets[id.0].clone();
             let expr = row_identity(plan, schema, &table, &|c| format!("t.{}", ident(c)))
                 .expect("references point at synced tables");
             let sql_for = |n: usize| {
@@ -118,10 +168,6 @@ impl RefCache {
                     col = ident(&column)
                 )
             };
-            let map = self
-                .refs
-                .entry((table.clone(), column.clone()))
-                .or_default();
             let keys: Vec<RawKey> = keys.into_iter().collect();
             for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
                 let rows: Vec<(MyValue, Option<String>)> = conn
@@ -130,42 +176,43 @@ impl RefCache {
                     .map_err(DbError::query(format!(
                         "reading identities of {table} rows"
                     )))?;
+                let map = &mut self.refs[id.0];
                 // The server compares text by its collation (case, trailing spaces); a
                 // key matches the row it found that way as well as its exact form.
                 let mut folded: HashMap<Vec<u8>, Option<String>> = HashMap::new();
-                for (k, id) in rows {
-                    let id = id.filter(|s| !s.is_empty());
+                for (k, found) in rows {
+                    let found = found.filter(|s| !s.is_empty());
                     if let Some(k) = RawKey::of(&k) {
                         if let RawKey::Text(b) = &k {
-                            folded.insert(fold(b), id.clone());
+                            folded.insert(fold(b), found.clone());
                         }
-                        map.insert(k, id);
+                        map.insert(k, found);
                     }
                 }
                 for k in chunk {
-                    let found = match k {
-                        RawKey::Text(b) => folded.get(&fold(b)).cloned().flatten(),
-                        RawKey::Int(_) => None,
-                    };
-                    map.entry(k.clone()).or_insert(found);
+                    if !map.contains(k) {
+                        let found = match k {
+                            RawKey::Text(b) => folded.get(&fold(b)).cloned().flatten(),
+                            RawKey::Int(_) => None,
+                        };
+                        map.insert(k.clone(), found);
+                    }
                 }
                 self.fetched += chunk.len() as u64;
             }
         }
-        self.entries += total;
         Ok(())
     }
 
-    /// Fetches the discriminators of the `wanted` type rows it lacks.
+    /// Fetches the discriminators of the `wanted` type rows it lacks; each kind target
+    /// comes with its type table's key column.
     async fn fill_kinds(
         &mut self,
         conn: &mut Conn,
-        wanted: HashMap<(Target, String), HashSet<RawKey>>,
+        wanted: FxHashMap<TargetId, (String, FxHashSet<RawKey>)>,
     ) -> Result<(), DbError> {
-        let total: usize = wanted.values().map(|s| s.len()).sum();
-        self.make_room(total);
-        for (((table, disc), pk), keys) in wanted {
-            let map = self.kinds.entry((table.clone(), disc.clone())).or_default();
+        for (id, (pk, keys)) in wanted {
+            let (table, disc) = self.targets[id.0].clone();
             let keys: Vec<RawKey> = keys.into_iter().collect();
             for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
                 let rows: Vec<(MyValue, Option<String>)> = conn
@@ -182,17 +229,19 @@ impl RefCache {
                     )
                     .await
                     .map_err(DbError::query(format!("reading {table} rows")))?;
-                for k in chunk {
-                    map.entry(k.clone()).or_insert(None);
-                }
+                let map = &mut self.kinds[id.0];
                 for (k, d) in rows {
                     if let Some(k) = RawKey::of(&k) {
                         map.insert(k, d);
                     }
                 }
+                for k in chunk {
+                    if !map.contains(k) {
+                        map.insert(k.clone(), None);
+                    }
+                }
             }
         }
-        self.entries += total;
         Ok(())
     }
 }
@@ -221,13 +270,44 @@ fn padded_params(keys: &[RawKey]) -> Vec<MyValue> {
     p
 }
 
+/// The queries that read some rows of a table (they need no cache, so they can run on
+/// a connection of their own while earlier rows are sealed).
+#[derive(Debug, Clone, Default)]
+pub struct Reads {
+    queries: Vec<(String, Vec<MyValue>)>,
+    /// For a range scan: the column of the local id and the ids to keep.
+    keep: Option<(usize, HashSet<i64>)>,
+    what: String,
+}
+
+impl Reads {
+    /// Runs the queries; returns the rows wanted.
+    pub async fn run(self, conn: &mut Conn) -> Result<Vec<Row>, DbError> {
+        let mut out = Vec::new();
+        for (sql, params) in self.queries {
+            let rows: Vec<Row> = conn
+                .exec(sql, params)
+                .await
+                .map_err(DbError::query(self.what.clone()))?;
+            match &self.keep {
+                Some((at, ids)) => out.extend(
+                    rows.into_iter()
+                        .filter(|r| int_at(r, *at).is_some_and(|i| ids.contains(&i))),
+                ),
+                None => out.extend(rows),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// How a reference's local value becomes an identity.
 #[derive(Debug, Clone)]
 enum Translate {
     /// The value is the identity (a uuid or natural key referenced directly).
     Itself,
     /// Looked up in the cache.
-    Lookup(Target),
+    Lookup(TargetId),
 }
 
 /// How one carried column is decoded, with its place in the select list.
@@ -247,10 +327,10 @@ enum Carried {
         at: usize,
         column: Column,
         kind_at: usize,
-        kind: Target,
+        kind: TargetId,
         kind_pk: String,
-        /// Discriminator → (target table, its integer key).
-        targets: BTreeMap<String, Target>,
+        /// Discriminator → (target table, the target of its integer key).
+        targets: BTreeMap<String, (String, TargetId)>,
     },
 }
 
@@ -260,10 +340,31 @@ enum Ident {
     /// A column holding it (uuid, single natural key).
     Column(usize),
     /// A subclass row: its parent's identity, through the key column.
-    Parent { at: usize, target: Target },
+    Parent { at: usize, target: TargetId },
     /// The SQL identity expression, selected as the first column (composite and natural
     /// keys of tables without a local integer id).
     Sql,
+}
+
+/// One row decoded, borrowing from the row and the cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowRef<'a> {
+    pub row_id: Option<i64>,
+    pub key: Cow<'a, str>,
+    pub parts: Vec<Cow<'a, str>>,
+    pub values: Vec<ValueRef<'a>>,
+}
+
+impl RowRef<'_> {
+    /// The owned form.
+    pub fn to_owned(&self) -> FetchedRow {
+        FetchedRow {
+            row_id: self.row_id,
+            key: self.key.to_string(),
+            identity: Identity(self.parts.iter().map(|p| p.to_string()).collect()),
+            values: self.values.iter().map(ValueRef::to_value).collect(),
+        }
+    }
 }
 
 /// One row read: its local id, identity (text and parts) and carried values.
@@ -288,12 +389,20 @@ pub struct RowFetcher {
     carried: Vec<Carried>,
     select: String,
     key_expr: String,
+    /// This table as a reference target by its local id: what the rows read here
+    /// teach the cache (single-part identities only).
+    learns: Option<TargetId>,
 }
 
 impl RowFetcher {
     /// The fetcher for `table`, or `None` when the table is not synced (or refers to a
     /// table whose identity cannot be referenced).
-    pub fn new(plan: &SyncPlan, schema: &Schema, table: &str) -> Option<RowFetcher> {
+    pub fn new(
+        plan: &SyncPlan,
+        schema: &Schema,
+        table: &str,
+        cache: &mut RefCache,
+    ) -> Option<RowFetcher> {
         let synced = plan.table(table)?.synced()?;
         let info = schema.tables.get(table)?;
         let key_expr = row_identity(plan, schema, table, &|c| format!("t.{}", ident(c)))?;
@@ -316,7 +425,7 @@ impl RowFetcher {
                 referenced_identity(plan, schema, parent, &fk.ref_columns[0], "x")?;
                 Ident::Parent {
                     at: add(col(column)),
-                    target: (parent.clone(), fk.ref_columns[0].clone()),
+                    target: cache.target(parent, &fk.ref_columns[0]),
                 }
             }
             _ => {
@@ -343,7 +452,7 @@ impl RowFetcher {
                     }
                     _ => {
                         referenced_identity(plan, schema, &r.table, &r.ref_column, "x")?;
-                        Translate::Lookup((r.table.clone(), r.ref_column.clone()))
+                        Translate::Lookup(cache.target(&r.table, &r.ref_column))
                     }
                 };
                 carried.push(Carried::Ref {
@@ -364,7 +473,7 @@ impl RowFetcher {
                         continue;
                     };
                     referenced_identity(plan, schema, t, pk, "x")?;
-                    targets.insert(class.clone(), (t.clone(), pk.clone()));
+                    targets.insert(class.clone(), (t.clone(), cache.target(t, pk)));
                 }
                 if targets.is_empty() {
                     return None;
@@ -375,7 +484,7 @@ impl RowFetcher {
                     at,
                     column,
                     kind_at,
-                    kind: (s.type_table.clone(), s.discriminator.clone()),
+                    kind: cache.target(&s.type_table, &s.discriminator),
                     kind_pk: type_fk.ref_columns[0].clone(),
                     targets,
                 });
@@ -386,7 +495,12 @@ impl RowFetcher {
                 });
             }
         }
+        let learns = match (&row_id, synced.identity.arity()) {
+            (Some(pk), 1) => Some(cache.target(table, pk)),
+            _ => None,
+        };
         Some(RowFetcher {
+            learns,
             table: table.to_string(),
             columns: synced.columns.clone(),
             row_id,
@@ -403,94 +517,65 @@ impl RowFetcher {
         self.row_id.as_ref().map(|_| 1)
     }
 
-    /// Reads the rows with these local ids (ascending); rows that are gone are absent.
-    pub async fn by_ids(
-        &self,
-        conn: &mut Conn,
-        cache: &mut RefCache,
-        plan: &SyncPlan,
-        schema: &Schema,
-        ids: &[i64],
-    ) -> Result<Vec<FetchedRow>, FetchError> {
-        let Some(pk) = &self.row_id else {
-            return Ok(Vec::new());
-        };
-        let (Some(&first), Some(&last)) = (ids.first(), ids.last()) else {
-            return Ok(Vec::new());
+    /// The queries that read the rows with these local ids (ascending): one range scan
+    /// when the ids are dense, else IN lists.
+    pub fn by_ids(&self, ids: &[i64]) -> Reads {
+        let mut reads = Reads::default();
+        let (Some(pk), Some(&first), Some(&last)) = (&self.row_id, ids.first(), ids.last()) else {
+            return reads;
         };
         let from = format!("FROM {} AS t", ident(&self.table));
-        let rows: Vec<Row> = if (last - first) as u128 <= 2 * ids.len() as u128 {
-            // Dense: one range scan, then keep the wanted ones.
-            let wanted: HashSet<i64> = ids.iter().copied().collect();
-            let at = self.row_id_at().expect("row id");
-            let all: Vec<Row> = conn
-                .exec(
-                    format!(
-                        "SELECT {} {from} WHERE t.{pk} BETWEEN ? AND ?",
-                        self.select,
-                        pk = ident(pk)
-                    ),
-                    (first, last),
-                )
-                .await
-                .map_err(DbError::query(format!("reading {} rows", self.table)))?;
-            all.into_iter()
-                .filter(|r| int_at(r, at).is_some_and(|i| wanted.contains(&i)))
-                .collect()
+        if (last - first) as u128 <= 2 * ids.len() as u128 {
+            reads.keep = Some((1, ids.iter().copied().collect()));
+            reads.queries.push((
+                format!(
+                    "SELECT {} {from} WHERE t.{pk} BETWEEN ? AND ?",
+                    self.select,
+                    pk = ident(pk)
+                ),
+                vec![first.into(), last.into()],
+            ));
         } else {
             let keys: Vec<RawKey> = ids.iter().map(|i| RawKey::Int(*i)).collect();
-            let mut out = Vec::new();
             for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
-                let found: Vec<Row> = conn
-                    .exec(
-                        format!(
-                            "SELECT {} {from} WHERE t.{} IN ({})",
-                            self.select,
-                            ident(pk),
-                            placeholders(padded(chunk.len()))
-                        ),
-                        padded_params(chunk),
-                    )
-                    .await
-                    .map_err(DbError::query(format!("reading {} rows", self.table)))?;
-                out.extend(found);
+                reads.queries.push((
+                    format!(
+                        "SELECT {} {from} WHERE t.{} IN ({})",
+                        self.select,
+                        ident(pk),
+                        placeholders(padded(chunk.len()))
+                    ),
+                    padded_params(chunk),
+                ));
             }
-            out
-        };
-        self.decode_all(conn, cache, plan, schema, rows).await
+        }
+        reads.what = format!("reading {} rows", self.table);
+        reads
     }
 
-    /// Reads the rows with these identity texts; rows that are gone are absent.
-    pub async fn by_keys(
-        &self,
-        conn: &mut Conn,
-        cache: &mut RefCache,
-        plan: &SyncPlan,
-        schema: &Schema,
-        keys: &[&str],
-    ) -> Result<Vec<FetchedRow>, FetchError> {
-        let mut rows = Vec::new();
+    /// The queries that read the rows with these identity texts.
+    pub fn by_keys(&self, keys: &[&str]) -> Reads {
+        let mut reads = Reads {
+            what: format!("reading {} rows", self.table),
+            ..Default::default()
+        };
         let keys: Vec<RawKey> = keys
             .iter()
             .map(|k| RawKey::Text(k.as_bytes().to_vec()))
             .collect();
         for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
-            let found: Vec<Row> = conn
-                .exec(
-                    format!(
-                        "SELECT {} FROM {} AS t WHERE {} IN ({})",
-                        self.select,
-                        ident(&self.table),
-                        self.key_expr,
-                        placeholders(padded(chunk.len()))
-                    ),
-                    padded_params(chunk),
-                )
-                .await
-                .map_err(DbError::query(format!("reading {} rows", self.table)))?;
-            rows.extend(found);
+            reads.queries.push((
+                format!(
+                    "SELECT {} FROM {} AS t WHERE {} IN ({})",
+                    self.select,
+                    ident(&self.table),
+                    self.key_expr,
+                    placeholders(padded(chunk.len()))
+                ),
+                padded_params(chunk),
+            ));
         }
-        self.decode_all(conn, cache, plan, schema, rows).await
+        reads
     }
 
     /// Every row of the table, in no particular order (for tests and verify-like scans).
@@ -510,26 +595,27 @@ impl RowFetcher {
             .map_err(DbError::query(format!("reading {} rows", self.table)))?;
         let mut out = Vec::new();
         for chunk in rows.chunks(2000) {
-            out.extend(
-                self.decode_all(conn, cache, plan, schema, chunk.to_vec())
-                    .await?,
-            );
+            self.prepare(conn, cache, plan, schema, chunk).await?;
+            for r in chunk {
+                out.push(self.decode(cache, r)?.to_owned());
+            }
         }
         Ok(out)
     }
 
-    /// Fills the cache for the references of `rows`, then decodes them.
-    async fn decode_all(
+    /// Fills the cache with what the references of `rows` need (before
+    /// [`RowFetcher::decode`]).
+    pub async fn prepare(
         &self,
         conn: &mut Conn,
         cache: &mut RefCache,
         plan: &SyncPlan,
         schema: &Schema,
-        rows: Vec<Row>,
-    ) -> Result<Vec<FetchedRow>, FetchError> {
+        rows: &[Row],
+    ) -> Result<(), FetchError> {
         // 1. Attribute types of soft references.
-        let mut kinds: HashMap<(Target, String), HashSet<RawKey>> = HashMap::new();
-        for r in &rows {
+        let mut kinds: FxHashMap<TargetId, (String, FxHashSet<RawKey>)> = FxHashMap::default();
+        for r in rows {
             for c in &self.carried {
                 if let Carried::Soft {
                     kind_at,
@@ -539,11 +625,11 @@ impl RowFetcher {
                 } = c
                 {
                     if let Some(k) = r.as_ref(*kind_at).and_then(RawKey::of) {
-                        let known = cache.kinds.get(kind).is_some_and(|m| m.contains_key(&k));
-                        if !known {
+                        if cache.kind(*kind, &k).is_none() {
                             kinds
-                                .entry((kind.clone(), kind_pk.clone()))
-                                .or_default()
+                                .entry(*kind)
+                                .or_insert_with(|| (kind_pk.clone(), FxHashSet::default()))
+                                .1
                                 .insert(k);
                         }
                     }
@@ -553,19 +639,21 @@ impl RowFetcher {
         if !kinds.is_empty() {
             cache.fill_kinds(conn, kinds).await?;
         }
-        // 2. Identities of referenced rows.
-        let mut wanted: HashMap<Target, HashSet<RawKey>> = HashMap::new();
-        let mut want = |cache: &mut RefCache, target: &Target, k: RawKey| {
+        // 2. Identities of referenced rows (this batch's own rows first: obs refer to
+        // their groups, often in the same batch).
+        self.learn(cache, rows);
+        let mut wanted: FxHashMap<TargetId, FxHashSet<RawKey>> = FxHashMap::default();
+        let mut want = |cache: &mut RefCache, target: TargetId, k: RawKey| {
             if cache.get(target, &k).is_some() {
                 cache.hits += 1;
             } else {
-                wanted.entry(target.clone()).or_default().insert(k);
+                wanted.entry(target).or_default().insert(k);
             }
         };
-        for r in &rows {
+        for r in rows {
             if let Ident::Parent { at, target } = &self.ident {
                 if let Some(k) = r.as_ref(*at).and_then(RawKey::of) {
-                    want(cache, target, k);
+                    want(cache, *target, k);
                 }
             }
             for c in &self.carried {
@@ -576,7 +664,7 @@ impl RowFetcher {
                         ..
                     } => {
                         if let Some(k) = r.as_ref(*at).and_then(RawKey::of) {
-                            want(cache, target, k);
+                            want(cache, *target, k);
                         }
                     }
                     Carried::Soft {
@@ -586,8 +674,8 @@ impl RowFetcher {
                         targets,
                         ..
                     } => {
-                        if let Some((target, id)) =
-                            soft_target(cache, r, *at, *kind_at, kind, targets)
+                        if let Some((_, target, id)) =
+                            soft_target(cache, r, *at, *kind_at, *kind, targets)
                         {
                             want(cache, target, RawKey::Int(id));
                         }
@@ -599,48 +687,93 @@ impl RowFetcher {
         if !wanted.is_empty() {
             cache.fill(conn, plan, schema, wanted).await?;
         }
-        // 3. Decode.
-        rows.iter().map(|r| self.decode(cache, r)).collect()
+        self.learn(cache, rows);
+        Ok(())
     }
 
-    fn decode(&self, cache: &RefCache, r: &Row) -> Result<FetchedRow, FetchError> {
-        let text_at = |i: usize| match r.as_ref(i) {
-            Some(MyValue::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
-            Some(MyValue::NULL) | None => String::new(),
-            Some(other) => other.as_sql(true),
+    /// Teaches the cache the identities of `rows`, by local id: rows sealed later in the
+    /// same bundle refer to them (parents come first, and obs to their groups).
+    fn learn(&self, cache: &mut RefCache, rows: &[Row]) {
+        let Some(target) = self.learns else {
+            return;
         };
-        let key = match &self.ident {
-            Ident::Column(at) => text_at(*at),
+        let learned: Vec<(i64, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let id = self.row_id_of(r)?;
+                if cache.refs[target.0].contains(&RawKey::Int(id)) {
+                    return None;
+                }
+                let key = self.key_of(cache, r);
+                (!key.is_empty()).then(|| (id, key.into_owned()))
+            })
+            .collect();
+        let map = &mut cache.refs[target.0];
+        for (id, key) in learned {
+            map.insert(RawKey::Int(id), Some(key));
+        }
+    }
+
+    /// The local id of a row read by this fetcher.
+    pub fn row_id_of(&self, r: &Row) -> Option<i64> {
+        self.row_id_at().and_then(|at| int_at(r, at))
+    }
+
+    /// The identity text of a row read by this fetcher (its references prepared).
+    pub fn key_of<'a>(&self, cache: &'a RefCache, r: &'a Row) -> Cow<'a, str> {
+        match &self.ident {
+            Ident::Column(at) => text_at(r, *at),
             Ident::Parent { at, target } => r
                 .as_ref(*at)
                 .and_then(RawKey::of)
-                .and_then(|k| cache.get(target, &k).cloned().flatten())
+                .and_then(|k| cache.get(*target, &k))
+                .and_then(|id| id.as_deref())
+                .map(Cow::Borrowed)
                 .unwrap_or_default(),
-            Ident::Sql => text_at(0),
+            Ident::Sql => text_at(r, 0),
+        }
+    }
+
+    /// Decodes a row read by this fetcher, borrowing from it and from the cache.
+    pub fn decode<'a>(&self, cache: &'a RefCache, r: &'a Row) -> Result<RowRef<'a>, FetchError> {
+        let key = self.key_of(cache, r);
+        let parts: Vec<Cow<'a, str>> = if self.arity == 1 {
+            vec![key.clone()]
+        } else {
+            parse_identity(&key, self.arity)
+                .unwrap_or_default()
+                .into_iter()
+                .map(Cow::Owned)
+                .collect()
         };
-        let parts = parse_identity(&key, self.arity)
-            .filter(|p| !p.is_empty() && p.iter().all(|s| !s.is_empty()))
-            .ok_or_else(|| RowError::BadIdentity {
+        if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
+            return Err(RowError::BadIdentity {
                 table: self.table.clone(),
-                key: key.clone(),
-            })?;
-        let row_id = self.row_id_at().and_then(|at| int_at(r, at));
+                key: key.into_owned(),
+            }
+            .into());
+        }
+        let row_id = self.row_id_of(r);
         let mut values = Vec::with_capacity(self.carried.len());
         for (name, c) in self.columns.iter().zip(&self.carried) {
             values.push(match c {
-                Carried::Plain { at, column } => decode_value(&self.table, column, r.as_ref(*at))?,
+                Carried::Plain { at, column } => {
+                    decode_value_ref(&self.table, column, r.as_ref(*at))?
+                }
                 Carried::Ref { at, target, how } => {
                     let raw = r.as_ref(*at);
-                    match raw.and_then(RawKey::of) {
-                        None => Value::Null,
-                        Some(k) => {
-                            let id = match how {
-                                Translate::Itself => Some(match &k {
-                                    RawKey::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                                    RawKey::Int(i) => i.to_string(),
-                                })
+                    match raw {
+                        None | Some(MyValue::NULL) => ValueRef::Null,
+                        Some(v) => {
+                            let id: Option<&'a str> = match how {
+                                Translate::Itself => match v {
+                                    MyValue::Bytes(b) => std::str::from_utf8(b).ok(),
+                                    _ => None,
+                                }
                                 .filter(|s| !s.is_empty()),
-                                Translate::Lookup(t) => cache.get(t, &k).cloned().flatten(),
+                                Translate::Lookup(t) => RawKey::of(v)
+                                    .and_then(|k| cache.get(*t, &k))
+                                    .and_then(|id| id.as_deref()),
                             };
                             self.reference(&key, name, target, raw, id)?
                         }
@@ -655,34 +788,36 @@ impl RowFetcher {
                     ..
                 } => {
                     let raw = r.as_ref(*at);
-                    match soft_target(cache, r, *at, *kind_at, kind, targets) {
-                        Some((target, id)) => {
-                            let found = cache.get(target, &RawKey::Int(id)).cloned().flatten();
-                            self.reference(&key, name, &target.0, raw, found)?
+                    match soft_target(cache, r, *at, *kind_at, *kind, targets) {
+                        Some((table, target, id)) => {
+                            let found = cache
+                                .get(target, &RawKey::Int(id))
+                                .and_then(|id| id.as_deref());
+                            self.reference(&key, name, table, raw, found)?
                         }
-                        None => decode_value(&self.table, column, raw)?,
+                        None => decode_value_ref(&self.table, column, raw)?,
                     }
                 }
             });
         }
-        Ok(FetchedRow {
+        Ok(RowRef {
             row_id,
             key,
-            identity: Identity(parts),
+            parts,
             values,
         })
     }
 
-    fn reference(
+    fn reference<'a>(
         &self,
         key: &str,
         column: &str,
         target: &str,
         raw: Option<&MyValue>,
-        id: Option<String>,
-    ) -> Result<Value, RowError> {
+        id: Option<&'a str>,
+    ) -> Result<ValueRef<'a>, RowError> {
         match id {
-            Some(text) => Ok(Value::Ref(Identity(vec![text]))),
+            Some(text) => Ok(ValueRef::Ref(IdentityRef::One(text))),
             None => Err(RowError::Dangling {
                 table: self.table.clone(),
                 key: key.to_string(),
@@ -694,34 +829,42 @@ impl RowFetcher {
     }
 }
 
-/// The target and local id of a soft reference, when the attribute type says the value
-/// is one and the value is a local id.
+/// The target table, its target and the local id of a soft reference, when the
+/// attribute type says the value is one and the value is a local id.
 fn soft_target<'a>(
     cache: &RefCache,
     r: &Row,
     at: usize,
     kind_at: usize,
-    kind: &Target,
-    targets: &'a BTreeMap<String, Target>,
-) -> Option<(&'a Target, i64)> {
+    kind: TargetId,
+    targets: &'a BTreeMap<String, (String, TargetId)>,
+) -> Option<(&'a str, TargetId, i64)> {
     let raw = r.as_ref(at);
     if !is_local_id(raw) {
         return None;
     }
     let k = r.as_ref(kind_at).and_then(RawKey::of)?;
-    let disc = cache.kinds.get(kind)?.get(&k)?.as_ref()?;
-    let target = targets.get(disc)?;
+    let disc = cache.kind(kind, &k)?.as_ref()?;
+    let (table, target) = targets.get(disc)?;
     let id = match raw? {
         MyValue::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
         MyValue::Int(i) => *i,
         MyValue::UInt(u) => i64::try_from(*u).ok()?,
         _ => return None,
     };
-    Some((target, id))
+    Some((table, *target, id))
 }
 
 fn col(name: &str) -> String {
     format!("t.{}", ident(name))
+}
+
+fn text_at(r: &Row, at: usize) -> Cow<'_, str> {
+    match r.as_ref(at) {
+        Some(MyValue::Bytes(b)) => String::from_utf8_lossy(b),
+        Some(MyValue::NULL) | None => Cow::Borrowed(""),
+        Some(other) => Cow::Owned(other.as_sql(true)),
+    }
 }
 
 fn int_at(r: &Row, at: usize) -> Option<i64> {

@@ -16,14 +16,15 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use mysql_async::Conn;
+use mysql_async::{Conn, Row};
+use rustc_hash::FxHashMap;
 
-use super::fetch::{FetchedRow, RefCache, RowFetcher};
-use super::seal::{SealOutcome, SealThread};
-use super::sorter::{SortError, Sorted};
+use super::fetch::{Reads, RefCache, RowFetcher};
+use super::sorter::{Item, SortError, Sorted};
 use super::{ExportError, Stages};
-use crate::bundle::{Change, Identity, Op, Version};
-use crate::capture::versions::{heads, Floors, LogEntry};
+use crate::bundle::{BundleWriter, ChangeRef, IdentityRef, Op, Sealed, Version};
+use crate::capture::versions::{heads, Floors, Head};
+use crate::db::DbError;
 use crate::schema::identity_sql::parse_identity;
 use crate::schema::{Schema, SyncPlan};
 
@@ -33,12 +34,12 @@ pub const BATCH: usize = 1000;
 /// One row's entries in the range, as far as the peer is concerned.
 #[derive(Debug, Clone)]
 struct Group {
-    table: String,
+    rank: u32,
     key: String,
     row_id: Option<i64>,
     /// The first and last entries the peer has not seen.
-    first: LogEntry,
-    last: LogEntry,
+    first: Item,
+    last: Item,
     /// The latest version in the range the peer holds (it came from the peer).
     known: Option<Version>,
 }
@@ -46,26 +47,39 @@ struct Group {
 impl Group {
     /// Whether the base must be looked up before the range.
     fn needs_lookup(&self) -> bool {
-        self.known.is_none() && self.first.is_local() && self.first.op != "I"
+        self.known.is_none() && self.first.is_local() && self.first.op != b'I'
     }
 }
 
+/// A batch waiting for its rows.
+struct Batch {
+    table: String,
+    groups: Vec<Group>,
+    /// Rows' heads before the range, where looked up.
+    found: HashMap<String, Head>,
+}
+
+/// Rows being read on the rows connection (which comes back with them).
+type Inflight = tokio::task::JoinHandle<(Conn, Result<Vec<Row>, DbError>)>;
+
 /// A row's entries gathered so far.
 struct Acc {
-    table: String,
+    rank: u32,
     key: String,
     row_id: Option<i64>,
     known: Option<Version>,
-    /// The first and last entries the peer has not seen.
-    unseen: Option<(LogEntry, LogEntry)>,
+    /// The first entry the peer has not seen, and the last if there are more.
+    first: Option<Item>,
+    last: Option<Item>,
 }
 
 impl Acc {
     /// The row's group, unless the peer has seen all of it.
     fn group(self) -> Option<Group> {
-        let (first, last) = self.unseen?;
+        let first = self.first?;
+        let last = self.last.unwrap_or_else(|| first.clone());
         Some(Group {
-            table: self.table,
+            rank: self.rank,
             key: self.key,
             row_id: self.row_id,
             first,
@@ -79,11 +93,16 @@ impl Acc {
 pub struct Sealer<'a> {
     plan: &'a SyncPlan,
     schema: &'a Schema,
+    /// Table names by rank.
+    tables: &'a [String],
     floors: &'a Floors,
     me: String,
     peer: String,
     cursor: u64,
-    seal: SealThread,
+    writer: BundleWriter,
+    /// The connection rows are read on while the previous batch is sealed.
+    rows_conn: Option<Conn>,
+    inflight: Option<(Batch, Inflight)>,
     fetchers: HashMap<String, Option<RowFetcher>>,
     declared: std::collections::HashSet<String>,
     cache: RefCache,
@@ -96,20 +115,25 @@ impl<'a> Sealer<'a> {
     pub fn new(
         plan: &'a SyncPlan,
         schema: &'a Schema,
+        tables: &'a [String],
         floors: &'a Floors,
         me: &str,
         peer: &str,
         cursor: u64,
-        seal: SealThread,
+        writer: BundleWriter,
+        rows_conn: Option<Conn>,
     ) -> Sealer<'a> {
         Sealer {
             plan,
             schema,
+            tables,
             floors,
             me: me.to_string(),
             peer: peer.to_string(),
             cursor,
-            seal,
+            writer,
+            rows_conn,
+            inflight: None,
             fetchers: HashMap::new(),
             declared: Default::default(),
             cache: RefCache::default(),
@@ -118,8 +142,8 @@ impl<'a> Sealer<'a> {
         }
     }
 
-    fn came_from_peer(&self, e: &LogEntry) -> bool {
-        e.origin.as_deref() == Some(self.peer.as_str()) || e.via.as_deref() == Some(&self.peer)
+    fn came_from_peer(&self, e: &Item) -> bool {
+        e.origin() == Some(self.peer.as_str()) || e.via() == Some(self.peer.as_str())
     }
 
     /// Seals every row of the sorted range; returns the changes sealed.
@@ -127,20 +151,21 @@ impl<'a> Sealer<'a> {
         let mut batch: Vec<Group> = Vec::new();
         let mut row: Option<Acc> = None;
         for item in sorted {
-            let (_, e) = item.map_err(|e: SortError| ExportError::Sort(e))?;
+            let e = item.map_err(|e: SortError| ExportError::Sort(e))?;
             if !row
                 .as_ref()
-                .is_some_and(|r| r.table == e.table && r.key == e.row_key)
+                .is_some_and(|r| r.rank == e.rank && r.key == e.row_key)
             {
                 if let Some(g) = row.take().and_then(Acc::group) {
                     self.queue(fetch, &mut batch, g).await?;
                 }
                 row = Some(Acc {
-                    table: e.table.clone(),
+                    rank: e.rank,
                     key: e.row_key.clone(),
                     row_id: e.row_id,
                     known: None,
-                    unseen: None,
+                    first: None,
+                    last: None,
                 });
             }
             let r = row.as_mut().expect("a row");
@@ -149,18 +174,19 @@ impl<'a> Sealer<'a> {
             }
             if self.came_from_peer(&e) {
                 r.known = Some(e.version(self.floors, &self.me));
-                r.unseen = None;
+                r.first = None;
+                r.last = None;
+            } else if r.first.is_none() {
+                r.first = Some(e);
             } else {
-                match r.unseen.as_mut() {
-                    Some((_, last)) => *last = e,
-                    None => r.unseen = Some((e.clone(), e)),
-                }
+                r.last = Some(e);
             }
         }
         if let Some(g) = row.take().and_then(Acc::group) {
             self.queue(fetch, &mut batch, g).await?;
         }
         self.flush(fetch, &mut batch).await?;
+        self.drain(fetch).await?;
         Ok(self.changes)
     }
 
@@ -170,7 +196,7 @@ impl<'a> Sealer<'a> {
         batch: &mut Vec<Group>,
         g: Group,
     ) -> Result<(), ExportError> {
-        if batch.first().is_some_and(|b| b.table != g.table) || batch.len() >= BATCH {
+        if batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH {
             self.flush(fetch, batch).await?;
         }
         batch.push(g);
@@ -185,39 +211,30 @@ impl<'a> Sealer<'a> {
         s
     }
 
-    /// Finishes the bundle file.
-    pub fn finish(self) -> Result<SealOutcome, ExportError> {
-        Ok(self.seal.finish()?)
+    /// Finishes the bundle file at `pending`.
+    pub fn finish(self, pending: &std::path::Path) -> Result<Sealed, ExportError> {
+        Ok(self.writer.finish(pending)?)
     }
 
-    fn fetcher(&mut self, table: &str) -> Option<RowFetcher> {
-        self.fetchers
-            .entry(table.to_string())
-            .or_insert_with(|| RowFetcher::new(self.plan, self.schema, table))
-            .clone()
-    }
-
-    /// Reads the rows of a batch (one table) and seals their changes.
+    /// Takes a batch of groups (one table): looks up the bases it needs, starts reading
+    /// its rows on the rows connection, and meanwhile seals the previous batch.
     async fn flush(&mut self, fetch: &mut Conn, batch: &mut Vec<Group>) -> Result<(), ExportError> {
-        let Some(table) = batch.first().map(|g| g.table.clone()) else {
+        let Some(table) = batch.first().map(|g| self.tables[g.rank as usize].clone()) else {
             return Ok(());
         };
         let groups = std::mem::take(batch);
-        let Some(fetcher) = self.fetcher(&table) else {
+        if !self.fetchers.contains_key(&table) {
+            let f = RowFetcher::new(self.plan, self.schema, &table, &mut self.cache);
+            self.fetchers.insert(table.clone(), f);
+        }
+        let Some(fetcher) = self.fetchers[&table].as_ref() else {
             return Ok(()); // the table is no longer synced
         };
         let started = Instant::now();
         if self.declared.insert(table.clone()) {
-            self.seal.declare(&table, &fetcher.columns)?;
+            self.writer.declare_table(&table, &fetcher.columns)?;
         }
-        let arity = self
-            .plan
-            .table(&table)
-            .and_then(|t| t.synced())
-            .map(|s| s.identity.arity())
-            .unwrap_or(1);
-
-        // 1. The base of rows whose history before the range matters.
+        // The base of rows whose history before the range matters.
         let lookup: Vec<&str> = groups
             .iter()
             .filter(|g| g.needs_lookup())
@@ -237,38 +254,124 @@ impl<'a> Sealer<'a> {
             )
             .await?
         };
-
-        // 2. The rows' values, for every row that was not deleted.
-        let live: Vec<&Group> = groups.iter().filter(|g| g.last.op != "D").collect();
-        let mut rows: HashMap<String, FetchedRow> = HashMap::new();
-        if !live.is_empty() {
-            let fetched = if fetcher.row_id.is_some() && live.iter().all(|g| g.row_id.is_some()) {
-                let mut ids: Vec<i64> = live.iter().filter_map(|g| g.row_id).collect();
-                ids.sort_unstable();
-                ids.dedup();
-                fetcher
-                    .by_ids(fetch, &mut self.cache, self.plan, self.schema, &ids)
-                    .await?
-            } else {
-                let keys: Vec<&str> = live.iter().map(|g| g.key.as_str()).collect();
-                fetcher
-                    .by_keys(fetch, &mut self.cache, self.plan, self.schema, &keys)
-                    .await?
-            };
-            for r in fetched {
-                rows.insert(r.key.clone(), r);
+        // The rows' values, for every row that was not deleted.
+        let live: Vec<&Group> = groups.iter().filter(|g| g.last.op != b'D').collect();
+        let reads = if live.is_empty() {
+            Reads::default()
+        } else if fetcher.row_id.is_some() && live.iter().all(|g| g.row_id.is_some()) {
+            let mut ids: Vec<i64> = live.iter().filter_map(|g| g.row_id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            fetcher.by_ids(&ids)
+        } else {
+            let keys: Vec<&str> = live.iter().map(|g| g.key.as_str()).collect();
+            fetcher.by_keys(&keys)
+        };
+        let this = Batch {
+            table,
+            groups,
+            found,
+        };
+        let previous = self.collect().await?;
+        match self.rows_conn.take() {
+            Some(mut conn) => {
+                let handle = tokio::spawn(async move {
+                    let rows = reads.run(&mut conn).await;
+                    (conn, rows)
+                });
+                self.inflight = Some((this, handle));
+                self.stages.fetching += started.elapsed();
+                if let Some((batch, rows)) = previous {
+                    self.seal_batch(fetch, batch, rows).await?;
+                }
+            }
+            None => {
+                let reading = Instant::now();
+                let rows = reads.run(fetch).await?;
+                self.stages.reading += reading.elapsed();
+                self.stages.fetching += started.elapsed();
+                self.seal_batch(fetch, this, rows).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Waits for the rows of the batch in flight, if any (the rows connection returns).
+    async fn collect(&mut self) -> Result<Option<(Batch, Vec<Row>)>, ExportError> {
+        let Some((batch, handle)) = self.inflight.take() else {
+            return Ok(None);
+        };
+        let waiting = Instant::now();
+        let (conn, rows) = handle.await.map_err(|e| {
+            ExportError::Db(DbError::Query {
+                doing: "reading rows".into(),
+                source: mysql_async::Error::Other(e.to_string().into()),
+            })
+        })?;
+        self.stages.reading += waiting.elapsed();
+        self.rows_conn = Some(conn);
+        Ok(Some((batch, rows?)))
+    }
+
+    /// Seals the batch still in flight.
+    async fn drain(&mut self, fetch: &mut Conn) -> Result<(), ExportError> {
+        if let Some((batch, rows)) = self.collect().await? {
+            self.seal_batch(fetch, batch, rows).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals a batch whose rows were read.
+    async fn seal_batch(
+        &mut self,
+        fetch: &mut Conn,
+        batch: Batch,
+        fetched: Vec<Row>,
+    ) -> Result<(), ExportError> {
+        let started = Instant::now();
+        let Batch {
+            table,
+            groups,
+            found,
+        } = batch;
+        let Some(fetcher) = self.fetchers.get(&table).and_then(Option::as_ref) else {
+            return Ok(());
+        };
+        let arity = self
+            .plan
+            .table(&table)
+            .and_then(|t| t.synced())
+            .map(|s| s.identity.arity())
+            .unwrap_or(1);
+        let preparing = Instant::now();
+        fetcher
+            .prepare(fetch, &mut self.cache, self.plan, self.schema, &fetched)
+            .await?;
+        self.stages.preparing += preparing.elapsed();
+        let cache = &self.cache;
+        // Rows by local id where the table has one (the identity is checked below),
+        // else by identity.
+        let by_id: FxHashMap<i64, &Row> = fetched
+            .iter()
+            .filter_map(|r| fetcher.row_id_of(r).map(|id| (id, r)))
+            .collect();
+        let by_key: HashMap<std::borrow::Cow<str>, &Row> = if fetcher.row_id.is_none() {
+            fetched
+                .iter()
+                .map(|r| (fetcher.key_of(cache, r), r))
+                .collect()
+        } else {
+            HashMap::new()
+        };
 
         // 3. The changes.
-        let mut out = Vec::with_capacity(groups.len());
         for g in groups {
             // The base is what the first unseen change was made on: a forwarded change
             // says so itself; a local one was made on what came before it here.
             let mut base = if g.first.is_local() {
                 g.known.clone()
             } else {
-                g.first.base.clone()
+                g.first.base().cloned()
             };
             if let Some(h) = found.get(&g.key) {
                 let known_to_peer = h.position <= self.cursor
@@ -283,49 +386,58 @@ impl<'a> Sealer<'a> {
                 }
             }
             let version = g.last.version(self.floors, &self.me);
-            let origin = g.last.origin_or(&self.me).to_string();
-            let change = if g.last.op == "D" {
+            let origin = g.last.origin().unwrap_or(&self.me);
+            if g.last.op == b'D' {
                 let parts = parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
-                    table: g.table.clone(),
+                    table: table.clone(),
                     key: g.key.clone(),
                 })?;
-                Change {
-                    table: g.table,
-                    identity: Identity(parts),
+                self.writer.push_ref(&ChangeRef {
+                    table: &table,
+                    identity: IdentityRef::Owned(&parts),
                     op: Op::Delete,
-                    version,
-                    base_version: base,
+                    version: &version,
+                    base_version: base.as_ref(),
                     origin,
-                    values: Vec::new(),
-                }
+                    values: &[],
+                })?;
             } else {
                 // A row that is gone (or now has another identity) changed again
                 // after the horizon; its next entries travel in the next bundle.
-                let Some(row) = rows.get(&g.key) else {
+                let row = match g.row_id {
+                    Some(id) if fetcher.row_id.is_some() => by_id
+                        .get(&id)
+                        .filter(|r| fetcher.key_of(cache, r) == g.key.as_str()),
+                    _ => by_key.get(g.key.as_str()),
+                };
+                let Some(row) = row else {
                     continue;
                 };
-                if g.row_id.is_some() && row.row_id.is_some() && row.row_id != g.row_id {
-                    continue;
-                }
-                Change {
-                    table: g.table,
-                    identity: row.identity.clone(),
+                let r = fetcher.decode(cache, row)?;
+                let parts: Vec<&str>;
+                let identity = if r.parts.len() == 1 {
+                    IdentityRef::One(&r.parts[0])
+                } else {
+                    parts = r.parts.iter().map(|p| p.as_ref()).collect();
+                    IdentityRef::Parts(&parts)
+                };
+                self.writer.push_ref(&ChangeRef {
+                    table: &table,
+                    identity,
                     op: if base.is_none() {
                         Op::Insert
                     } else {
                         Op::Update
                     },
-                    version,
-                    base_version: base,
+                    version: &version,
+                    base_version: base.as_ref(),
                     origin,
-                    values: row.values.clone(),
-                }
-            };
-            out.push(change);
+                    values: &r.values,
+                })?;
+            }
+            self.changes += 1;
         }
-        self.changes += out.len() as u64;
         self.stages.fetching += started.elapsed();
-        self.seal.push(out)?;
         Ok(())
     }
 }

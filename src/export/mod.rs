@@ -14,8 +14,9 @@
 //!    came from the peer, or originated there, are not sent back; the peer holds them,
 //!    and they are the base of what follows them. The rows' values are read in batches
 //!    in uuid space ([`fetch::RowFetcher`]) from the same snapshot; a deleted row
-//!    travels as a tombstone. The bundle is sealed on a thread of its own ([`seal`])
-//!    into `<name>.pending` in the outbox.
+//!    travels as a tombstone. Changes are sealed straight from the rows read (no copy
+//!    of their values), zstd compressing on a thread of its own meanwhile, into
+//!    `<name>.pending` in the outbox.
 //! 4. **Commit** (a short transaction): the peer's sequence, hash chain and cursor
 //!    advance, then the pending file is renamed to its final name. A crash between the
 //!    two leaves a pending file that the next export publishes (if the commit happened)
@@ -30,7 +31,6 @@ pub mod fetch;
 pub mod group;
 pub mod horizon;
 pub mod rows;
-pub mod seal;
 pub mod sorter;
 
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ use serde::Serialize;
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::drift::{self, DriftItem};
 use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
-use crate::capture::versions::{Floors, LogEntry, FLOOR_MARKER};
+use crate::capture::versions::{Floors, LogEntry};
 use crate::capture::CaptureError;
 use crate::db::DbError;
 use crate::node::NodeContext;
@@ -57,8 +57,7 @@ use fetch::FetchError;
 use group::Sealer;
 use horizon::Contiguous;
 use rows::RowError;
-use seal::SealThread;
-use sorter::{SortError, Sorter};
+use sorter::{Item, SortError, Sorter};
 
 /// Errors of export.
 #[derive(Debug, thiserror::Error)]
@@ -242,25 +241,49 @@ async fn read_range(
         .exec_iter(sql, params)
         .await
         .map_err(DbError::query("reading the change log"))?;
-    while let Some(row) = result
+    while let Some(mut row) = result
         .next()
         .await
         .map_err(DbError::query("reading the change log"))?
     {
-        let e = LogEntry::from_row(row);
-        if settled.is_none() && !run.take(e.change_id) {
+        let change_id: u64 = row.get(0).unwrap_or(0);
+        if settled.is_none() && !run.take(change_id) {
             continue; // past a gap: the next export takes it
         }
-        if e.op == FLOOR_MARKER {
-            continue;
-        }
-        let Some(&rank) = ranks.get(&e.table) else {
-            continue; // not synced, or switched off
+        // Most entries are local and of a synced table: decide before decoding.
+        let rank = match row.as_ref(1) {
+            Some(mysql_async::Value::Bytes(t)) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|t| ranks.get(t))
+                .copied(),
+            _ => None,
         };
-        if e.origin.as_deref() != Some(peer) && e.via.as_deref() != Some(peer) {
+        let Some(rank) = rank else {
+            continue; // a floor marker, or a table not synced (or switched off)
+        };
+        let local = matches!(row.as_ref(6), Some(mysql_async::Value::NULL))
+            && matches!(row.as_ref(9), Some(mysql_async::Value::NULL));
+        let item = if local {
+            let op = match row.as_ref(4) {
+                Some(mysql_async::Value::Bytes(b)) => <[u8]>::first(b).copied().unwrap_or(b'U'),
+                _ => b'U',
+            };
+            Item {
+                rank,
+                change_id,
+                row_id: row.take(2).unwrap_or(None),
+                row_key: row.take(3).unwrap_or_default(),
+                op,
+                wall_us: row.get(5).unwrap_or(0),
+                stored: None,
+            }
+        } else {
+            Item::of(rank, LogEntry::from_row(row))
+        };
+        if item.origin() != Some(peer) && item.via() != Some(peer) {
             entries += 1;
         }
-        sorter.push(rank, e)?;
+        sorter.push(item)?;
     }
     drop(result);
     Ok(Range {
@@ -307,12 +330,15 @@ async fn export_peer(
             };
             let settled = horizon::barrier(conn).await?;
             let enabled = enabled_tables(conn).await?;
-            let ranks: HashMap<String, u32> = plan
+            let tables: Vec<String> = plan
                 .apply_order()
                 .into_iter()
                 .filter(|t| enabled.get(t).copied().unwrap_or(true))
+                .collect();
+            let ranks: HashMap<String, u32> = tables
+                .iter()
                 .enumerate()
-                .map(|(i, t)| (t, i as u32))
+                .map(|(i, t)| (t.clone(), i as u32))
                 .collect();
             begin_snapshot(fetch).await?;
             let sealed = async {
@@ -349,26 +375,31 @@ async fn export_peer(
                 };
                 let final_path = node.dirs.outbox_path(&name)?;
                 let pending = pending_path(&final_path);
-                let writer = BundleWriter::new(
+                let mut writer = BundleWriter::new(
                     node.dirs.root(),
                     &node.keys,
                     &recipient_key,
                     meta.clone(),
                     &mut rand::rngs::OsRng,
                 )?;
+                writer.compress_in_background()?;
                 let mut sealer = Sealer::new(
                     &plan,
                     &schema,
+                    &tables,
                     &floors,
                     node.name(),
                     peer,
                     ps.out_cursor,
-                    SealThread::start(writer, pending.clone()),
+                    writer,
+                    Some(node.db.connect().await?),
                 );
                 let sorted = range.sorter.finish()?;
                 let changes = sealer.seal(fetch, sorted).await?;
                 let stages = sealer.stages();
-                let outcome = sealer.finish()?;
+                let finishing = Instant::now();
+                let sealed = sealer.finish(&pending)?;
+                let finished = finishing.elapsed();
                 if changes == 0 && !opts.heartbeat {
                     let _ = fs::remove_file(&pending);
                     return Ok(Some((horizon, None, read)));
@@ -377,17 +408,19 @@ async fn export_peer(
                     changes,
                     entries = report.entries,
                     read_s = read.as_secs_f64(),
-                    fetch_s = stages.fetching.as_secs_f64(),
+                    seal_s = stages.fetching.as_secs_f64(),
+                    rows_s = stages.reading.as_secs_f64(),
+                    cache_s = stages.preparing.as_secs_f64(),
                     lookups = stages.lookups,
                     cache_hits = stages.cache_hits,
                     cache_fetched = stages.cache_fetched,
-                    seal_busy_s = outcome.busy.as_secs_f64(),
+                    finish_s = finished.as_secs_f64(),
                     total_s = started.elapsed().as_secs_f64(),
                     "export stages"
                 );
                 Ok(Some((
                     horizon,
-                    Some((name, meta, pending, final_path, outcome.sealed, changes)),
+                    Some((name, meta, pending, final_path, sealed, changes)),
                     read,
                 )))
             }
@@ -455,7 +488,11 @@ async fn export_peer(
 /// Time spent per stage of sealing (for the stage log).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Stages {
+    /// Sealing, all told, and the part of it spent reading rows (queries included).
     pub fetching: Duration,
+    pub reading: Duration,
+    /// Filling the reference cache.
+    pub preparing: Duration,
     pub lookups: u64,
     pub cache_hits: u64,
     pub cache_fetched: u64,

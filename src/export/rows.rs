@@ -11,7 +11,7 @@
 
 use mysql_async::{Row, Value as MyValue};
 
-use crate::bundle::{Identity, Value};
+use crate::bundle::{Identity, Value, ValueRef};
 use crate::db::{ident, literal};
 use crate::schema::identity_sql::{parse_identity, referenced_identity, row_identity};
 use crate::schema::introspect::Column;
@@ -301,6 +301,15 @@ fn soft_ref_exprs(
 
 /// Decodes one plain column value by its MariaDB type.
 pub fn decode_value(table: &str, col: &Column, v: Option<&MyValue>) -> Result<Value, RowError> {
+    decode_value_ref(table, col, v).map(|v| v.to_value())
+}
+
+/// Decodes one plain column value by its MariaDB type, borrowing its text.
+pub fn decode_value_ref<'a>(
+    table: &str,
+    col: &Column,
+    v: Option<&'a MyValue>,
+) -> Result<ValueRef<'a>, RowError> {
     let err = |detail: String| RowError::Decode {
         table: table.to_string(),
         column: col.name.clone(),
@@ -308,25 +317,25 @@ pub fn decode_value(table: &str, col: &Column, v: Option<&MyValue>) -> Result<Va
         detail,
     };
     let v = match v {
-        None | Some(MyValue::NULL) => return Ok(Value::Null),
+        None | Some(MyValue::NULL) => return Ok(ValueRef::Null),
         Some(v) => v,
     };
     let unsigned = col.column_type.contains("unsigned");
     Ok(match (col.data_type.as_str(), v) {
-        (_, MyValue::Int(i)) if unsigned => Value::UInt(*i as u64),
-        (_, MyValue::Int(i)) => Value::Int(*i),
-        (_, MyValue::UInt(u)) if unsigned => Value::UInt(*u),
-        (_, MyValue::UInt(u)) => Value::Int(i64::try_from(*u).map_err(|e| err(e.to_string()))?),
-        ("float", MyValue::Float(f)) => Value::Float(*f),
-        ("float", MyValue::Double(d)) => Value::Float(*d as f32),
-        (_, MyValue::Double(d)) => Value::Double(*d),
-        (_, MyValue::Float(f)) => Value::Double(*f as f64),
-        ("date", MyValue::Date(y, m, d, ..)) => Value::Date {
+        (_, MyValue::Int(i)) if unsigned => ValueRef::UInt(*i as u64),
+        (_, MyValue::Int(i)) => ValueRef::Int(*i),
+        (_, MyValue::UInt(u)) if unsigned => ValueRef::UInt(*u),
+        (_, MyValue::UInt(u)) => ValueRef::Int(i64::try_from(*u).map_err(|e| err(e.to_string()))?),
+        ("float", MyValue::Float(f)) => ValueRef::Float(*f),
+        ("float", MyValue::Double(d)) => ValueRef::Float(*d as f32),
+        (_, MyValue::Double(d)) => ValueRef::Double(*d),
+        (_, MyValue::Float(f)) => ValueRef::Double(*f as f64),
+        ("date", MyValue::Date(y, m, d, ..)) => ValueRef::Date {
             year: *y,
             month: *m,
             day: *d,
         },
-        (_, MyValue::Date(y, m, d, h, i, s, us)) => Value::DateTime {
+        (_, MyValue::Date(y, m, d, h, i, s, us)) => ValueRef::DateTime {
             year: *y,
             month: *m,
             day: *d,
@@ -335,7 +344,7 @@ pub fn decode_value(table: &str, col: &Column, v: Option<&MyValue>) -> Result<Va
             second: *s,
             micros: *us,
         },
-        (_, MyValue::Time(neg, days, h, m, s, us)) => Value::Time {
+        (_, MyValue::Time(neg, days, h, m, s, us)) => ValueRef::Time {
             negative: *neg,
             hours: days * 24 + *h as u32,
             minutes: *m,
@@ -343,11 +352,11 @@ pub fn decode_value(table: &str, col: &Column, v: Option<&MyValue>) -> Result<Va
             micros: *us,
         },
         ("decimal", MyValue::Bytes(b)) => {
-            Value::Decimal(String::from_utf8(b.clone()).map_err(|e| err(e.to_string()))?)
+            ValueRef::Decimal(std::str::from_utf8(b).map_err(|e| err(e.to_string()))?)
         }
-        (t, MyValue::Bytes(b)) if is_binary(t) => Value::Bytes(b.clone()),
+        (t, MyValue::Bytes(b)) if is_binary(t) => ValueRef::Bytes(b),
         (_, MyValue::Bytes(b)) => {
-            Value::Text(String::from_utf8(b.clone()).map_err(|e| err(e.to_string()))?)
+            ValueRef::Text(std::str::from_utf8(b).map_err(|e| err(e.to_string()))?)
         }
         (_, other) => return Err(err(format!("unexpected {other:?}"))),
     })

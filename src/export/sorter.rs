@@ -3,39 +3,105 @@
 //! The log is read in position order, but a bundle carries changes table by table
 //! (parents first) and, within a table, row by row in local id order (the order rows
 //! were written, which compresses like a dump) with each row's entries adjacent for
-//! coalescing. [`Sorter`] sorts entries by ([`Key`]) in memory up to [`RUN_ENTRIES`]
-//! at a time; a larger range spills sorted runs to temporary files and merges them, so a
-//! month's backlog sorts in the same memory as an hour's.
+//! coalescing. [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
+//! to [`RUN_ENTRIES`] at a time; a larger range spills sorted runs to temporary files
+//! and merges them, so a month's backlog sorts in the same memory as an hour's.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
-use crate::capture::versions::LogEntry;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::Version;
+use crate::capture::versions::{Floors, LogEntry};
 
 /// Entries held in memory before a sorted run is spilled to disk.
-pub const RUN_ENTRIES: usize = 200_000;
+pub const RUN_ENTRIES: usize = 250_000;
 
-/// The bundle order of an entry: table rank, local id (rows without one last), identity
-/// text, position.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Key {
+/// A log entry as the sort holds it: what sealing needs, in few bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// The table's rank in bundle order.
     pub rank: u32,
-    pub row_id: i64,
+    pub row_id: Option<i64>,
     pub row_key: String,
+    /// Its position.
     pub change_id: u64,
+    /// `I`, `U` or `D`.
+    pub op: u8,
+    pub wall_us: i64,
+    /// What a forwarded change carries (none for a local one).
+    pub stored: Option<Box<Stored>>,
 }
 
-impl Key {
-    pub fn of(rank: u32, e: &LogEntry) -> Key {
-        Key {
+/// The fields of a forwarded entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    pub origin: Option<String>,
+    pub version: Option<Version>,
+    pub base: Option<Version>,
+    pub via: Option<String>,
+}
+
+impl Item {
+    /// The compact form of `e`, its table ranked `rank`.
+    pub fn of(rank: u32, e: LogEntry) -> Item {
+        let stored = (e.origin.is_some() || e.version.is_some() || e.via.is_some()).then(|| {
+            Box::new(Stored {
+                origin: e.origin,
+                version: e.version,
+                base: e.base,
+                via: e.via,
+            })
+        });
+        Item {
             rank,
-            row_id: e.row_id.unwrap_or(i64::MAX),
-            row_key: e.row_key.clone(),
+            row_id: e.row_id,
+            row_key: e.row_key,
             change_id: e.change_id,
+            op: e.op.as_bytes().first().copied().unwrap_or(b'U'),
+            wall_us: e.wall_us,
+            stored,
         }
+    }
+
+    fn key(&self) -> (u32, i64, &str, u64) {
+        (
+            self.rank,
+            self.row_id.unwrap_or(i64::MAX),
+            &self.row_key,
+            self.change_id,
+        )
+    }
+
+    /// The change's version: stored, or (a local change) computed from the entry.
+    pub fn version(&self, floors: &Floors, me: &str) -> Version {
+        match self.stored.as_ref().and_then(|s| s.version.as_ref()) {
+            Some(v) => v.clone(),
+            None => floors.local_version(self.change_id, self.wall_us, me),
+        }
+    }
+
+    /// The node the change came from; `None` for a local change.
+    pub fn origin(&self) -> Option<&str> {
+        self.stored.as_ref().and_then(|s| s.origin.as_deref())
+    }
+
+    /// The peer a forwarded change came through.
+    pub fn via(&self) -> Option<&str> {
+        self.stored.as_ref().and_then(|s| s.via.as_deref())
+    }
+
+    /// The base a forwarded change carries.
+    pub fn base(&self) -> Option<&Version> {
+        self.stored.as_ref().and_then(|s| s.base.as_ref())
+    }
+
+    pub fn is_local(&self) -> bool {
+        self.origin().is_none()
     }
 }
 
@@ -47,10 +113,10 @@ pub struct SortError {
     pub detail: String,
 }
 
-/// Sorts (rank, entry) pairs.
+/// Sorts items.
 pub struct Sorter {
     dir: std::path::PathBuf,
-    mem: Vec<(u32, LogEntry)>,
+    mem: Vec<Item>,
     runs: Vec<File>,
     limit: usize,
 }
@@ -78,9 +144,12 @@ impl Sorter {
         }
     }
 
-    /// Adds an entry of the table ranked `rank`.
-    pub fn push(&mut self, rank: u32, entry: LogEntry) -> Result<(), SortError> {
-        self.mem.push((rank, entry));
+    /// Adds an entry.
+    pub fn push(&mut self, item: Item) -> Result<(), SortError> {
+        if self.mem.capacity() == 0 {
+            self.mem.reserve(self.limit.min(16_384));
+        }
+        self.mem.push(item);
         if self.mem.len() >= self.limit {
             self.spill()?;
         }
@@ -88,20 +157,8 @@ impl Sorter {
     }
 
     fn sort_mem(&mut self) {
-        self.mem.sort_by(|a, b| {
-            (
-                a.0,
-                a.1.row_id.unwrap_or(i64::MAX),
-                &a.1.row_key,
-                a.1.change_id,
-            )
-                .cmp(&(
-                    b.0,
-                    b.1.row_id.unwrap_or(i64::MAX),
-                    &b.1.row_key,
-                    b.1.change_id,
-                ))
-        });
+        // Mostly in order already (rows are written in id order): the sort is quick.
+        self.mem.sort_by(|a, b| a.key().cmp(&b.key()));
     }
 
     fn spill(&mut self) -> Result<(), SortError> {
@@ -109,32 +166,28 @@ impl Sorter {
         let file = tempfile::tempfile_in(&self.dir).map_err(|e| self.err(e))?;
         let mut w = BufWriter::with_capacity(256 * 1024, file);
         let mut buf = Vec::new();
-        for item in self.mem.drain(..) {
+        let items = std::mem::take(&mut self.mem);
+        for item in &items {
             buf.clear();
-            buf = postcard::to_extend(&item, buf).map_err(|e| SortError {
-                dir: String::new(),
-                detail: e.to_string(),
-            })?;
+            buf = postcard::to_extend(item, buf).map_err(|e| self.err(e))?;
             w.write_all(&(buf.len() as u32).to_le_bytes())
                 .and_then(|_| w.write_all(&buf))
-                .map_err(|e| SortError {
-                    dir: String::new(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| self.err(e))?;
         }
+        self.mem = items;
+        self.mem.clear();
         let mut file = w.into_inner().map_err(|e| self.err(e.error()))?;
-        use std::io::Seek;
         file.rewind().map_err(|e| self.err(e))?;
         self.runs.push(file);
         Ok(())
     }
 
-    /// Entries pushed so far (in memory and spilled).
+    /// Whether nothing was pushed.
     pub fn is_empty(&self) -> bool {
         self.mem.is_empty() && self.runs.is_empty()
     }
 
-    /// Everything pushed, in [`Key`] order.
+    /// Everything pushed, in bundle order.
     pub fn finish(mut self) -> Result<Sorted, SortError> {
         if self.runs.is_empty() {
             self.sort_mem();
@@ -145,6 +198,7 @@ impl Sorter {
         if !self.mem.is_empty() {
             self.spill()?;
         }
+        self.mem = Vec::new();
         let dir = self.dir.display().to_string();
         let mut readers: Vec<BufReader<File>> = self
             .runs
@@ -154,19 +208,19 @@ impl Sorter {
         let mut heap = BinaryHeap::new();
         for (i, r) in readers.iter_mut().enumerate() {
             if let Some(item) = read_item(r, &dir)? {
-                heap.push(Reverse(Head(Key::of(item.0, &item.1), i, item)));
+                heap.push(Reverse(Head(i, item)));
             }
         }
         Ok(Sorted(Source::Merge { readers, heap, dir }))
     }
 }
 
-/// A heap element: the key, the run it came from, the item.
-struct Head(Key, usize, (u32, LogEntry));
+/// A heap element: the run it came from, the item.
+struct Head(usize, Item);
 
 impl PartialEq for Head {
     fn eq(&self, o: &Self) -> bool {
-        (&self.0, self.1) == (&o.0, o.1)
+        (self.1.key(), self.0) == (o.1.key(), o.0)
     }
 }
 impl Eq for Head {}
@@ -177,11 +231,11 @@ impl PartialOrd for Head {
 }
 impl Ord for Head {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (&self.0, self.1).cmp(&(&o.0, o.1))
+        (self.1.key(), self.0).cmp(&(o.1.key(), o.0))
     }
 }
 
-fn read_item(r: &mut BufReader<File>, dir: &str) -> Result<Option<(u32, LogEntry)>, SortError> {
+fn read_item(r: &mut BufReader<File>, dir: &str) -> Result<Option<Item>, SortError> {
     let err = |e: &dyn std::fmt::Display| SortError {
         dir: dir.to_string(),
         detail: e.to_string(),
@@ -201,7 +255,7 @@ fn read_item(r: &mut BufReader<File>, dir: &str) -> Result<Option<(u32, LogEntry
 pub struct Sorted(Source);
 
 enum Source {
-    Memory(std::vec::IntoIter<(u32, LogEntry)>),
+    Memory(std::vec::IntoIter<Item>),
     Merge {
         readers: Vec<BufReader<File>>,
         heap: BinaryHeap<Reverse<Head>>,
@@ -210,15 +264,15 @@ enum Source {
 }
 
 impl Iterator for Sorted {
-    type Item = Result<(u32, LogEntry), SortError>;
+    type Item = Result<Item, SortError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match &mut self.0 {
             Source::Memory(it) => it.next().map(Ok),
             Source::Merge { readers, heap, dir } => {
-                let Reverse(Head(_, i, item)) = heap.pop()?;
+                let Reverse(Head(i, item)) = heap.pop()?;
                 match read_item(&mut readers[i], dir) {
-                    Ok(Some(next)) => heap.push(Reverse(Head(Key::of(next.0, &next.1), i, next))),
+                    Ok(Some(next)) => heap.push(Reverse(Head(i, next))),
                     Ok(None) => {}
                     Err(e) => return Some(Err(e)),
                 }
@@ -232,43 +286,40 @@ impl Iterator for Sorted {
 mod tests {
     use super::*;
 
-    fn entry(change_id: u64, row_id: Option<i64>, key: &str) -> LogEntry {
-        LogEntry {
-            change_id,
-            table: "t".into(),
+    fn item(rank: u32, change_id: u64, row_id: Option<i64>, key: &str) -> Item {
+        Item {
+            rank,
             row_id,
             row_key: key.into(),
-            op: "U".into(),
+            change_id,
+            op: b'U',
             wall_us: change_id as i64,
-            origin: None,
-            version: None,
-            base: None,
-            via: None,
+            stored: None,
         }
     }
 
-    fn sorted(limit: usize, items: &[(u32, LogEntry)]) -> Vec<(u32, u64)> {
+    fn sorted(limit: usize, items: &[Item]) -> Vec<(u32, u64)> {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Sorter::with_limit(dir.path(), limit);
-        for (r, e) in items {
-            s.push(*r, e.clone()).unwrap();
+        for i in items {
+            s.push(i.clone()).unwrap();
         }
         s.finish()
             .unwrap()
-            .map(|i| i.map(|(r, e)| (r, e.change_id)).unwrap())
+            .map(|i| i.map(|i| (i.rank, i.change_id)).unwrap())
             .collect()
     }
 
     #[test]
     fn sorts_by_rank_then_row_then_position_in_memory_and_spilled() {
-        let items: Vec<(u32, LogEntry)> = vec![
-            (1, entry(1, Some(5), "e")),
-            (0, entry(2, Some(9), "a")),
-            (1, entry(3, Some(2), "b")),
-            (0, entry(4, None, "z")),
-            (0, entry(5, Some(9), "a")),
-            (0, entry(6, None, "y")),
-            (1, entry(7, Some(5), "e")),
+        let items = vec![
+            item(1, 1, Some(5), "e"),
+            item(0, 2, Some(9), "a"),
+            item(1, 3, Some(2), "b"),
+            item(0, 4, None, "z"),
+            item(0, 5, Some(9), "a"),
+            item(0, 6, None, "y"),
+            item(1, 7, Some(5), "e"),
         ];
         let want = vec![(0, 2), (0, 5), (0, 6), (0, 4), (1, 3), (1, 1), (1, 7)];
         assert_eq!(sorted(1000, &items), want);
@@ -279,22 +330,47 @@ mod tests {
 
     #[test]
     fn many_runs_merge_in_order() {
-        let items: Vec<(u32, LogEntry)> = (0..5000u64)
-            .map(|i| {
-                (
-                    (i % 3) as u32,
-                    entry(i, Some(((i * 7919) % 1000) as i64), "k"),
-                )
-            })
+        let items: Vec<Item> = (0..5000u64)
+            .map(|i| item((i % 3) as u32, i, Some(((i * 7919) % 1000) as i64), "k"))
             .collect();
         let got = sorted(97, &items);
         assert_eq!(got.len(), 5000);
         let mut want: Vec<(u32, i64, u64)> = items
             .iter()
-            .map(|(r, e)| (*r, e.row_id.unwrap(), e.change_id))
+            .map(|i| (i.rank, i.row_id.unwrap(), i.change_id))
             .collect();
         want.sort();
         let want: Vec<(u32, u64)> = want.into_iter().map(|(r, _, c)| (r, c)).collect();
         assert_eq!(got, want);
+    }
+
+    fn entry(origin: Option<&str>, version: Option<Version>, op: &str) -> LogEntry {
+        LogEntry {
+            change_id: 3,
+            table: "t".into(),
+            row_id: None,
+            row_key: "k".into(),
+            op: op.into(),
+            wall_us: 77,
+            origin: origin.map(String::from),
+            version,
+            base: None,
+            via: origin.map(|_| "hub".to_string()),
+        }
+    }
+
+    #[test]
+    fn forwarded_entries_keep_what_they_carry_and_local_ones_compute_it() {
+        let v = Version {
+            wall_us: 9,
+            counter: 1,
+            node: "b".into(),
+        };
+        let i = Item::of(0, entry(Some("b"), Some(v.clone()), "D"));
+        assert_eq!((i.op, i.origin(), i.via()), (b'D', Some("b"), Some("hub")));
+        assert_eq!(i.version(&Floors::default(), "a"), v);
+        let local = Item::of(0, entry(None, None, "I"));
+        assert!(local.stored.is_none() && local.is_local());
+        assert_eq!(local.version(&Floors::default(), "a").wall_us, 77);
     }
 }
