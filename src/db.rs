@@ -72,12 +72,13 @@ impl DbUrl {
 
     /// Opens one connection with ferry's session settings.
     pub async fn connect(&self) -> Result<Conn, DbError> {
-        let mut conn = Conn::new(self.opts.clone())
-            .await
-            .map_err(|source| DbError::Connect {
-                target: self.display(),
-                source,
-            })?;
+        // Import and export run many statements of a few fixed shapes: keep them all
+        // prepared (the driver's default keeps 32).
+        let opts = mysql_async::OptsBuilder::from_opts(self.opts.clone()).stmt_cache_size(1024);
+        let mut conn = Conn::new(opts).await.map_err(|source| DbError::Connect {
+            target: self.display(),
+            source,
+        })?;
         conn.query_drop("SET NAMES utf8mb4, time_zone = '+00:00'")
             .await
             .map_err(DbError::query("setting up the session"))?;

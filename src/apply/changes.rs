@@ -13,6 +13,7 @@
 //! remaining row may refer to a deleted one.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
@@ -20,6 +21,7 @@ use mysql_async::{Conn, Value as MyValue};
 use super::conflict::{
     decide, record, record_skew, values_json, Decision, Kind, NewConflict, Side,
 };
+use super::ids::IdCache;
 use super::resolve::{key_text, KeyValues, Resolver};
 use super::unique::{read_values, unique_columns, Check};
 use super::{ImportError, MissingReference};
@@ -33,7 +35,21 @@ use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
 
 /// Changes applied per chunk.
-const CHUNK: usize = 200;
+const CHUNK: usize = 1000;
+
+/// Most placeholders in one statement (MariaDB allows 65,535).
+const MAX_PLACEHOLDERS: usize = 60_000;
+
+/// Rows are added to an insert statement until it holds about this many bytes.
+const MAX_STATEMENT_BYTES: usize = 4 << 20;
+
+/// About how many bytes a parameter takes on the wire.
+fn param_len(v: &MyValue) -> usize {
+    match v {
+        MyValue::Bytes(b) => b.len() + 3,
+        _ => 9,
+    }
+}
 
 /// A reference to fill in once the whole bundle is in.
 struct Fixup {
@@ -45,6 +61,27 @@ struct Fixup {
     identity: Identity,
     /// The row that refers (for messages).
     row: Identity,
+}
+
+/// Time spent per step of applying (for the stage log).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyTimings {
+    pub lookup: Duration,
+    pub decide: Duration,
+    pub translate: Duration,
+    pub unique: Duration,
+    pub update: Duration,
+    pub insert: Duration,
+    pub settle: Duration,
+    pub log: Duration,
+}
+
+/// The time since `clock`, which moves to now.
+fn lap(clock: &mut Instant) -> Duration {
+    let now = Instant::now();
+    let d = now - *clock;
+    *clock = now;
+    d
 }
 
 /// What applying a bundle did.
@@ -96,6 +133,13 @@ pub struct Applier<'a> {
     pub forward: bool,
     /// The greatest version seen (the next floor).
     pub seen: Option<Version>,
+    /// Where the time went (for the stage log).
+    pub timings: ApplyTimings,
+    /// Local rows by identity, looked up or written during this import.
+    pub ids: IdCache,
+    /// Whether a multi-row insert gets consecutive auto-increment ids (InnoDB's lock
+    /// mode 0 or 1), so that the ids are known from the first.
+    pub consecutive_ids: bool,
     pub stats: ApplyStats,
     buffer: Vec<Change>,
     fixups: Vec<Fixup>,
@@ -130,6 +174,9 @@ impl<'a> Applier<'a> {
             floors,
             forward: true,
             seen: None,
+            timings: ApplyTimings::default(),
+            ids: IdCache::default(),
+            consecutive_ids: false,
             stats: ApplyStats::default(),
             buffer: Vec::new(),
             fixups: Vec::new(),
@@ -240,6 +287,7 @@ impl<'a> Applier<'a> {
             .await
             .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
         } else {
+            let row_keys = [identity_text(&changes[0].identity)];
             self.insert_rows(
                 conn,
                 &table,
@@ -248,6 +296,7 @@ impl<'a> Applier<'a> {
                 &[(0, key)],
                 &translated,
                 &changes,
+                &row_keys,
             )
             .await?;
         }
@@ -381,6 +430,7 @@ impl<'a> Applier<'a> {
         }
 
         // 1. Local keys, existing rows (locked), current versions.
+        let mut clock = Instant::now();
         let ids: Vec<Identity> = changes.iter().map(|c| c.identity.clone()).collect();
         let keys = resolver.key_values(conn, &table, &ids).await?;
         let present: Vec<KeyValues> = keys.iter().flatten().cloned().collect();
@@ -402,6 +452,7 @@ impl<'a> Applier<'a> {
             last_position(conn).await? + 1
         };
 
+        self.timings.lookup += lap(&mut clock);
         // 2. Decide: fast-forward, concurrent (greater wins, the loser is recorded), or stale.
         let mut deletes: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
         let mut updates: Vec<(usize, KeyValues, Option<i64>)> = Vec::new();
@@ -460,6 +511,7 @@ impl<'a> Applier<'a> {
                 .await?;
         }
 
+        self.timings.decide += lap(&mut clock);
         // 3. Translate references of the rows to write, then settle unique collisions.
         let writes: Vec<usize> = updates
             .iter()
@@ -469,6 +521,7 @@ impl<'a> Applier<'a> {
         let mut translated = self
             .translate(conn, &table, synced, info, &changes, &writes, &keys)
             .await?;
+        self.timings.translate += lap(&mut clock);
         let uniques = unique_columns(&table, synced, info);
         if !uniques.is_empty() && !writes.is_empty() {
             let reader = self.reader(&table)?;
@@ -486,6 +539,7 @@ impl<'a> Applier<'a> {
             self.conflicts.extend(found);
         }
 
+        self.timings.unique += lap(&mut clock);
         // 4. Write.
         for (i, key, local_id) in &deletes {
             let cond = key_condition(&synced.identity);
@@ -498,7 +552,7 @@ impl<'a> Applier<'a> {
             if let Some(id) = local_id {
                 self.deleted.entry(table.clone()).or_default().push(*id);
             }
-            let _ = i;
+            self.ids.forget(&table, &row_keys[*i]);
             self.stats.deleted += 1;
         }
         for (i, key, _) in &updates {
@@ -519,17 +573,39 @@ impl<'a> Applier<'a> {
             .map_err(|e| self.write_error(&table, &changes[*i].identity, e))?;
             self.stats.updated += 1;
         }
-        if !inserts.is_empty() {
-            self.insert_rows(conn, &table, synced, info, &inserts, &translated, &changes)
-                .await?;
-        }
+        self.timings.update += lap(&mut clock);
+        let inserted = if inserts.is_empty() {
+            HashMap::new()
+        } else {
+            self.insert_rows(
+                conn,
+                &table,
+                synced,
+                info,
+                &inserts,
+                &translated,
+                &changes,
+                &row_keys,
+            )
+            .await?
+        };
 
+        self.timings.insert += lap(&mut clock);
         // 5. Versions: logged for forwarding, or settled.
         let mut inserted_ids: HashMap<String, Option<i64>> = HashMap::new();
-        if self.forward && !inserts.is_empty() {
-            let ks: Vec<KeyValues> = inserts.iter().map(|(_, k)| k.clone()).collect();
-            for (k, row) in resolver.existing(conn, &table, &ks, false).await? {
+        let unknown: Vec<KeyValues> = inserts
+            .iter()
+            .filter(|(i, _)| !inserted.contains_key(i))
+            .map(|(_, k)| k.clone())
+            .collect();
+        if self.forward && !unknown.is_empty() && resolver.int_pk(&table).is_some() {
+            for (k, row) in resolver.existing(conn, &table, &unknown, false).await? {
                 inserted_ids.insert(k, row.local_id);
+            }
+        }
+        for (i, k) in &inserts {
+            if let Some(id) = inserted.get(i) {
+                inserted_ids.insert(key_text(k), Some(*id));
             }
         }
         let mut log = Vec::new();
@@ -561,6 +637,7 @@ impl<'a> Applier<'a> {
             log.push(self.log_row(&table, rk, row_id, c));
         }
         settle(conn, &settled).await?;
+        self.timings.settle += lap(&mut clock);
         if !log.is_empty() {
             conn.query_drop(format!(
                 "INSERT INTO ferry_change (table_name, row_id, row_key, op, wall_us, origin, origin_seq, via, \
@@ -570,6 +647,7 @@ impl<'a> Applier<'a> {
             .await
             .map_err(DbError::query("logging applied changes for forwarding"))?;
         }
+        self.timings.log += lap(&mut clock);
         Ok(())
     }
 
@@ -670,8 +748,10 @@ impl<'a> Applier<'a> {
                         _ => unreachable!("filtered"),
                     })
                     .collect();
-                let found = resolver
-                    .ref_values(conn, &target, &ref_column, &ids)
+                let id_refs: Vec<&Identity> = ids.iter().collect();
+                let found = self
+                    .ids
+                    .resolve(conn, &resolver, &target, &ref_column, &id_refs)
                     .await?;
                 let nullable = info.column(column).is_some_and(|c| c.nullable);
                 for ((&i, id), v) in rows.iter().zip(ids).zip(found) {
@@ -766,6 +846,10 @@ impl<'a> Applier<'a> {
         Ok(out)
     }
 
+    /// Inserts new rows, many per statement; returns the local id each got (by change
+    /// index) where it is known without asking: from the auto-increment counter (when
+    /// the server hands out consecutive ids), the key ferry chose, or the parent's id.
+    /// The identities are remembered for later references.
     #[allow(clippy::too_many_arguments)]
     async fn insert_rows(
         &mut self,
@@ -776,15 +860,22 @@ impl<'a> Applier<'a> {
         inserts: &[(usize, KeyValues)],
         translated: &HashMap<usize, Vec<MyValue>>,
         changes: &[Change],
-    ) -> Result<(), ImportError> {
+        row_keys: &[String],
+    ) -> Result<HashMap<usize, i64>, ImportError> {
         let id_cols = synced.identity.columns();
         let mut cols: Vec<String> = id_cols.iter().map(|c| c.to_string()).collect();
         cols.extend(synced.columns.iter().cloned());
+        let pk = self.resolver().int_pk(table);
         // A local integer key without auto-increment gets the next free value.
         let manual_id = synced
             .local_id
             .as_ref()
             .filter(|pk| info.column(pk).is_some_and(|c| !c.auto_increment));
+        let auto_id = pk
+            .as_ref()
+            .is_some_and(|pk| info.column(pk).is_some_and(|c| c.auto_increment));
+        // A subclass row's key is its parent's id, which it is inserted with.
+        let key_is_id = matches!(synced.identity, Rule::Parent { .. });
         let mut next_id: i64 = 0;
         if let Some(pk) = manual_id {
             cols.push(pk.clone());
@@ -796,14 +887,32 @@ impl<'a> Applier<'a> {
         }
         let row_sql = format!("({})", vec!["?"; cols.len()].join(", "));
         let col_sql = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
-        for chunk in inserts.chunks(50) {
+        let mut ids: HashMap<usize, i64> = HashMap::new();
+        let mut start = 0;
+        while start < inserts.len() {
+            // As many rows as fit the statement limits (placeholders, bytes).
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < inserts.len()
+                && (end - start + 1) * cols.len() <= MAX_PLACEHOLDERS
+                && (end == start || bytes < MAX_STATEMENT_BYTES)
+            {
+                bytes += translated[&inserts[end].0]
+                    .iter()
+                    .map(param_len)
+                    .sum::<usize>();
+                end += 1;
+            }
+            let chunk = &inserts[start..end];
             let mut params: Vec<MyValue> = Vec::with_capacity(chunk.len() * cols.len());
+            let mut chosen = Vec::with_capacity(chunk.len());
             for (i, key) in chunk {
                 params.extend(key.iter().cloned());
                 params.extend(translated[i].iter().cloned());
                 if manual_id.is_some() {
                     next_id += 1;
                     params.push(MyValue::Int(next_id));
+                    chosen.push(next_id);
                 }
             }
             let sql = format!(
@@ -814,27 +923,64 @@ impl<'a> Applier<'a> {
             conn.exec_drop(sql, params)
                 .await
                 .map_err(|e| self.write_error(table, &changes[chunk[0].0].identity, e))?;
+
+            let first = conn.last_insert_id().unwrap_or(0) as i64;
+            for (j, (i, key)) in chunk.iter().enumerate() {
+                let id = if manual_id.is_some() {
+                    Some(chosen[j])
+                } else if auto_id && self.consecutive_ids && first > 0 {
+                    Some(first + j as i64)
+                } else if key_is_id {
+                    match key.first() {
+                        Some(MyValue::Int(v)) => Some(*v),
+                        Some(MyValue::UInt(v)) => Some(*v as i64),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if let (Some(id), Some(pk)) = (id, &pk) {
+                    ids.insert(*i, id);
+                    if synced.identity.arity() == 1 {
+                        self.ids.learn(table, pk, &row_keys[*i], MyValue::Int(id));
+                    }
+                }
+            }
             self.stats.inserted += chunk.len() as u64;
+            start = end;
         }
-        Ok(())
+        Ok(ids)
     }
 
+    /// Fills in the references that pointed forward in the bundle, now that every row
+    /// is in: one statement per table, column and 500 rows where the row's key is one
+    /// column (`UPDATE .. SET c = CASE key WHEN .. END`), else one per row.
     async fn apply_fixups(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
         let fixups = std::mem::take(&mut self.fixups);
         let resolver = self.resolver();
-        let mut by_target: BTreeMap<(String, String), Vec<Fixup>> = BTreeMap::new();
+        let mut by_target: BTreeMap<(String, String, String, String), Vec<Fixup>> = BTreeMap::new();
         for f in fixups {
             by_target
-                .entry((f.target.clone(), f.ref_column.clone()))
+                .entry((
+                    f.table.clone(),
+                    f.column.clone(),
+                    f.target.clone(),
+                    f.ref_column.clone(),
+                ))
                 .or_default()
                 .push(f);
         }
-        for ((target, ref_column), list) in by_target {
+        for ((table, column, target, ref_column), list) in by_target {
+            let (synced, _) = self.table(&table)?;
+            let soft = synced.soft_refs.iter().any(|s| s.column == column);
+            let key_cols = synced.identity.columns();
             for chunk in list.chunks(500) {
-                let ids: Vec<Identity> = chunk.iter().map(|f| f.identity.clone()).collect();
-                let found = resolver
-                    .ref_values(conn, &target, &ref_column, &ids)
+                let ids: Vec<&Identity> = chunk.iter().map(|f| &f.identity).collect();
+                let found = self
+                    .ids
+                    .resolve(conn, &resolver, &target, &ref_column, &ids)
                     .await?;
+                let mut pairs: Vec<(&Fixup, MyValue)> = Vec::with_capacity(chunk.len());
                 for (f, v) in chunk.iter().zip(found) {
                     let Some(v) = v else {
                         return Err(ImportError::MissingReference(Box::new(MissingReference {
@@ -846,29 +992,50 @@ impl<'a> Applier<'a> {
                             sender: self.sender.clone(),
                         })));
                     };
-                    let (synced, _) = self.table(&f.table)?;
-                    let soft = synced.soft_refs.iter().any(|s| s.column == f.column);
                     let v = if soft {
                         MyValue::from(value_text(&v))
                     } else {
                         v
                     };
-                    let cond = key_condition(&synced.identity);
-                    let mut params = vec![v];
-                    params.extend(f.key.iter().cloned());
+                    pairs.push((f, v));
+                }
+                let doing = || DbError::query(format!("filling in {table}.{column}"));
+                if let [key] = key_cols.as_slice() {
+                    let mut params: Vec<MyValue> = Vec::with_capacity(pairs.len() * 3);
+                    for (f, v) in &pairs {
+                        params.push(f.key[0].clone());
+                        params.push(v.clone());
+                    }
+                    params.extend(pairs.iter().map(|(f, _)| f.key[0].clone()));
                     conn.exec_drop(
                         format!(
-                            "UPDATE {} SET {} = ? WHERE {cond}",
-                            ident(&f.table),
-                            ident(&f.column)
+                            "UPDATE {} SET {col} = CASE {key} {} ELSE {col} END WHERE {key} IN ({})",
+                            ident(&table),
+                            vec!["WHEN ? THEN ?"; pairs.len()].join(" "),
+                            vec!["?"; pairs.len()].join(", "),
+                            col = ident(&column),
+                            key = ident(key),
                         ),
                         params,
                     )
                     .await
-                    .map_err(DbError::query(format!(
-                        "filling in {}.{}",
-                        f.table, f.column
-                    )))?;
+                    .map_err(doing())?;
+                } else {
+                    let cond = key_condition(&synced.identity);
+                    for (f, v) in pairs {
+                        let mut params = vec![v];
+                        params.extend(f.key.iter().cloned());
+                        conn.exec_drop(
+                            format!(
+                                "UPDATE {} SET {} = ? WHERE {cond}",
+                                ident(&table),
+                                ident(&column)
+                            ),
+                            params,
+                        )
+                        .await
+                        .map_err(doing())?;
+                    }
                 }
             }
         }

@@ -21,6 +21,7 @@
 
 pub mod changes;
 pub mod conflict;
+pub mod ids;
 pub mod operator;
 pub mod resolve;
 pub mod unique;
@@ -416,6 +417,11 @@ async fn apply_files(
         applier.max_skew_us = node.config.max_clock_skew_seconds.saturating_mul(1_000_000);
         // Changes need logging only when there is another peer to forward them to.
         applier.forward = node.peer_names().iter().any(|p| *p != sender);
+        let lock_mode: Option<u64> = conn
+            .query_first("SELECT @@innodb_autoinc_lock_mode")
+            .await
+            .map_err(DbError::query("reading the auto-increment lock mode"))?;
+        applier.consecutive_ids = matches!(lock_mode, Some(0) | Some(1));
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
         for path in paths {
@@ -468,7 +474,21 @@ async fn apply_files(
                 stats: applier.stats.since(&before),
             });
         }
+        let finishing = std::time::Instant::now();
         applier.finish(conn).await?;
+        let t = applier.timings;
+        tracing::info!(
+            lookup_s = t.lookup.as_secs_f64(),
+            decide_s = t.decide.as_secs_f64(),
+            translate_s = t.translate.as_secs_f64(),
+            unique_s = t.unique.as_secs_f64(),
+            update_s = t.update.as_secs_f64(),
+            insert_s = t.insert.as_secs_f64(),
+            settle_s = t.settle.as_secs_f64(),
+            log_s = t.log.as_secs_f64(),
+            finish_s = finishing.elapsed().as_secs_f64(),
+            "import stages"
+        );
         for (header, hash, acks, at) in pending_ledger {
             state::ledger_put(
                 conn,
