@@ -1,5 +1,5 @@
 //! What a bundle carries: row changes, each naming its table, the row's identity, the
-//! operation, hybrid-logical-clock versions and the column values.
+//! operation, versions (clock readings with a counter) and the column values.
 //!
 //! These are the types the sync engine fills in and reads back. Their serde derives are
 //! also the wire encoding of values inside the body (postcard; see SPEC.md "Values"), so
@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A hybrid logical clock reading. Totally ordered by (wall_us, counter, node).
+/// A clock reading with a tie-breaking counter. Totally ordered by (wall_us, counter, node).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Version {
     /// Wall-clock microseconds since the Unix epoch at the writing node.
