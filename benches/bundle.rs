@@ -38,6 +38,7 @@ impl Line {
 
 fn key() -> BodyKey {
     let ctx = KdfContext {
+        version: ferry::bundle::format::FORMAT_VERSION,
         ephemeral: &[1; 32],
         recipient_key: &[2; 32],
         sender: "clinic-a",

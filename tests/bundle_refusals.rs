@@ -262,7 +262,7 @@ fn version_magic_and_limits() {
     assert_refused(
         verify(&b),
         "unknown-version",
-        "uses bundle format version 9, this ferry reads only version 1\nhint: upgrade ferry",
+        "uses bundle format version 9, this ferry reads versions 1 to 2\nhint: upgrade ferry",
     );
     let mut m = split(&bytes);
     m[0].data[..8].copy_from_slice(b"NOTFERRY");

@@ -30,7 +30,7 @@ fn valid_vectors() -> Vec<ValidVector> {
         }
     }
     out.sort_by(|a: &ValidVector, b| a.file.cmp(&b.file));
-    assert_eq!(out.len(), 3, "expected the three valid vectors");
+    assert_eq!(out.len(), 4, "expected the four valid vectors");
     out
 }
 
@@ -97,6 +97,27 @@ fn the_valid_vectors_chain_by_hash_and_cover_several_chunks() {
     assert!(multi.expected.compressed_len > ferry::bundle::format::CHUNK_SIZE as u64);
 }
 
+#[test]
+fn the_version_2_vector_is_smaller_than_its_content_in_version_1() {
+    let keys = keys();
+    let tmp = tempfile::tempdir().unwrap();
+    let v2 = valid_vectors()
+        .into_iter()
+        .find(|v| v.file == "v2-small.bundle")
+        .unwrap();
+    assert_eq!(v2.meta.format_version, 2);
+    let mut v1 = v2.clone();
+    v1.meta.format_version = 1;
+    let bytes = seal_vector(&v1, &keys, tmp.path()).unwrap();
+    let v1_plain = ferry::dev::bundle_craft::header_of(&bytes).plain_len;
+    // Slots and clock differences: 5 references by slot, 6 clocks as differences.
+    assert!(
+        v2.expected.plain_len + 60 < v1_plain,
+        "version 2 holds {} bytes, version 1 {v1_plain}",
+        v2.expected.plain_len
+    );
+}
+
 /// Each invalid vector, the defect (`BundleError::kind`) it must be refused with, and
 /// a phrase its message must contain.
 const INVALID: &[(&str, &str, &str)] = &[
@@ -149,7 +170,14 @@ const INVALID: &[(&str, &str, &str)] = &[
     (
         "unknown-version",
         "unknown-version",
-        "format version 2, this ferry reads only version 1",
+        "format version 99, this ferry reads versions 1 to 2",
+    ),
+    // Made as `unknown-version` before version 2 existed: a version-1 bundle relabelled
+    // as version 2. Version 2 signs under its own context, so it fails there.
+    (
+        "version-relabelled",
+        "bad-signature",
+        "bad signature for sender \"clinic-a\"",
     ),
     ("over-limit", "over-limit", "over the limit"),
     (

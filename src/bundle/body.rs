@@ -5,6 +5,11 @@
 //!
 //! Framing: `varint(u32 record length) || postcard(Record)`. Records are decoded one at
 //! a time into a reused buffer, so memory stays bounded by [`MAX_RECORD_LEN`].
+//!
+//! Version 2 encodes the same records more tightly: a change's `version.wall_us` is the
+//! difference from the previous change's, its `base_version.wall_us` the difference
+//! from its own version's, and references may name a reference slot
+//! ([`super::slots`]). Version 1 writes every number and reference in full.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -12,8 +17,11 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use super::error::BundleError;
-use super::format::{valid_node_name, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES};
-use super::model::{Change, ChangeRef, Identity, Op, Value, Version};
+use super::format::{
+    valid_node_name, FORMAT_VERSION, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES,
+};
+use super::model::{Change, ChangeRef, Identity, IdentityRef, Op, Value, Version};
+use super::slots::{RefValue, SlotIndex, SlotTable, SlottedValues, WireValue};
 
 /// A version with its node given as a node index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,7 +40,7 @@ struct WireChange {
     version: WireVersion,
     base_version: Option<WireVersion>,
     origin: u32,
-    values: Vec<Value>,
+    values: Vec<WireValue>,
 }
 
 /// A body record as it is decoded. Variant order is the wire tag.
@@ -44,22 +52,22 @@ enum Record {
     End { changes: u64 },
 }
 
-/// Borrowed twin of [`WireChange`] (with owned or borrowed identity and values);
+/// Borrowed twin of [`WireChange`] (with a borrowed identity and a sequence of values);
 /// serializes to the same bytes.
 #[derive(Serialize)]
-struct WireChangeRef<'a, I: Serialize, V: Serialize> {
+struct WireChangeRef<'a, VS: Serialize> {
     table: u32,
-    identity: &'a I,
+    identity: IdentityRef<'a>,
     op: Op,
     version: WireVersion,
     base_version: Option<WireVersion>,
     origin: u32,
-    values: &'a [V],
+    values: VS,
 }
 
 /// Borrowed twin of [`Record`]; serializes to the same bytes.
 #[derive(Serialize)]
-enum RecordRef<'a, I: Serialize = Identity, V: Serialize = Value> {
+enum RecordRef<'a, VS: Serialize = &'a [Value]> {
     Table {
         name: &'a str,
         columns: &'a [String],
@@ -67,43 +75,54 @@ enum RecordRef<'a, I: Serialize = Identity, V: Serialize = Value> {
     Node {
         name: &'a str,
     },
-    Change(WireChangeRef<'a, I, V>),
+    Change(WireChangeRef<'a, VS>),
     End {
         changes: u64,
     },
 }
 
 /// A record whose change (if any) holds owned values.
-type PlainRecord<'a> = RecordRef<'a, Identity, Value>;
+type PlainRecord<'a> = RecordRef<'a, &'a [Value]>;
 
 /// Writes records into `inner` (the compressor).
 pub struct BodyEncoder<W: Write> {
     inner: W,
+    version: u16,
     tables: HashMap<String, (u32, usize, Vec<String>)>,
     nodes: HashMap<String, u32>,
     scratch: Vec<u8>,
     changes: u64,
+    /// Version 2: the previous change's wall clock, the slots, and per value its slot.
+    prev_wall_us: i64,
+    slot_index: SlotIndex,
+    slot_scratch: Vec<Option<u32>>,
     /// Bytes of serialized records so far (for the serialize share of the benchmark).
     pub plain_len: u64,
 }
 
 impl<W: Write> BodyEncoder<W> {
-    /// An encoder writing to `inner`.
+    /// An encoder writing to `inner` in the newest format version.
     pub fn new(inner: W) -> BodyEncoder<W> {
+        BodyEncoder::for_version(inner, FORMAT_VERSION)
+    }
+
+    /// An encoder writing format `version` (1 or 2; the caller checked it).
+    pub fn for_version(inner: W, version: u16) -> BodyEncoder<W> {
         BodyEncoder {
             inner,
+            version,
             tables: HashMap::new(),
             nodes: HashMap::new(),
             scratch: Vec::with_capacity(1024),
             changes: 0,
+            prev_wall_us: 0,
+            slot_index: SlotIndex::default(),
+            slot_scratch: Vec::new(),
             plain_len: 0,
         }
     }
 
-    fn emit<I: Serialize, V: Serialize>(
-        &mut self,
-        record: &RecordRef<I, V>,
-    ) -> Result<(), BundleError> {
+    fn emit<VS: Serialize>(&mut self, record: &RecordRef<VS>) -> Result<(), BundleError> {
         self.scratch.clear();
         let mut body = std::mem::take(&mut self.scratch);
         body = postcard::to_extend(record, body).map_err(|e| BundleError::InvalidParams {
@@ -168,9 +187,9 @@ impl<W: Write> BodyEncoder<W> {
         Ok(i)
     }
 
-    fn wire_version(&mut self, v: &Version) -> Result<WireVersion, BundleError> {
+    fn wire_version(&mut self, v: &Version, wall_us: i64) -> Result<WireVersion, BundleError> {
         Ok(WireVersion {
-            wall_us: v.wall_us,
+            wall_us,
             counter: v.counter,
             node: self.node(&v.node)?,
         })
@@ -184,8 +203,7 @@ impl<W: Write> BodyEncoder<W> {
             &change.version,
             change.base_version.as_ref(),
             &change.origin,
-            &change.identity,
-            change.identity.0.is_empty(),
+            IdentityRef::Owned(&change.identity.0),
             &change.values,
         )
     }
@@ -199,22 +217,20 @@ impl<W: Write> BodyEncoder<W> {
             change.version,
             change.base_version,
             change.origin,
-            &change.identity,
-            change.identity.is_empty(),
+            change.identity,
             change.values,
         )
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn push_wire<I: Serialize, V: Serialize>(
+    fn push_wire<V: RefValue>(
         &mut self,
         table_name: &str,
         op: Op,
         version: &Version,
         base: Option<&Version>,
         origin: &str,
-        identity: &I,
-        identity_empty: bool,
+        identity: IdentityRef,
         values: &[V],
     ) -> Result<(), BundleError> {
         let (table, ncols) = match self.tables.get(table_name) {
@@ -233,26 +249,54 @@ impl<W: Write> BodyEncoder<W> {
                 got: values.len(),
             });
         }
-        if identity_empty {
+        if identity.is_empty() {
             return Err(BundleError::InvalidParams {
                 why: format!("a change to {table_name} has an empty identity"),
             });
         }
-        let version = self.wire_version(version)?;
-        let base_version = match base {
-            Some(b) => Some(self.wire_version(b)?),
-            None => None,
+        let v2 = self.version >= 2;
+        let (wall, base_wall) = if v2 {
+            let wall = version.wall_us.wrapping_sub(self.prev_wall_us);
+            self.prev_wall_us = version.wall_us;
+            (wall, base.map(|b| b.wall_us.wrapping_sub(version.wall_us)))
+        } else {
+            (version.wall_us, base.map(|b| b.wall_us))
+        };
+        let wire_version = self.wire_version(version, wall)?;
+        let base_version = match (base, base_wall) {
+            (Some(b), Some(w)) => Some(self.wire_version(b, w)?),
+            _ => None,
         };
         let origin = self.node(origin)?;
-        self.emit(&RecordRef::Change(WireChangeRef {
+        let mut slots = std::mem::take(&mut self.slot_scratch);
+        slots.clear();
+        if v2 {
+            for v in values {
+                let slot = v.reference().and_then(|id| {
+                    let found = self.slot_index.find(&id);
+                    if found.is_none() {
+                        self.slot_index.put(&id);
+                    }
+                    found
+                });
+                slots.push(slot);
+            }
+            self.slot_index.put(&identity);
+        }
+        let emitted = self.emit(&RecordRef::Change(WireChangeRef {
             table,
             identity,
             op,
-            version,
+            version: wire_version,
             base_version,
             origin,
-            values,
-        }))?;
+            values: SlottedValues {
+                values,
+                slots: &slots,
+            },
+        }));
+        self.slot_scratch = slots;
+        emitted?;
         self.changes += 1;
         Ok(())
     }
@@ -294,24 +338,37 @@ fn varint(mut n: u32, buf: &mut [u8; 5]) -> &[u8] {
 pub struct BodyDecoder<R: Read> {
     inner: R,
     file: String,
+    version: u16,
     tables: Vec<(String, Vec<String>)>,
     nodes: Vec<String>,
     buf: Vec<u8>,
     changes: u64,
     ended: bool,
+    /// Version 2: the previous change's wall clock and the reference slots.
+    prev_wall_us: i64,
+    slots: SlotTable,
 }
 
 impl<R: Read> BodyDecoder<R> {
-    /// A decoder over the decompressed record stream.
+    /// A decoder over the decompressed record stream of the newest format version.
     pub fn new(inner: R, file: &str) -> BodyDecoder<R> {
+        BodyDecoder::for_version(inner, file, FORMAT_VERSION)
+    }
+
+    /// A decoder over a record stream of format `version` (one the header check
+    /// accepted).
+    pub fn for_version(inner: R, file: &str, version: u16) -> BodyDecoder<R> {
         BodyDecoder {
             inner,
             file: file.to_string(),
+            version,
             tables: Vec::new(),
             nodes: Vec::new(),
             buf: Vec::new(),
             changes: 0,
             ended: false,
+            prev_wall_us: 0,
+            slots: SlotTable::default(),
         }
     }
 
@@ -415,9 +472,9 @@ impl<R: Read> BodyDecoder<R> {
             .ok_or_else(|| self.corrupt(format!("undeclared node index {i}")))
     }
 
-    fn version(&self, v: WireVersion) -> Result<Version, BundleError> {
+    fn version(&self, v: WireVersion, wall_us: i64) -> Result<Version, BundleError> {
         Ok(Version {
-            wall_us: v.wall_us,
+            wall_us,
             counter: v.counter,
             node: self.node(v.node)?,
         })
@@ -432,14 +489,65 @@ impl<R: Read> BodyDecoder<R> {
         if w.values.len() != expected || w.identity.0.is_empty() {
             return Err(self.corrupt(format!("a change to {table} has the wrong shape")));
         }
+        let table = table.clone();
+        let v2 = self.version >= 2;
+        let (wall, base_wall) = if v2 {
+            let wall = self.prev_wall_us.wrapping_add(w.version.wall_us);
+            (
+                wall,
+                w.base_version
+                    .as_ref()
+                    .map(|b| wall.wrapping_add(b.wall_us)),
+            )
+        } else {
+            (
+                w.version.wall_us,
+                w.base_version.as_ref().map(|b| b.wall_us),
+            )
+        };
+        let version = self.version(w.version, wall)?;
+        let base_version = match (w.base_version, base_wall) {
+            (Some(b), Some(bw)) => Some(self.version(b, bw)?),
+            _ => None,
+        };
+        let origin = self.node(w.origin)?;
+        let mut values = Vec::with_capacity(w.values.len());
+        for v in w.values {
+            let value = match v.into_value() {
+                Ok(value) => {
+                    if let (true, Value::Ref(id)) = (v2, &value) {
+                        // A full reference takes the next slot; a slot reference does not.
+                        self.slots.put(id);
+                    }
+                    value
+                }
+                Err(k) if v2 => match self.slots.get(k) {
+                    Some(id) => Value::Ref(id.clone()),
+                    None => {
+                        return Err(self.corrupt(format!(
+                            "a change to {table} names reference slot {k}, which is empty"
+                        )))
+                    }
+                },
+                Err(_) => return Err(self.corrupt(format!(
+                    "a change to {table} names a reference slot, which version {} does not have",
+                    self.version
+                ))),
+            };
+            values.push(value);
+        }
+        if v2 {
+            self.slots.put(&w.identity);
+            self.prev_wall_us = wall;
+        }
         let change = Change {
-            table: table.clone(),
+            table,
             identity: w.identity,
             op: w.op,
-            version: self.version(w.version)?,
-            base_version: w.base_version.map(|b| self.version(b)).transpose()?,
-            origin: self.node(w.origin)?,
-            values: w.values,
+            version,
+            base_version,
+            origin,
+            values,
         };
         self.changes += 1;
         Ok(change)
@@ -567,7 +675,7 @@ mod tests {
         // A change that names table 7, which was never declared.
         let rec: PlainRecord = RecordRef::Change(WireChangeRef {
             table: 7,
-            identity: &Identity(vec!["x".into()]),
+            identity: IdentityRef::One("x"),
             op: Op::Delete,
             version: WireVersion {
                 wall_us: 0,
@@ -583,6 +691,92 @@ mod tests {
         bytes.extend_from_slice(&body);
         let e = BodyDecoder::new(&bytes[..], "f").next_change().unwrap_err();
         assert!(e.to_string().contains("undeclared table index 7"), "{e}");
+    }
+
+    fn reference(s: &str) -> Value {
+        Value::Ref(Identity(vec![s.into()]))
+    }
+
+    #[test]
+    fn version_2_refers_back_to_slots_and_reads_back_the_same() {
+        let cols = ["person".to_string(), "concept".into(), "group".into()];
+        let mut changes = Vec::new();
+        for i in 0..50 {
+            let mut c = change(
+                "obs",
+                Op::Insert,
+                vec![
+                    reference("patient-1"),
+                    reference(&format!("concept-{}", i % 3)),
+                    // The previous change's own identity.
+                    if i == 0 {
+                        Value::Null
+                    } else {
+                        reference(&format!("obs-{}", i - 1))
+                    },
+                ],
+            );
+            c.identity = Identity(vec![format!("obs-{i}")]);
+            c.version.wall_us = 1_700_000_000_000_000 + i * 1000 - (i % 7) * 5000;
+            changes.push(c);
+        }
+        let encode = |version: u16| {
+            let mut enc = BodyEncoder::for_version(Vec::new(), version);
+            enc.declare_table("obs", &cols).unwrap();
+            for c in &changes {
+                enc.push(c).unwrap();
+            }
+            enc.finish().unwrap().0
+        };
+        let (v1, v2) = (encode(1), encode(2));
+        for (version, bytes) in [(1, &v1), (2, &v2)] {
+            let mut dec = BodyDecoder::for_version(&bytes[..], "f", version);
+            for c in &changes {
+                assert_eq!(dec.next_change().unwrap().as_ref(), Some(c), "v{version}");
+            }
+            assert_eq!(dec.next_change().unwrap(), None);
+        }
+        // Every reference but the first of each identity is a slot, every clock a
+        // small difference.
+        assert!(
+            v2.len() * 3 < v1.len() * 2,
+            "v1 {} v2 {}",
+            v1.len(),
+            v2.len()
+        );
+        // Read with the other version's rules, neither gives the changes back.
+        let wrong = BodyDecoder::for_version(&v2[..], "f", 1).next_change();
+        assert!(wrong.is_err() || wrong.unwrap().as_ref() != Some(&changes[0]));
+    }
+
+    #[test]
+    fn decoder_refuses_an_empty_slot_and_a_slot_in_version_1() {
+        let slot = Value::Null;
+        let mut enc = BodyEncoder::for_version(Vec::new(), 1);
+        enc.declare_table("t", &["c".into()]).unwrap();
+        enc.push(&change("t", Op::Insert, vec![slot])).unwrap();
+        let (mut bytes, _) = enc.finish().unwrap();
+        // The single value, Null (tag 0), is the last byte of the change record (the
+        // one before End); make it RefSlot(5) (tag 12, then 5), fixing up its length.
+        let mut starts = vec![0];
+        while *starts.last().unwrap() < bytes.len() {
+            let at = *starts.last().unwrap();
+            starts.push(at + 1 + bytes[at] as usize);
+        }
+        let change_at = starts[starts.len() - 3];
+        let value_at = change_at + bytes[change_at] as usize;
+        assert_eq!(bytes[value_at], 0);
+        bytes.splice(value_at..=value_at, [12, 5]);
+        bytes[change_at] += 1;
+        for (version, phrase) in [
+            (1, "names a reference slot, which version 1 does not have"),
+            (2, "names reference slot 5, which is empty"),
+        ] {
+            let e = BodyDecoder::for_version(&bytes[..], "f", version)
+                .next_change()
+                .unwrap_err();
+            assert!(e.to_string().contains(phrase), "{e}");
+        }
     }
 
     #[test]

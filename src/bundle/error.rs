@@ -25,10 +25,11 @@ pub enum BundleError {
     ExtraBytes { file: String, extra: u64 },
     #[error("{file} is not a ferry bundle (bad magic)\nhint: only put files written by `ferry` into an inbox or on a carrier")]
     BadMagic { file: String },
-    #[error("{file} uses bundle format version {version}, this ferry reads only version {supported}\nhint: upgrade ferry on this node to one that reads version {version}")]
+    #[error("{file} uses bundle format version {version}, this ferry reads versions {oldest} to {supported}\nhint: upgrade ferry on this node to one that reads version {version}")]
     UnknownVersion {
         file: String,
         version: u16,
+        oldest: u16,
         supported: u16,
     },
     #[error("{file} has a tar member {name:?} whose path leaves the bundle (path traversal)\nhint: the file was crafted or damaged; delete it and ask the sender for the bundle again")]

@@ -9,8 +9,11 @@
 /// The first 8 bytes of the `header` member.
 pub const MAGIC: &[u8; 8] = b"FERRYBDL";
 
-/// The format version this implementation reads and writes (2 bytes, big-endian, after the magic).
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this implementation writes (2 bytes, big-endian, after the magic).
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this implementation still reads (it reads every version
+/// from this one to [`FORMAT_VERSION`]).
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 
 /// Tar member 1: the cleartext, signed routing header.
 pub const MEMBER_HEADER: &str = "header";
@@ -50,11 +53,18 @@ pub const MAX_TABLES: usize = 4_096;
 pub const MAX_COLUMNS: usize = 4_096;
 /// Most node names a body may declare.
 pub const MAX_NODES: usize = 4_096;
+/// Reference slots of a version-2 body: each full reference and each change's own
+/// identity takes the next slot (cyclically); a later reference may name the slot.
+pub const REF_SLOTS: usize = 65_536;
 
 /// Prefix of the message signed with Ed25519 (followed by the header member's bytes).
-pub const SIGNATURE_CONTEXT: &str = "ferry bundle v1 header signature";
+pub const SIGNATURE_CONTEXT: &str = "ferry bundle v2 header signature";
 /// HKDF-SHA256 `info` prefix for the body key and nonce prefix.
-pub const KDF_INFO: &str = "ferry bundle v1 body key";
+pub const KDF_INFO: &str = "ferry bundle v2 body key";
+/// [`SIGNATURE_CONTEXT`] of version 1.
+pub const SIGNATURE_CONTEXT_V1: &str = "ferry bundle v1 header signature";
+/// [`KDF_INFO`] of version 1.
+pub const KDF_INFO_V1: &str = "ferry bundle v1 body key";
 /// Prefix of the text form of a public key.
 pub const PUBLIC_KEY_PREFIX: &str = "ferry1:";
 /// Prefix of the text form of a node's secret key file.
@@ -66,6 +76,31 @@ pub const FILE_PREFIX: &str = "ferry.";
 pub const FILE_SUFFIX: &str = ".bundle";
 /// Digits of the zero-padded sequence number in a file name.
 pub const SEQ_DIGITS: usize = 16;
+
+/// Whether this implementation reads format `version`.
+pub fn reads_version(version: u16) -> bool {
+    (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version)
+}
+
+/// The signature context of format `version` (one this implementation reads): each
+/// version signs under its own string, so a header relabelled to another version does
+/// not verify.
+pub fn signature_context(version: u16) -> &'static str {
+    if version == 1 {
+        SIGNATURE_CONTEXT_V1
+    } else {
+        SIGNATURE_CONTEXT
+    }
+}
+
+/// The HKDF `info` prefix of format `version` (one this implementation reads).
+pub fn kdf_info(version: u16) -> &'static str {
+    if version == 1 {
+        KDF_INFO_V1
+    } else {
+        KDF_INFO
+    }
+}
 
 /// What a bundle's file name says: who sent it to whom, and its place in the sequence.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -2,9 +2,9 @@
 //! sequence, its sizes and hashes. It is signed, so a relay or a USB carrier can route
 //! and check a bundle without decrypting it.
 //!
-//! On the wire the `header` member is `MAGIC (8 bytes) || FORMAT_VERSION (u16 BE) ||
-//! postcard(Header)`; the `signature` member is Ed25519 over `SIGNATURE_CONTEXT || 0x00
-//! || header member bytes`. The bundle's hash (what the next bundle's `prev_hash`
+//! On the wire the `header` member is `MAGIC (8 bytes) || version (u16 BE) ||
+//! postcard(Header)`; the `signature` member is Ed25519 over `that version's signature
+//! context || 0x00 || header member bytes`. The bundle's hash (what the next bundle's `prev_hash`
 //! holds) is SHA-256 of the header member bytes, which commit to the body by its hash.
 
 use ed25519_dalek::{Signature, Signer};
@@ -13,14 +13,18 @@ use sha2::{Digest, Sha256};
 
 use super::error::BundleError;
 use super::format::{
-    valid_node_name, BundleName, CHUNK_SIZE, FORMAT_VERSION, MAGIC, MAX_ACKS, MAX_PLAIN_LEN,
-    SIGNATURE_CONTEXT, TAG_LEN,
+    reads_version, signature_context, valid_node_name, BundleName, CHUNK_SIZE, FORMAT_VERSION,
+    MAGIC, MAX_ACKS, MAX_PLAIN_LEN, OLDEST_FORMAT_VERSION, TAG_LEN,
 };
 use super::keys::{NodeKeys, PublicKey};
 
 /// Everything a bundle states in the clear. Field order is the wire order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
+    /// The format version: the two bytes after the magic, not a postcard field. The
+    /// body is encoded by that version's rules.
+    #[serde(skip)]
+    pub format_version: u16,
     /// The sending node.
     pub sender: String,
     /// The node the body is encrypted to.
@@ -73,7 +77,7 @@ impl Header {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&self.format_version.to_be_bytes());
         postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
         out
     }
@@ -87,14 +91,15 @@ impl Header {
             return Err(malformed(file, "no format version"));
         }
         let version = u16::from_be_bytes([bytes[8], bytes[9]]);
-        if version != FORMAT_VERSION {
+        if !reads_version(version) {
             return Err(BundleError::UnknownVersion {
                 file: file.into(),
                 version,
+                oldest: OLDEST_FORMAT_VERSION,
                 supported: FORMAT_VERSION,
             });
         }
-        let (header, rest): (Header, &[u8]) = postcard::take_from_bytes(&bytes[10..])
+        let (mut header, rest): (Header, &[u8]) = postcard::take_from_bytes(&bytes[10..])
             .map_err(|e| malformed(file, &format!("undecodable: {e}")))?;
         if !rest.is_empty() {
             return Err(malformed(
@@ -102,12 +107,19 @@ impl Header {
                 &format!("{} bytes after the header fields", rest.len()),
             ));
         }
+        header.format_version = version;
         header.check(file)?;
         Ok(header)
     }
 
     /// Checks the invariants a well-formed header keeps.
     pub fn check(&self, file: &str) -> Result<(), BundleError> {
+        if !reads_version(self.format_version) {
+            return Err(malformed(
+                file,
+                "a format version this ferry does not write",
+            ));
+        }
         if !valid_node_name(&self.sender) {
             return Err(malformed(file, "sender is not a valid node name"));
         }
@@ -166,17 +178,35 @@ fn malformed(file: &str, why: &str) -> BundleError {
     }
 }
 
+/// What is signed: the context of the version the header states, then the header.
+/// (Headers too short to state a version are refused before any signature is checked.)
 fn signed_message(encoded: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(SIGNATURE_CONTEXT.len() + 1 + encoded.len());
-    msg.extend_from_slice(SIGNATURE_CONTEXT.as_bytes());
+    let version = match encoded.get(MAGIC.len()..MAGIC.len() + 2) {
+        Some(b) => u16::from_be_bytes([b[0], b[1]]),
+        None => FORMAT_VERSION,
+    };
+    signed_in_context(signature_context(version), encoded)
+}
+
+fn signed_in_context(context: &str, encoded: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(context.len() + 1 + encoded.len());
+    msg.extend_from_slice(context.as_bytes());
     msg.push(0);
     msg.extend_from_slice(encoded);
     msg
 }
 
-/// Signs the encoded header.
+/// Signs the encoded header (under the context of the version it states).
 pub fn sign(keys: &NodeKeys, encoded: &[u8]) -> [u8; 64] {
     keys.signing.sign(&signed_message(encoded)).to_bytes()
+}
+
+/// Signs the encoded header under `context`, whatever version it states (for crafting
+/// invalid test vectors).
+pub fn sign_in_context(keys: &NodeKeys, context: &str, encoded: &[u8]) -> [u8; 64] {
+    keys.signing
+        .sign(&signed_in_context(context, encoded))
+        .to_bytes()
 }
 
 /// Verifies the signature over the encoded header with the sender's key.
@@ -203,6 +233,7 @@ mod tests {
 
     pub(crate) fn sample() -> Header {
         Header {
+            format_version: FORMAT_VERSION,
             sender: "clinic-a".into(),
             recipient: "hub".into(),
             seq: 2,
@@ -224,17 +255,26 @@ mod tests {
     fn encode_decode_round_trip() {
         let h = sample();
         let bytes = h.encode();
-        assert_eq!(&bytes[..10], b"FERRYBDL\x00\x01");
+        assert_eq!(&bytes[..10], b"FERRYBDL\x00\x02");
         assert_eq!(Header::decode("f", &bytes).unwrap(), h);
+        let v1 = Header {
+            format_version: 1,
+            ..sample()
+        };
+        assert_eq!(&v1.encode()[..10], b"FERRYBDL\x00\x01");
+        assert_eq!(Header::decode("f", &v1.encode()).unwrap(), v1);
     }
 
     #[test]
     fn refuses_bad_magic_version_and_trailing() {
         let mut bytes = sample().encode();
-        bytes[9] = 2;
-        let e = Header::decode("f", &bytes).unwrap_err();
-        assert!(matches!(e, BundleError::UnknownVersion { version: 2, .. }));
-        assert!(e.to_string().contains("hint: upgrade ferry"));
+        for unknown in [0, FORMAT_VERSION + 1] {
+            bytes[8..10].copy_from_slice(&u16::to_be_bytes(unknown));
+            let e = Header::decode("f", &bytes).unwrap_err();
+            assert!(matches!(e, BundleError::UnknownVersion { version, .. } if version == unknown));
+            assert!(e.to_string().contains("reads versions 1 to 2"), "{e}");
+            assert!(e.to_string().contains("hint: upgrade ferry"));
+        }
         bytes[0] = b'X';
         assert!(matches!(
             Header::decode("f", &bytes),

@@ -12,6 +12,7 @@ pub mod header;
 pub mod keys;
 pub mod model;
 pub mod reader;
+pub mod slots;
 pub mod stream;
 pub mod tarball;
 pub mod writer;

@@ -228,6 +228,7 @@ pub fn open_named(
     let shared = keys.x25519.diffie_hellman(&ephemeral);
     let own = keys.public();
     let ctx = KdfContext {
+        version: h.format_version,
         ephemeral: &h.ephemeral_key,
         recipient_key: own.x25519.as_bytes(),
         sender: &h.sender,
@@ -260,7 +261,11 @@ pub fn open_named(
         limit: h.plain_len,
         file: file.clone(),
     };
-    let body = BodyDecoder::new(BufReader::with_capacity(64 * 1024, limited), &file);
+    let body = BodyDecoder::for_version(
+        BufReader::with_capacity(64 * 1024, limited),
+        &file,
+        h.format_version,
+    );
     Ok(BundleReader {
         verified,
         file,

@@ -17,10 +17,12 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::error::BundleError;
-use super::format::{CHUNK_SIZE, KDF_INFO, TAG_LEN};
+use super::format::{kdf_info, CHUNK_SIZE, TAG_LEN};
 
 /// What the body key is derived from besides the shared secret.
 pub struct KdfContext<'a> {
+    /// The bundle's format version (each version has its own `info` prefix).
+    pub version: u16,
     /// The bundle's ephemeral X25519 public key.
     pub ephemeral: &'a [u8; 32],
     /// The recipient's X25519 public key.
@@ -51,8 +53,9 @@ impl BodyKey {
         let mut salt = [0u8; 64];
         salt[..32].copy_from_slice(ctx.ephemeral);
         salt[32..].copy_from_slice(ctx.recipient_key);
-        let mut info = Vec::with_capacity(KDF_INFO.len() + 100);
-        for part in [KDF_INFO, ctx.sender, ctx.recipient] {
+        let prefix = kdf_info(ctx.version);
+        let mut info = Vec::with_capacity(prefix.len() + 100);
+        for part in [prefix, ctx.sender, ctx.recipient] {
             info.extend_from_slice(part.as_bytes());
             info.push(0);
         }
@@ -228,6 +231,7 @@ mod tests {
 
     fn key() -> BodyKey {
         let ctx = KdfContext {
+            version: crate::bundle::format::FORMAT_VERSION,
             ephemeral: &[1; 32],
             recipient_key: &[2; 32],
             sender: "a",
@@ -293,6 +297,7 @@ mod tests {
     #[test]
     fn all_zero_shared_secret_is_refused() {
         let ctx = KdfContext {
+            version: crate::bundle::format::FORMAT_VERSION,
             ephemeral: &[0; 32],
             recipient_key: &[2; 32],
             sender: "a",

@@ -19,8 +19,8 @@ use zeroize::Zeroizing;
 use super::body::BodyEncoder;
 use super::error::{io_err, BundleError};
 use super::format::{
-    valid_node_name, MAX_ACKS, MAX_PLAIN_LEN, MEMBER_BODY, MEMBER_HEADER, MEMBER_SIGNATURE,
-    ZSTD_LEVEL,
+    reads_version, valid_node_name, FORMAT_VERSION, MAX_ACKS, MAX_PLAIN_LEN, MEMBER_BODY,
+    MEMBER_HEADER, MEMBER_SIGNATURE, ZSTD_LEVEL,
 };
 use super::header::{self, body_len_for, Header};
 use super::keys::{NodeKeys, PublicKey};
@@ -47,6 +47,9 @@ pub struct BundleMeta {
     pub plan_fingerprint: [u8; 32],
     /// The sender's ack vector: origin node → highest change id applied.
     pub acks: BTreeMap<String, u64>,
+    /// The format version to write ([`FORMAT_VERSION`] unless a test vector asks for
+    /// an older one this implementation still reads).
+    pub format_version: u16,
 }
 
 impl BundleMeta {
@@ -67,6 +70,7 @@ impl BundleMeta {
             bundle_id,
             plan_fingerprint: [0; 32],
             acks: BTreeMap::new(),
+            format_version: FORMAT_VERSION,
         }
     }
 }
@@ -147,6 +151,9 @@ impl BundleWriter {
         if meta.seq == 0 || (meta.seq == 1 && meta.prev_hash != [0; 32]) {
             return invalid("seq starts at 1, and seq 1 has an all-zero prev_hash");
         }
+        if !reads_version(meta.format_version) {
+            return invalid("a format version this ferry does not write");
+        }
         if meta.acks.len() > MAX_ACKS || !meta.acks.keys().all(|n| valid_node_name(n)) {
             return invalid("acks name too many or invalid nodes");
         }
@@ -154,6 +161,7 @@ impl BundleWriter {
         let ephemeral = x25519_dalek::PublicKey::from(&secret).to_bytes();
         let shared = secret.diffie_hellman(&recipient_key.x25519);
         let ctx = KdfContext {
+            version: meta.format_version,
             ephemeral: &ephemeral,
             recipient_key: recipient_key.x25519.as_bytes(),
             sender: &meta.sender,
@@ -175,7 +183,7 @@ impl BundleWriter {
             .map_err(io)?;
         zstd.include_checksum(true).map_err(io_err(temp_dir))?;
         Ok(BundleWriter {
-            body: BodyEncoder::new(zstd),
+            body: BodyEncoder::for_version(zstd, meta.format_version),
             meta,
             keys: keys.clone(),
             ephemeral,
@@ -234,6 +242,7 @@ impl BundleWriter {
         file.seek(SeekFrom::Start(0)).map_err(io)?;
         let m = self.meta;
         let header = Header {
+            format_version: m.format_version,
             sender: m.sender,
             recipient: m.recipient,
             seq: m.seq,

@@ -86,8 +86,19 @@ pub fn resign(bytes: &[u8], header: &Header, keys: &NodeKeys) -> Vec<u8> {
 
 /// Replaces a bundle's header member with `encoded` bytes, re-signed by `keys`.
 pub fn resign_raw(bytes: &[u8], encoded: Vec<u8>, keys: &NodeKeys) -> Vec<u8> {
+    let signature = sign(keys, &encoded);
+    with_header(bytes, encoded, signature)
+}
+
+/// [`resign_raw`], signing under `context` whatever version the header states.
+pub fn resign_raw_in(bytes: &[u8], encoded: Vec<u8>, keys: &NodeKeys, context: &str) -> Vec<u8> {
+    let signature = crate::bundle::header::sign_in_context(keys, context, &encoded);
+    with_header(bytes, encoded, signature)
+}
+
+fn with_header(bytes: &[u8], encoded: Vec<u8>, signature: [u8; 64]) -> Vec<u8> {
     let members = split(bytes);
-    let signature = sign(keys, &encoded).to_vec();
+    let signature = signature.to_vec();
     assemble(&[
         RawMember::file(MEMBER_HEADER, encoded),
         RawMember::file(MEMBER_SIGNATURE, signature),

@@ -11,9 +11,11 @@ use std::path::Path;
 use rand::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::bundle_craft::{assemble, header_of, resign, resign_raw, split, RawMember};
+use super::bundle_craft::{
+    assemble, header_of, resign, resign_raw, resign_raw_in, split, RawMember,
+};
 use super::bundle_synth::fixed_keys;
-use crate::bundle::format::{FORMAT_VERSION, MAGIC, MAX_PLAIN_LEN};
+use crate::bundle::format::{MAGIC, MAX_PLAIN_LEN, SIGNATURE_CONTEXT_V1};
 use crate::bundle::{
     BundleError, BundleMeta, BundleWriter, Change, Identity, NodeKeys, Op, Peers, Value, Version,
 };
@@ -45,7 +47,21 @@ pub struct MetaJson {
     pub bundle_id: String,
     pub plan_fingerprint: String,
     pub acks: BTreeMap<String, u64>,
+    /// The format version (1 when absent: the vectors made before version 2).
+    #[serde(default = "version_one", skip_serializing_if = "is_version_one")]
+    pub format_version: u16,
 }
+
+fn version_one() -> u16 {
+    1
+}
+
+fn is_version_one(v: &u16) -> bool {
+    *v == 1
+}
+
+/// A version no ferry has written: what the `unknown-version` vector states.
+pub const UNKNOWN_VERSION: u16 = 99;
 
 /// A declared table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +114,7 @@ impl MetaJson {
             bundle_id: unhex(&self.bundle_id),
             plan_fingerprint: unhex(&self.plan_fingerprint),
             acks: self.acks.clone(),
+            format_version: self.format_version,
         }
     }
 }
@@ -303,6 +320,45 @@ fn small_changes() -> (Vec<TableJson>, Vec<Change>) {
     (tables, changes)
 }
 
+/// Changes whose references name rows the `small` changes named already (so a version-2
+/// body refers to them by slot), and whose clock goes backwards once.
+fn v2_extra_changes() -> Vec<Change> {
+    let p = "3f1e7c2a-8d6b-4b1e-9c55-0a1b2c3d4e5f";
+    vec![
+        Change {
+            table: "role_privilege".into(),
+            identity: id(&["Clinician", "Add Patients"]),
+            op: Op::Update,
+            version: version(1_717_171_716_000_000, 3, "clinic-b"),
+            base_version: Some(version(1_717_171_717_000_002, 0, "hub")),
+            origin: "clinic-b".into(),
+            values: vec![
+                Value::Ref(id(&["Clinician"])),
+                Value::Ref(id(&["Clinician"])),
+            ],
+        },
+        Change {
+            table: "obs".into(),
+            identity: id(&["7a3e2b1c-2222-4b4b-9c9c-333344445555"]),
+            op: Op::Insert,
+            version: version(1_717_171_718_000_000, 0, "clinic-b"),
+            base_version: None,
+            origin: "clinic-b".into(),
+            values: vec![
+                Value::Ref(id(&[p])),
+                Value::Ref(id(&["CIEL:5088"])),
+                Value::Null,
+                Value::Double(38.25),
+                Value::Text(String::new()),
+                Value::Null,
+                Value::Null,
+                Value::Int(1),
+                Value::Text("7a3e2b1c-2222-4b4b-9c9c-333344445555".into()),
+            ],
+        },
+    ]
+}
+
 fn meta(sender: &str, seq: u64, prev_hash: [u8; 32], tag: u8) -> MetaJson {
     MetaJson {
         sender: sender.into(),
@@ -313,6 +369,7 @@ fn meta(sender: &str, seq: u64, prev_hash: [u8; 32], tag: u8) -> MetaJson {
         bundle_id: hex::encode([tag; 16]),
         plan_fingerprint: hex::encode([0xa5; 32]),
         acks: BTreeMap::from([("clinic-a".into(), 41), ("hub".into(), 7)]),
+        format_version: 1,
     }
 }
 
@@ -428,10 +485,25 @@ pub fn generate(dir: &Path) -> std::io::Result<()> {
         &keys,
         tmp.path(),
     );
+    // Version 2: the small content, plus references that name slots.
+    let (tables, mut changes) = small_changes();
+    changes.extend(v2_extra_changes());
+    let mut v2_meta = meta("clinic-b", 1, [0; 32], 4);
+    v2_meta.format_version = 2;
+    let (v2, v2_bytes) = finish_vector(
+        "v2-small.bundle",
+        v2_meta,
+        4,
+        tables,
+        changes,
+        &keys,
+        tmp.path(),
+    );
     for (v, bytes) in [
         (&small, &small_bytes),
         (&empty, &empty_bytes),
         (&multi, &multi_bytes),
+        (&v2, &v2_bytes),
     ] {
         std::fs::write(dir.join("valid").join(&v.file), bytes)?;
         let json = dir.join("valid").join(v.file.replace(".bundle", ".json"));
@@ -502,8 +574,17 @@ pub fn invalid(
         }),
     ));
     let mut encoded = header.encode();
-    encoded[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&(FORMAT_VERSION + 1).to_be_bytes());
+    encoded[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&UNKNOWN_VERSION.to_be_bytes());
     out.push(("unknown-version", resign_raw(valid, encoded, sender)));
+    // A version-1 bundle relabelled as version 2 and signed under version 1's context
+    // (this file was `unknown-version` while version 2 did not exist): its body would
+    // read differently under version 2's rules, so its signature must not verify.
+    let mut encoded = header.encode();
+    encoded[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&2u16.to_be_bytes());
+    out.push((
+        "version-relabelled",
+        resign_raw_in(valid, encoded, sender, SIGNATURE_CONTEXT_V1),
+    ));
     let mut h = header.clone();
     h.plain_len = MAX_PLAIN_LEN + 1;
     out.push(("over-limit", resign(valid, &h, sender)));
