@@ -157,9 +157,27 @@ impl Node {
 
     /// Runs `ferry ARGS --json` measured (wall time, peak RSS) with its stage timings
     /// logged (FERRY_LOG=info); returns the parsed stdout and the "stages" log lines.
+    ///
+    /// With FERRY_BENCH_PROFILE_DIR set, the command runs under `perf record -g` into
+    /// `DIR/ferry-ARG0.data` (for finding where time goes; the figures of such a run
+    /// include perf's overhead and are not the benchmark's).
     pub fn measured_json(&self, args: &[&str]) -> (Measured, serde_json::Value, String) {
         let out = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = self.command(args);
+        let mut cmd = match std::env::var_os("FERRY_BENCH_PROFILE_DIR") {
+            Some(dir) => {
+                let data = PathBuf::from(dir).join(format!("ferry-{}.data", args[0]));
+                let mut perf = Command::new("perf");
+                perf.args(["record", "-F", "999", "-g", "-o"])
+                    .arg(data)
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_ferry"))
+                    .arg("--config")
+                    .arg(&self.config)
+                    .args(args);
+                perf
+            }
+            None => self.command(args),
+        };
         cmd.arg("--json")
             .env("FERRY_LOG", "ferry=info")
             .env("NO_COLOR", "1")

@@ -529,10 +529,12 @@ impl<R: Read> BodyDecoder<R> {
                         )))
                     }
                 },
-                Err(_) => return Err(self.corrupt(format!(
+                Err(_) => {
+                    return Err(self.corrupt(format!(
                     "a change to {table} names a reference slot, which version {} does not have",
                     self.version
-                ))),
+                )))
+                }
             };
             values.push(value);
         }

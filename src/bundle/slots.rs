@@ -44,25 +44,27 @@ impl RefValue for ValueRef<'_> {
     }
 }
 
-/// The parts of a borrowed identity, in order.
-fn parts<'a>(id: &'a IdentityRef<'a>) -> Box<dyn Iterator<Item = &'a str> + 'a> {
+/// Calls `f` on each part of a borrowed identity, in order, until it returns false;
+/// returns whether it never did.
+fn each_part(id: &IdentityRef, mut f: impl FnMut(usize, &str) -> bool) -> bool {
     match id {
-        IdentityRef::One(p) => Box::new(std::iter::once(*p)),
-        IdentityRef::Parts(ps) => Box::new(ps.iter().copied()),
-        IdentityRef::Owned(ps) => Box::new(ps.iter().map(String::as_str)),
+        IdentityRef::One(p) => f(0, p),
+        IdentityRef::Parts(ps) => ps.iter().enumerate().all(|(i, p)| f(i, p)),
+        IdentityRef::Owned(ps) => ps.iter().enumerate().all(|(i, p)| f(i, p)),
     }
 }
 
 fn hash_of(id: &IdentityRef) -> u64 {
     let mut h = FxHasher::default();
-    for p in parts(id) {
+    each_part(id, |_, p| {
         p.hash(&mut h);
-    }
+        true
+    });
     h.finish()
 }
 
 fn holds(slot: &[String], id: &IdentityRef) -> bool {
-    slot.len() == id.len() && slot.iter().map(String::as_str).eq(parts(id))
+    slot.len() == id.len() && each_part(id, |i, p| slot[i] == p)
 }
 
 /// The writer's side: which slot holds an identity.
@@ -86,8 +88,12 @@ impl SlotIndex {
         self.next += 1;
         let hash = hash_of(id);
         if k == self.ring.len() {
-            self.ring
-                .push((hash, parts(id).map(str::to_string).collect()));
+            let mut slot = Vec::with_capacity(id.len());
+            each_part(id, |_, p| {
+                slot.push(p.to_string());
+                true
+            });
+            self.ring.push((hash, slot));
         } else {
             let (old, slot) = &mut self.ring[k];
             if self.by_hash.get(old) == Some(&(k as u32)) {
@@ -96,7 +102,7 @@ impl SlotIndex {
             *old = hash;
             // Reuse the slot's strings: no allocation once the ring is full.
             slot.truncate(id.len());
-            for (i, p) in parts(id).enumerate() {
+            each_part(id, |i, p| {
                 match slot.get_mut(i) {
                     Some(s) => {
                         s.clear();
@@ -104,7 +110,8 @@ impl SlotIndex {
                     }
                     None => slot.push(p.to_string()),
                 }
-            }
+                true
+            });
         }
         self.by_hash.insert(hash, k as u32);
     }
