@@ -131,6 +131,14 @@ pub fn reload(server: &MariaServer, db: &str, dump: &Path) -> Measured {
     measure(cmd, "mariadb < dump")
 }
 
+/// The ferry binary the benchmarks run: this build's, or FERRY_BENCH_BIN (to compare
+/// another build in the same conditions).
+pub fn ferry_bin() -> PathBuf {
+    std::env::var_os("FERRY_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ferry")))
+}
+
 /// One ferry node: its directory and config file.
 pub struct Node {
     pub dir: tempfile::TempDir,
@@ -139,7 +147,7 @@ pub struct Node {
 
 impl Node {
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        let mut cmd = Command::new(ferry_bin());
         cmd.arg("--config").arg(&self.config).args(args);
         cmd
     }
@@ -170,7 +178,7 @@ impl Node {
                 perf.args(["record", "-F", "999", "-g", "-o"])
                     .arg(data)
                     .arg("--")
-                    .arg(env!("CARGO_BIN_EXE_ferry"))
+                    .arg(ferry_bin())
                     .arg("--config")
                     .arg(&self.config)
                     .args(args);

@@ -1,5 +1,6 @@
 //! Feeds arbitrary bytes to the bundle reader with fixed test keys. The first byte picks
-//! the layer: the record decoder alone, the header decoder alone, or (default) the whole
+//! the layer: the record decoder alone (0: version 2's rules, 2: version 1's), the
+//! header decoder alone (1), or (default) the whole
 //! reader (tar, header, signature, hashes; and if that passes, decryption and decoding).
 //! Run: `cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run bundle_reader -- -max_total_time=60`.
 
@@ -32,6 +33,10 @@ fuzz_target!(|data: &[u8]| {
         }
         Some(1) => {
             let _ = Header::decode("fuzz", &data[1..]);
+        }
+        Some(2) => {
+            let mut d = BodyDecoder::for_version(&data[1..], "fuzz", 1);
+            while let Ok(Some(_)) = d.next_change() {}
         }
         _ => {
             if verify_reader(data, "fuzz", data.len() as u64, peers).is_ok() {

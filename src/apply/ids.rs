@@ -36,7 +36,10 @@ impl Generations {
 
     fn insert(&mut self, k: String, v: MyValue) {
         if self.new.len() >= GENERATION {
-            self.old = std::mem::take(&mut self.new);
+            // The older generation goes; its table, already grown, takes the new one
+            // (no rehashing, no fresh pages).
+            std::mem::swap(&mut self.old, &mut self.new);
+            self.new.clear();
         }
         self.new.insert(k, v);
     }

@@ -261,6 +261,18 @@ pub async fn heads(
     let mut ks: Vec<&str> = keys.to_vec();
     ks.sort_unstable();
     ks.dedup();
+    // A table without log entries (a fresh node, or one whose log was pruned) needs no
+    // probe of the log per key: one look at the index answers for all of them.
+    let logged: Option<u8> = if ks.is_empty() {
+        None
+    } else {
+        conn.exec_first(
+            "SELECT 1 FROM ferry_change WHERE table_name = ? LIMIT 1",
+            (table,),
+        )
+        .await
+        .map_err(DbError::query("looking for log entries"))?
+    };
     for chunk in ks.chunks(1000) {
         let marks = vec!["?"; chunk.len()].join(", ");
         let mut params: Vec<MyValue> = vec![table.into()];
@@ -272,8 +284,10 @@ pub async fn heads(
             }
             None => "",
         };
-        let rows: Vec<Row> = conn
-            .exec(
+        let rows: Vec<Row> = if logged.is_none() {
+            Vec::new()
+        } else {
+            conn.exec(
                 format!(
                     "SELECT {} FROM ferry_change WHERE table_name = ? AND row_key IN ({marks}){bound}",
                     LogEntry::COLUMNS
@@ -281,7 +295,8 @@ pub async fn heads(
                 params,
             )
             .await
-            .map_err(DbError::query("reading rows' latest log entries"))?;
+            .map_err(DbError::query("reading rows' latest log entries"))?
+        };
         for r in rows {
             let e = LogEntry::from_row(r);
             if out
