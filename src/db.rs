@@ -125,6 +125,52 @@ pub fn literal(s: &str) -> String {
 /// `(a, b), (c, d)` as SQL literals, for multi-row statements sent as text. Only for
 /// values whose text form is exact (numbers, text, dates): binary data goes through
 /// prepared statements.
+/// Appends `v` as an SQL literal for a statement sent as text (the session has no
+/// NO_BACKSLASH_ESCAPES). Numbers are written so the server reads back the same bits:
+/// floats as their exact double in shortest exponent form (a FLOAT column takes the
+/// double exactly), text as an escaped string, other bytes as an escaped `_binary`
+/// string (no conversion, same length as the bytes).
+pub fn push_literal(out: &mut Vec<u8>, v: &mysql_async::Value) {
+    use mysql_async::Value as V;
+    use std::io::Write;
+    match v {
+        V::NULL => out.extend_from_slice(b"NULL"),
+        V::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+        V::UInt(u) => {
+            let _ = write!(out, "{u}");
+        }
+        V::Float(f) => {
+            let _ = write!(out, "{:e}", *f as f64);
+        }
+        V::Double(d) => {
+            let _ = write!(out, "{d:e}");
+        }
+        V::Bytes(b) => {
+            if std::str::from_utf8(b).is_err() {
+                out.extend_from_slice(b"_binary");
+            }
+            out.push(b'\'');
+            for &c in b {
+                match c {
+                    0 => out.extend_from_slice(b"\\0"),
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    0x1a => out.extend_from_slice(b"\\Z"),
+                    b'\'' | b'"' | b'\\' => {
+                        out.push(b'\\');
+                        out.push(c);
+                    }
+                    _ => out.push(c),
+                }
+            }
+            out.push(b'\'');
+        }
+        other => out.extend_from_slice(other.as_sql(false).as_bytes()),
+    }
+}
+
 pub fn values_sql(rows: &[Vec<mysql_async::Value>]) -> String {
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
@@ -146,6 +192,26 @@ pub fn values_sql(rows: &[Vec<mysql_async::Value>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_escape_and_keep_bits() {
+        use mysql_async::Value as V;
+        let lit = |v: V| {
+            let mut out = Vec::new();
+            push_literal(&mut out, &v);
+            out
+        };
+        assert_eq!(
+            lit(V::Bytes(b"it's \\ \0\n".to_vec())),
+            b"'it\\'s \\\\ \\0\\n'"
+        );
+        assert_eq!(lit(V::Bytes(vec![0xff, b'\''])), b"_binary'\xff\\''");
+        assert_eq!(lit(V::Double(-0.0)), b"-0e0");
+        assert_eq!(lit(V::Double(0.1 + 0.2)), b"3.0000000000000004e-1");
+        assert_eq!(lit(V::Float(0.1)), b"1.0000000149011612e-1");
+        assert_eq!(lit(V::UInt(u64::MAX)), b"18446744073709551615");
+        assert_eq!(lit(V::NULL), b"NULL");
+    }
 
     #[test]
     fn parses_urls() {

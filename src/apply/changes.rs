@@ -27,7 +27,7 @@ use super::unique::{read_values, unique_columns, Check};
 use super::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity, Op, Value, Version};
 use crate::capture::versions::{heads, last_position, settle, version_cols, Floors, Settle};
-use crate::db::{ident, values_sql, DbError};
+use crate::db::{ident, push_literal, values_sql, DbError};
 use crate::export::rows::to_param;
 use crate::export::rows::TableReader;
 use crate::schema::plan::{SoftRef, SyncedTable};
@@ -885,7 +885,6 @@ impl<'a> Applier<'a> {
                 .map_err(DbError::query(format!("reading the largest {table} id")))?;
             next_id = max.flatten().unwrap_or(0);
         }
-        let row_sql = format!("({})", vec!["?"; cols.len()].join(", "));
         let col_sql = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
         let mut ids: HashMap<usize, i64> = HashMap::new();
         let mut start = 0;
@@ -904,23 +903,34 @@ impl<'a> Applier<'a> {
                 end += 1;
             }
             let chunk = &inserts[start..end];
-            let mut params: Vec<MyValue> = Vec::with_capacity(chunk.len() * cols.len());
-            let mut chosen = Vec::with_capacity(chunk.len());
-            for (i, key) in chunk {
-                params.extend(key.iter().cloned());
-                params.extend(translated[i].iter().cloned());
-                if manual_id.is_some() {
-                    next_id += 1;
-                    params.push(MyValue::Int(next_id));
-                    chosen.push(next_id);
-                }
-            }
-            let sql = format!(
-                "INSERT INTO {} ({col_sql}) VALUES {}",
-                ident(table),
-                vec![row_sql.as_str(); chunk.len()].join(", ")
+            // Sent as text with literals, as a dump's reload is: the server parses one
+            // statement instead of binding tens of thousands of parameters.
+            let mut sql: Vec<u8> = Vec::with_capacity(bytes + chunk.len() * cols.len() * 4 + 256);
+            sql.extend_from_slice(
+                format!("INSERT INTO {} ({col_sql}) VALUES ", ident(table)).as_bytes(),
             );
-            conn.exec_drop(sql, params)
+            let mut chosen = Vec::with_capacity(chunk.len());
+            for (n, (i, key)) in chunk.iter().enumerate() {
+                sql.extend_from_slice(if n == 0 { b"(" } else { b", (" });
+                let id = manual_id.is_some().then(|| {
+                    next_id += 1;
+                    chosen.push(next_id);
+                    MyValue::Int(next_id)
+                });
+                for (j, v) in key
+                    .iter()
+                    .chain(translated[i].iter())
+                    .chain(id.iter())
+                    .enumerate()
+                {
+                    if j > 0 {
+                        sql.extend_from_slice(b", ");
+                    }
+                    push_literal(&mut sql, v);
+                }
+                sql.push(b')');
+            }
+            conn.query_drop(sql)
                 .await
                 .map_err(|e| self.write_error(table, &changes[chunk[0].0].identity, e))?;
 
