@@ -32,7 +32,7 @@ struct WireVersion {
 }
 
 /// A change as it is encoded (owned, for decoding).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 struct WireChange {
     table: u32,
     identity: Identity,
@@ -44,7 +44,7 @@ struct WireChange {
 }
 
 /// A body record as it is decoded. Variant order is the wire tag.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Deserialize)]
 enum Record {
     Table { name: String, columns: Vec<String> },
     Node { name: String },

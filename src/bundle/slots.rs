@@ -144,7 +144,7 @@ impl SlotTable {
 
 /// A value as a version-2 body holds it: a [`Value`] (the same variants and indices)
 /// or a slot number (variant [`REF_SLOT_TAG`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub enum WireValue {
     Null,
     Int(i64),

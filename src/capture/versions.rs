@@ -275,18 +275,18 @@ pub async fn heads(
     };
     for chunk in ks.chunks(1000) {
         let marks = vec!["?"; chunk.len()].join(", ");
-        let mut params: Vec<MyValue> = vec![table.into()];
-        params.extend(chunk.iter().map(|k| MyValue::from(*k)));
-        let bound = match upto {
-            Some(u) => {
-                params.push(u.into());
-                " AND change_id <= ?"
-            }
-            None => "",
-        };
         let rows: Vec<Row> = if logged.is_none() {
             Vec::new()
         } else {
+            let mut params: Vec<MyValue> = vec![table.into()];
+            params.extend(chunk.iter().map(|k| MyValue::from(*k)));
+            let bound = match upto {
+                Some(u) => {
+                    params.push(u.into());
+                    " AND change_id <= ?"
+                }
+                None => "",
+            };
             conn.exec(
                 format!(
                     "SELECT {} FROM ferry_change WHERE table_name = ? AND row_key IN ({marks}){bound}",
