@@ -92,6 +92,9 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         d1.secs, export.secs, out[0]["entries"], export.rss_mb(), d2.secs, d2.rss_mb()
     );
     print!("{export_stages}");
+    if let Some(other) = std::env::var_os("FERRY_BENCH_EXPORT_AB") {
+        export_ab(server, &pair, std::path::Path::new(&other));
+    }
 
     // Import: reload, import, reload.
     let reload_a = format!("reload_a_{tag}");
@@ -134,6 +137,38 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         run_sql_blocking(&server.server_url(), &format!("DROP DATABASE {db}")).unwrap();
     }
     step
+}
+
+/// With FERRY_BENCH_EXPORT_AB=BIN: exports the same backlog again, alternating BIN
+/// and this build (B, A three times; the peer's state reset before each), for comparing two
+/// builds on the same data in the same conditions. The last export is this build's.
+fn export_ab(server: &MariaServer, pair: &Pair, other: &std::path::Path) {
+    let reset = format!(
+        "UPDATE `{db}`.ferry_peer SET out_seq = 0, out_hash = NULL, out_cursor = 0, out_at = NULL; \
+         DELETE FROM `{db}`.ferry_outbox",
+        db = pair.src_db
+    );
+    for round in 0..3 {
+        for (label, bin) in [("B", other.to_path_buf()), ("A", ferry_bin())] {
+            for b in pair.src.outbox_bundles() {
+                std::fs::remove_file(b).unwrap();
+            }
+            run_sql_blocking(&server.server_url(), &reset).unwrap();
+            let mut cmd = std::process::Command::new(&bin);
+            cmd.arg("--config")
+                .arg(&pair.src.config)
+                .args(["export", "--json"])
+                .stdout(std::process::Stdio::null());
+            let m = measure(cmd, &format!("{} export", bin.display()));
+            println!(
+                "export A/B round {round}: {label} {:.2} s ({:.2} s CPU, {:.1} MB peak RSS, {} minor faults)",
+                m.secs,
+                m.cpu_secs,
+                m.rss_mb(),
+                m.minor_faults
+            );
+        }
+    }
 }
 
 fn main() {

@@ -30,12 +30,20 @@ pub fn fixture_dir() -> PathBuf {
 pub struct Measured {
     pub secs: f64,
     pub rss_kb: i64,
+    /// Page faults served without I/O (first touches of fresh memory, mostly).
+    pub minor_faults: i64,
+    /// CPU time, user and system, of the child.
+    pub cpu_secs: f64,
 }
 
 impl Measured {
     pub fn rss_mb(&self) -> f64 {
         self.rss_kb as f64 / 1024.0
     }
+}
+
+fn tv_secs(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Runs `cmd` to the end (stdin/stdout as already set on it), reaping it with `wait4`
@@ -70,6 +78,8 @@ pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
         Measured {
             secs,
             rss_kb: usage.ru_maxrss,
+            minor_faults: usage.ru_minflt,
+            cpu_secs: tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime),
         },
         stderr,
     )
@@ -166,7 +176,8 @@ impl Node {
     /// Runs `ferry ARGS --json` measured (wall time, peak RSS) with its stage timings
     /// logged (FERRY_LOG=info); returns the parsed stdout and the "stages" log lines.
     ///
-    /// With FERRY_BENCH_PROFILE_DIR set, the command runs under `perf record -g` into
+    /// With FERRY_BENCH_PROFILE_DIR set, the command runs under `perf record` (DWARF call
+    /// graphs: the release build keeps no frame pointers) into
     /// `DIR/ferry-ARG0.data` (for finding where time goes; the figures of such a run
     /// include perf's overhead and are not the benchmark's).
     pub fn measured_json(&self, args: &[&str]) -> (Measured, serde_json::Value, String) {
@@ -175,7 +186,7 @@ impl Node {
             Some(dir) => {
                 let data = PathBuf::from(dir).join(format!("ferry-{}.data", args[0]));
                 let mut perf = Command::new("perf");
-                perf.args(["record", "-F", "999", "-g", "-o"])
+                perf.args(["record", "-F", "999", "--call-graph", "dwarf,16384", "-o"])
                     .arg(data)
                     .arg("--")
                     .arg(ferry_bin())

@@ -67,6 +67,11 @@ struct Fixup {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyTimings {
     pub lookup: Duration,
+    /// Of the lookup: local keys by identity, the existing rows (locked), and the
+    /// rows' versions.
+    pub keys: Duration,
+    pub existing: Duration,
+    pub versions: Duration,
     pub decide: Duration,
     pub translate: Duration,
     pub unique: Duration,
@@ -433,8 +438,12 @@ impl<'a> Applier<'a> {
         let mut clock = Instant::now();
         let ids: Vec<Identity> = changes.iter().map(|c| c.identity.clone()).collect();
         let keys = resolver.key_values(conn, &table, &ids).await?;
+        let keyed = clock.elapsed();
+        self.timings.keys += keyed;
         let present: Vec<KeyValues> = keys.iter().flatten().cloned().collect();
         let existing = resolver.existing(conn, &table, &present, true).await?;
+        self.timings.existing += clock.elapsed() - keyed;
+        let probing = Instant::now();
         let row_keys: Vec<String> = changes.iter().map(|c| identity_text(&c.identity)).collect();
         let key_refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
         let mut versions: HashMap<String, (Version, bool)> =
@@ -443,6 +452,7 @@ impl<'a> Applier<'a> {
                 .into_iter()
                 .map(|(k, h)| (k, (h.version, h.deleted)))
                 .collect();
+        self.timings.versions += probing.elapsed();
         // Where these versions settle in the row's history, when they are not logged:
         // after every entry written so far (the rows are locked), and before any entry
         // written later (an entry wins a tie with a settled record).

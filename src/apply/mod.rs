@@ -479,6 +479,9 @@ async fn apply_files(
         let t = applier.timings;
         tracing::info!(
             lookup_s = t.lookup.as_secs_f64(),
+            keys_s = t.keys.as_secs_f64(),
+            existing_s = t.existing.as_secs_f64(),
+            versions_s = t.versions.as_secs_f64(),
             decide_s = t.decide.as_secs_f64(),
             translate_s = t.translate.as_secs_f64(),
             unique_s = t.unique.as_secs_f64(),

@@ -300,6 +300,7 @@ async fn export_peer(
     peer: &str,
     opts: &ExportOptions,
 ) -> Result<PeerExport, ExportError> {
+    let entered = Instant::now();
     let database = node.db.database.clone();
     let plan = stored_plan(conn, &database).await?;
     let drift = drift::detect(conn, &database).await?;
@@ -318,6 +319,7 @@ async fn export_peer(
     let result =
         async {
             let started = Instant::now();
+            let prelude = started - entered;
             let ps = state::peer(conn, peer, false).await?;
             recover_pending(node, peer, ps.out_seq)?;
             let mut report = PeerExport {
@@ -353,7 +355,9 @@ async fn export_peer(
                 if range.sorter.is_empty() && !opts.heartbeat {
                     return Ok(Some((horizon, None, read)));
                 }
+                let reading_schema = Instant::now();
                 let schema = Schema::read(fetch, &database).await?;
+                let schema_s = reading_schema.elapsed().as_secs_f64();
                 let mut acks = state::applied(fetch).await?;
                 acks.insert(node.name().to_string(), horizon);
                 let recipient_key = node
@@ -407,6 +411,8 @@ async fn export_peer(
                 tracing::info!(
                     changes,
                     entries = report.entries,
+                    prelude_s = prelude.as_secs_f64(),
+                    schema_s,
                     read_s = read.as_secs_f64(),
                     seal_s = stages.fetching.as_secs_f64(),
                     rows_s = stages.reading.as_secs_f64(),
