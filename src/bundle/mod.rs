@@ -3,7 +3,7 @@
 //! A bundle goes from one sender to one recipient. [`BundleWriter`] seals changes into
 //! a file; [`verify_header`] checks a file without decrypting it (relays, carriers);
 //! [`open`] verifies, decrypts and streams the changes back. The byte-level format is
-//! specified in `bundle-format/SPEC.md`; its constants live in [`format`].
+//! specified in `bundle-format/SPEC.md`; its constants live in [`mod@format`].
 
 pub mod body;
 pub mod error;

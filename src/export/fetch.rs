@@ -4,20 +4,17 @@
 //! key with a join, which costs a lookup per reference per row: on obs, eleven
 //! references make the joins dearer than the scan. [`RowFetcher`] instead selects a
 //! table's rows plainly (by local id, a range scan when the ids are dense, which they
-//! are for rows written in order) and translates references on the client through
-//! [`RefCache`]: per referenced table, the identity of each local key seen recently,
-//! fetched in one query per table and batch for the keys it lacks. Rows written
-//! together refer to the same few encounters, patients, concepts and users, so nearly
-//! every reference is a hit. The rows sealed teach the cache their own identities too:
-//! parents are sealed before their children, so an obs finds its encounter, patient and
-//! group already known. Per referenced table the cache keeps two generations of at most
-//! [`CACHE_ENTRIES`] identities each (the older is dropped when the newer fills up), so
-//! memory stays bounded whatever the table sizes while recent rows stay known.
+//! are for rows written in order) and translates references on the client through the
+//! reference cache ([`super::refs`]), which fetches, per referenced table and batch, the
+//! identities of the keys it lacks. Rows written together refer to the same few
+//! encounters, patients, concepts and users, so nearly every reference is a hit. The
+//! rows sealed teach the cache their own identities too: parents are sealed before
+//! their children, so an obs finds its encounter, patient and group already known.
 //!
 //! Both readers produce the same identities and values; a test holds them equal on
 //! every table of the fixture and of the real OpenMRS dump.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value as MyValue};
@@ -25,6 +22,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use std::borrow::Cow;
 
+use super::refs::{padded, padded_params, placeholders, RawKey, RefCache, TargetId, IN_SIZES};
 use super::rows::{decode_value_ref, is_local_id, RowError};
 use crate::bundle::{Identity, IdentityRef, Value, ValueRef};
 use crate::db::{ident, DbError};
@@ -33,16 +31,6 @@ use crate::schema::introspect::Column;
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity as IdentityRule, Schema, SyncPlan};
 
-/// Identities of one referenced table in one generation of the cache (about 11 MB a
-/// generation when full; only the big tables ever fill it). At 1M changes of the
-/// clinical workload, 50,000 let 54k identities be fetched again, 200,000 only 12k but
-/// with 146 MB peak RSS; this is the middle.
-pub const CACHE_ENTRIES: usize = 100_000;
-
-/// Largest IN list of one query; shorter lists are padded to a few fixed lengths so
-/// that the server keeps a handful of prepared statements.
-const IN_SIZES: [usize; 5] = [8, 64, 256, 512, 1000];
-
 /// Errors of fast reading.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -50,230 +38,6 @@ pub enum FetchError {
     Db(#[from] DbError),
     #[error(transparent)]
     Row(#[from] RowError),
-}
-
-/// A local key value as the cache holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum RawKey {
-    Int(i64),
-    Text(Vec<u8>),
-}
-
-impl RawKey {
-    fn of(v: &MyValue) -> Option<RawKey> {
-        match v {
-            MyValue::Int(i) => Some(RawKey::Int(*i)),
-            MyValue::UInt(u) => Some(RawKey::Int(*u as i64)),
-            MyValue::Bytes(b) => Some(RawKey::Text(b.clone())),
-            MyValue::NULL => None,
-            other => Some(RawKey::Text(other.as_sql(true).into_bytes())),
-        }
-    }
-
-    fn param(&self) -> MyValue {
-        match self {
-            RawKey::Int(i) => MyValue::Int(*i),
-            RawKey::Text(b) => MyValue::Bytes(b.clone()),
-        }
-    }
-}
-
-/// Where a reference points: a table and the column the local value matches.
-type Target = (String, String);
-
-/// A [`Target`] registered in a [`RefCache`] (so that a lookup hashes a number, not
-/// two names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TargetId(usize);
-
-/// Identities by local key (hashed with FxHash: these keys are the database's own ids,
-/// and the map is hit for every reference of every row).
-type KeyMap = FxHashMap<RawKey, Option<String>>;
-
-/// Two generations of one target's identities.
-#[derive(Debug, Default)]
-struct Generations {
-    new: KeyMap,
-    old: KeyMap,
-}
-
-impl Generations {
-    fn get(&self, k: &RawKey) -> Option<&Option<String>> {
-        self.new.get(k).or_else(|| self.old.get(k))
-    }
-
-    fn insert(&mut self, k: RawKey, v: Option<String>) {
-        if self.new.len() >= CACHE_ENTRIES {
-            // The older generation goes; its table, already grown, takes the new one
-            // (no rehashing, no fresh pages).
-            std::mem::swap(&mut self.old, &mut self.new);
-            self.new.clear();
-        }
-        self.new.insert(k, v);
-    }
-
-    fn contains(&self, k: &RawKey) -> bool {
-        self.new.contains_key(k) || self.old.contains_key(k)
-    }
-}
-
-/// Identities of referenced rows by local key, and attribute types' discriminators.
-#[derive(Debug, Default)]
-pub struct RefCache {
-    targets: Vec<Target>,
-    ids: HashMap<Target, TargetId>,
-    /// Per target: local key → identity.
-    refs: Vec<Generations>,
-    /// Per (type table, discriminator column): type row's key → discriminator.
-    kinds: Vec<Generations>,
-    /// Lookups answered from the cache, and keys fetched (for the stage log).
-    pub hits: u64,
-    pub fetched: u64,
-}
-
-impl RefCache {
-    /// The id of `(table, column)`, registering it.
-    pub fn target(&mut self, table: &str, column: &str) -> TargetId {
-        let key = (table.to_string(), column.to_string());
-        if let Some(id) = self.ids.get(&key) {
-            return *id;
-        }
-        let id = TargetId(self.targets.len());
-        self.targets.push(key.clone());
-        self.refs.push(Generations::default());
-        self.kinds.push(Generations::default());
-        self.ids.insert(key, id);
-        id
-    }
-
-    fn get(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
-        self.refs[target.0].get(key)
-    }
-
-    fn kind(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
-        self.kinds[target.0].get(key)
-    }
-
-    /// Fetches the identities of the `wanted` keys it lacks.
-    async fn fill(
-        &mut self,
-        conn: &mut Conn,
-        plan: &SyncPlan,
-        schema: &Schema,
-        wanted: FxHashMap<TargetId, FxHashSet<RawKey>>,
-    ) -> Result<(), DbError> {
-        for (id, keys) in wanted {
-            let (table, column) = self.targets[id.0].clone();
-            let expr = row_identity(plan, schema, &table, &|c| format!("t.{}", ident(c)))
-                .expect("references point at synced tables");
-            let sql_for = |n: usize| {
-                format!(
-                    "SELECT t.{col}, {expr} FROM {} AS t WHERE t.{col} IN ({})",
-                    ident(&table),
-                    placeholders(n),
-                    col = ident(&column)
-                )
-            };
-            let keys: Vec<RawKey> = keys.into_iter().collect();
-            for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
-                let rows: Vec<(MyValue, Option<String>)> = conn
-                    .exec(sql_for(padded(chunk.len())), padded_params(chunk))
-                    .await
-                    .map_err(DbError::query(format!(
-                        "reading identities of {table} rows"
-                    )))?;
-                let map = &mut self.refs[id.0];
-                // The server compares text by its collation (case, trailing spaces); a
-                // key matches the row it found that way as well as its exact form.
-                let mut folded: HashMap<Vec<u8>, Option<String>> = HashMap::new();
-                for (k, found) in rows {
-                    let found = found.filter(|s| !s.is_empty());
-                    if let Some(k) = RawKey::of(&k) {
-                        if let RawKey::Text(b) = &k {
-                            folded.insert(fold(b), found.clone());
-                        }
-                        map.insert(k, found);
-                    }
-                }
-                for k in chunk {
-                    if !map.contains(k) {
-                        let found = match k {
-                            RawKey::Text(b) => folded.get(&fold(b)).cloned().flatten(),
-                            RawKey::Int(_) => None,
-                        };
-                        map.insert(k.clone(), found);
-                    }
-                }
-                self.fetched += chunk.len() as u64;
-            }
-        }
-        Ok(())
-    }
-
-    /// Fetches the discriminators of the `wanted` type rows it lacks; each kind target
-    /// comes with its type table's key column.
-    async fn fill_kinds(
-        &mut self,
-        conn: &mut Conn,
-        wanted: FxHashMap<TargetId, (String, FxHashSet<RawKey>)>,
-    ) -> Result<(), DbError> {
-        for (id, (pk, keys)) in wanted {
-            let (table, disc) = self.targets[id.0].clone();
-            let keys: Vec<RawKey> = keys.into_iter().collect();
-            for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
-                let rows: Vec<(MyValue, Option<String>)> = conn
-                    .exec(
-                        format!(
-                            "SELECT {}, {} FROM {} WHERE {} IN ({})",
-                            ident(&pk),
-                            ident(&disc),
-                            ident(&table),
-                            ident(&pk),
-                            placeholders(padded(chunk.len()))
-                        ),
-                        padded_params(chunk),
-                    )
-                    .await
-                    .map_err(DbError::query(format!("reading {table} rows")))?;
-                let map = &mut self.kinds[id.0];
-                for (k, d) in rows {
-                    if let Some(k) = RawKey::of(&k) {
-                        map.insert(k, d);
-                    }
-                }
-                for k in chunk {
-                    if !map.contains(k) {
-                        map.insert(k.clone(), None);
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Text as a case-insensitive, trailing-space-insensitive collation compares it.
-fn fold(b: &[u8]) -> Vec<u8> {
-    let s = String::from_utf8_lossy(b);
-    s.trim_end_matches(' ').to_lowercase().into_bytes()
-}
-
-fn placeholders(n: usize) -> String {
-    vec!["?"; n.max(1)].join(", ")
-}
-
-/// The IN-list length a query of `n` keys uses.
-fn padded(n: usize) -> usize {
-    IN_SIZES.iter().copied().find(|s| *s >= n).unwrap_or(n)
-}
-
-/// The keys as parameters, the last repeated up to the padded length.
-fn padded_params(keys: &[RawKey]) -> Vec<MyValue> {
-    let mut p: Vec<MyValue> = keys.iter().map(RawKey::param).collect();
-    if let Some(last) = p.last().cloned() {
-        p.resize(padded(keys.len()), last);
-    }
-    p
 }
 
 /// The queries that read some rows of a table (they need no cache, so they can run on
@@ -707,16 +471,15 @@ impl RowFetcher {
             .iter()
             .filter_map(|r| {
                 let id = self.row_id_of(r)?;
-                if cache.refs[target.0].contains(&RawKey::Int(id)) {
+                if cache.contains(target, &RawKey::Int(id)) {
                     return None;
                 }
                 let key = self.key_of(cache, r);
                 (!key.is_empty()).then(|| (id, key.into_owned()))
             })
             .collect();
-        let map = &mut cache.refs[target.0];
         for (id, key) in learned {
-            map.insert(RawKey::Int(id), Some(key));
+            cache.insert(target, RawKey::Int(id), Some(key));
         }
     }
 

@@ -19,7 +19,8 @@ use std::time::Instant;
 use mysql_async::{Conn, Row};
 use rustc_hash::FxHashMap;
 
-use super::fetch::{Reads, RefCache, RowFetcher};
+use super::fetch::{Reads, RowFetcher};
+use super::refs::RefCache;
 use super::sorter::{Item, SortError, Sorted};
 use super::{ExportError, Stages};
 use crate::bundle::{BundleWriter, ChangeRef, IdentityRef, Op, Sealed, Version};

@@ -7,7 +7,7 @@
 //! 1. **Horizon** ([`horizon`]): the position up to which no entry can still appear.
 //! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot,
 //!    and sort it into bundle order ([`sorter`]): by table (parents first,
-//!    [`SyncPlan::apply_order`]), then by the row's local id (rows compress best in the
+//!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows compress best in the
 //!    order they were written, as in a dump), then by position.
 //! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op and
 //!    version) on top of the version the peer is known to hold (the base). Entries that
@@ -30,6 +30,7 @@
 pub mod fetch;
 pub mod group;
 pub mod horizon;
+pub mod refs;
 pub mod rows;
 pub mod sorter;
 

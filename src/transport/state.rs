@@ -3,7 +3,7 @@
 //! bundles waiting to be applied) and `quarantine/` (refused files, each with a
 //! `<name>.reason.txt` beside it; never deleted by ferry).
 //!
-//! Files appear under a bundle name only through [`atomic`](super::atomic) publication,
+//! Files appear under a bundle name only through [`super::atomic`] publication,
 //! so a reader never sees a partial bundle under its final name.
 
 use std::fs;

@@ -10,7 +10,7 @@
 //! timestamps, names, choices) come from a ChaCha RNG seeded with `--seed` mixed with a
 //! fingerprint of the starting database, so the same seed on the same starting database
 //! writes the same content, different seeds never share a uuid, and a second run on the
-//! same database writes fresh uuids. Metadata is discovered at run time ([`meta`]), so the
+//! same database writes fresh uuids. Metadata is discovered at run time (`meta.rs`), so the
 //! generator runs on ferry's fixture and on a real OpenMRS dump alike.
 
 mod care;

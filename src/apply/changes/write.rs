@@ -1,0 +1,267 @@
+//! Writing a chunk's new rows, and the checks at the end of a bundle.
+//!
+//! New rows go in as multi-row inserts of text literals, as a dump's reload does; the
+//! local ids they got are learnt without asking where the server hands them out in
+//! order. At the end of the bundle the placeholders of forward references are filled
+//! in (or the bundle fails, naming the row), and no remaining row may refer to a row the
+//! bundle deleted.
+
+use std::collections::{BTreeMap, HashMap};
+
+use mysql_async::prelude::*;
+use mysql_async::{Conn, Value as MyValue};
+
+use super::{
+    key_condition, param_len, value_text, Applier, Fixup, MAX_PLACEHOLDERS, MAX_STATEMENT_BYTES,
+};
+use crate::apply::resolve::KeyValues;
+use crate::apply::{ImportError, MissingReference};
+use crate::bundle::{Change, Identity};
+use crate::db::{ident, push_literal, DbError};
+use crate::schema::plan::SyncedTable;
+use crate::schema::{Identity as Rule, Table};
+
+impl<'a> Applier<'a> {
+    /// Inserts new rows, many per statement; returns the local id each got (by change
+    /// index) where it is known without asking: from the auto-increment counter (when
+    /// the server hands out consecutive ids), the key ferry chose, or the parent's id.
+    /// The identities are remembered for later references.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn insert_rows(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        inserts: &[(usize, KeyValues)],
+        translated: &HashMap<usize, Vec<MyValue>>,
+        changes: &[Change],
+        row_keys: &[String],
+    ) -> Result<HashMap<usize, i64>, ImportError> {
+        let id_cols = synced.identity.columns();
+        let mut cols: Vec<String> = id_cols.iter().map(|c| c.to_string()).collect();
+        cols.extend(synced.columns.iter().cloned());
+        let pk = self.resolver().int_pk(table);
+        // A local integer key without auto-increment gets the next free value.
+        let manual_id = synced
+            .local_id
+            .as_ref()
+            .filter(|pk| info.column(pk).is_some_and(|c| !c.auto_increment));
+        let auto_id = pk
+            .as_ref()
+            .is_some_and(|pk| info.column(pk).is_some_and(|c| c.auto_increment));
+        // A subclass row's key is its parent's id, which it is inserted with.
+        let key_is_id = matches!(synced.identity, Rule::Parent { .. });
+        let mut next_id: i64 = 0;
+        if let Some(pk) = manual_id {
+            cols.push(pk.clone());
+            let max: Option<Option<i64>> = conn
+                .query_first(format!("SELECT MAX({}) FROM {}", ident(pk), ident(table)))
+                .await
+                .map_err(DbError::query(format!("reading the largest {table} id")))?;
+            next_id = max.flatten().unwrap_or(0);
+        }
+        let col_sql = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        let mut ids: HashMap<usize, i64> = HashMap::new();
+        let mut start = 0;
+        while start < inserts.len() {
+            // As many rows as fit the statement limits (placeholders, bytes).
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < inserts.len()
+                && (end - start + 1) * cols.len() <= MAX_PLACEHOLDERS
+                && (end == start || bytes < MAX_STATEMENT_BYTES)
+            {
+                bytes += translated[&inserts[end].0]
+                    .iter()
+                    .map(param_len)
+                    .sum::<usize>();
+                end += 1;
+            }
+            let chunk = &inserts[start..end];
+            // Sent as text with literals, as a dump's reload is: the server parses one
+            // statement instead of binding tens of thousands of parameters.
+            let mut sql: Vec<u8> = Vec::with_capacity(bytes + chunk.len() * cols.len() * 4 + 256);
+            sql.extend_from_slice(
+                format!("INSERT INTO {} ({col_sql}) VALUES ", ident(table)).as_bytes(),
+            );
+            let mut chosen = Vec::with_capacity(chunk.len());
+            for (n, (i, key)) in chunk.iter().enumerate() {
+                sql.extend_from_slice(if n == 0 { b"(" } else { b", (" });
+                let id = manual_id.is_some().then(|| {
+                    next_id += 1;
+                    chosen.push(next_id);
+                    MyValue::Int(next_id)
+                });
+                for (j, v) in key
+                    .iter()
+                    .chain(translated[i].iter())
+                    .chain(id.iter())
+                    .enumerate()
+                {
+                    if j > 0 {
+                        sql.extend_from_slice(b", ");
+                    }
+                    push_literal(&mut sql, v);
+                }
+                sql.push(b')');
+            }
+            conn.query_drop(sql)
+                .await
+                .map_err(|e| self.write_error(table, &changes[chunk[0].0].identity, e))?;
+
+            let first = conn.last_insert_id().unwrap_or(0) as i64;
+            for (j, (i, key)) in chunk.iter().enumerate() {
+                let id = if manual_id.is_some() {
+                    Some(chosen[j])
+                } else if auto_id && self.consecutive_ids && first > 0 {
+                    Some(first + j as i64)
+                } else if key_is_id {
+                    match key.first() {
+                        Some(MyValue::Int(v)) => Some(*v),
+                        Some(MyValue::UInt(v)) => Some(*v as i64),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if let (Some(id), Some(pk)) = (id, &pk) {
+                    ids.insert(*i, id);
+                    if synced.identity.arity() == 1 {
+                        self.ids.learn(table, pk, &row_keys[*i], MyValue::Int(id));
+                    }
+                }
+            }
+            self.stats.inserted += chunk.len() as u64;
+            start = end;
+        }
+        Ok(ids)
+    }
+
+    /// Fills in the references that pointed forward in the bundle, now that every row
+    /// is in: one statement per table, column and 500 rows where the row's key is one
+    /// column (`UPDATE .. SET c = CASE key WHEN .. END`), else one per row.
+    pub(super) async fn apply_fixups(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        let fixups = std::mem::take(&mut self.fixups);
+        let resolver = self.resolver();
+        let mut by_target: BTreeMap<(String, String, String, String), Vec<Fixup>> = BTreeMap::new();
+        for f in fixups {
+            by_target
+                .entry((
+                    f.table.clone(),
+                    f.column.clone(),
+                    f.target.clone(),
+                    f.ref_column.clone(),
+                ))
+                .or_default()
+                .push(f);
+        }
+        for ((table, column, target, ref_column), list) in by_target {
+            let (synced, _) = self.table(&table)?;
+            let soft = synced.soft_refs.iter().any(|s| s.column == column);
+            let key_cols = synced.identity.columns();
+            for chunk in list.chunks(500) {
+                let ids: Vec<&Identity> = chunk.iter().map(|f| &f.identity).collect();
+                let found = self
+                    .ids
+                    .resolve(conn, &resolver, &target, &ref_column, &ids)
+                    .await?;
+                let mut pairs: Vec<(&Fixup, MyValue)> = Vec::with_capacity(chunk.len());
+                for (f, v) in chunk.iter().zip(found) {
+                    let Some(v) = v else {
+                        return Err(ImportError::MissingReference(Box::new(MissingReference {
+                            table: f.table.clone(),
+                            row: f.row.0.join(", "),
+                            column: f.column.clone(),
+                            target: f.target.clone(),
+                            identity: f.identity.0.join(", "),
+                            sender: self.sender.clone(),
+                        })));
+                    };
+                    let v = if soft {
+                        MyValue::from(value_text(&v))
+                    } else {
+                        v
+                    };
+                    pairs.push((f, v));
+                }
+                let doing = || DbError::query(format!("filling in {table}.{column}"));
+                if let [key] = key_cols.as_slice() {
+                    let mut params: Vec<MyValue> = Vec::with_capacity(pairs.len() * 3);
+                    for (f, v) in &pairs {
+                        params.push(f.key[0].clone());
+                        params.push(v.clone());
+                    }
+                    params.extend(pairs.iter().map(|(f, _)| f.key[0].clone()));
+                    conn.exec_drop(
+                        format!(
+                            "UPDATE {} SET {col} = CASE {key} {} ELSE {col} END WHERE {key} IN ({})",
+                            ident(&table),
+                            vec!["WHEN ? THEN ?"; pairs.len()].join(" "),
+                            vec!["?"; pairs.len()].join(", "),
+                            col = ident(&column),
+                            key = ident(key),
+                        ),
+                        params,
+                    )
+                    .await
+                    .map_err(doing())?;
+                } else {
+                    let cond = key_condition(&synced.identity);
+                    for (f, v) in pairs {
+                        let mut params = vec![v];
+                        params.extend(f.key.iter().cloned());
+                        conn.exec_drop(
+                            format!(
+                                "UPDATE {} SET {} = ? WHERE {cond}",
+                                ident(&table),
+                                ident(&column)
+                            ),
+                            params,
+                        )
+                        .await
+                        .map_err(doing())?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No row may still refer to a row this bundle deleted.
+    pub(super) async fn check_deletes(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
+        let deleted = std::mem::take(&mut self.deleted);
+        for (table, ids) in deleted {
+            for child in self.schema.tables.values() {
+                for fk in &child.foreign_keys {
+                    if fk.ref_table != table || fk.columns.len() != 1 {
+                        continue;
+                    }
+                    for chunk in ids.chunks(500) {
+                        let n: Option<u64> = conn
+                            .exec_first(
+                                format!(
+                                    "SELECT COUNT(*) FROM {} WHERE {} IN ({})",
+                                    ident(&child.name),
+                                    ident(&fk.columns[0]),
+                                    vec!["?"; chunk.len()].join(", ")
+                                ),
+                                chunk.to_vec(),
+                            )
+                            .await
+                            .map_err(DbError::query("checking references to deleted rows"))?;
+                        if n.unwrap_or(0) > 0 {
+                            return Err(ImportError::StillReferenced {
+                                table: table.clone(),
+                                child: child.name.clone(),
+                                column: fk.columns[0].clone(),
+                                sender: self.sender.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
