@@ -10,7 +10,10 @@
 //! Run: `cargo bench --bench sync`. FERRY_BENCH_MAX_CHANGES sets the large step
 //! (default 1000000; a value at or under 100000 runs that single step);
 //! FERRY_BENCH_PATIENTS the generator's patients per step (default 1500); the rest of
-//! each step is encounters and obs copied with fresh uuids under capture.
+//! each step is encounters and obs copied with fresh uuids under capture. For finding
+//! where time goes: FERRY_BENCH_BIN runs another ferry build, FERRY_BENCH_EXPORT_AB=BIN
+//! exports each step's backlog again with BIN and this build in turn, and
+//! FERRY_BENCH_PROFILE_DIR records `perf` profiles of export and import.
 
 mod common;
 

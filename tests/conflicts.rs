@@ -476,3 +476,44 @@ fn an_unexported_local_edit_meeting_an_incoming_change_is_recorded() {
     assert!(conflicts(&c, "s1").is_empty());
     assert_converged(&c);
 }
+
+/// Regression test for issue 4 (an import skips looking for the versions of rows new to
+/// the node, `apply::fresh`): a node that never held a table's rows imports, in one run,
+/// bundles that change one row three times, the last concurrently with the second. The
+/// run must still see the versions it settled itself, so the concurrency is recorded
+/// there as it was at the hub.
+#[test]
+fn a_run_of_bundles_into_a_new_node_still_sees_the_versions_it_settled() {
+    let c = Cluster::star(&["hub", "s1", "s2", "s3"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    let hub_sends = || {
+        c.node("hub").ok(&["export"]);
+        c.node("hub").ok(&["send", stick]);
+    };
+    new_person(&c, "s1", P);
+    c.carry("s1", "hub");
+    hub_sends();
+    c.node("s2").ok(&["receive", stick]);
+    c.node("s2").ok(&["import"]);
+    set_gender(&c, "s1", P, "M");
+    set_gender(&c, "s2", P, "F"); // made later: the greater version
+                                  // The smaller version reaches the hub first and goes on to s3; then the greater,
+                                  // concurrent one wins at the hub and follows it.
+    c.carry("s1", "hub");
+    hub_sends();
+    c.carry("s2", "hub");
+    hub_sends();
+    assert_eq!(conflicts(&c, "hub").len(), 1, "{:?}", conflicts(&c, "hub"));
+
+    c.node("s3").ok(&["receive", stick]);
+    let report = c.node("s3").json(&["import", "--json"]);
+    assert_eq!(report["applied"].as_array().unwrap().len(), 3, "{report}");
+    assert_eq!(gender(&c, "s3", P).as_deref(), Some("F"));
+    let list = conflicts(&c, "s3");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["identity"], P);
+    assert_eq!(list[0]["kind"], "concurrent");
+    assert_eq!(list[0]["winner"]["node"], "s2", "{}", list[0]);
+    assert_eq!(list[0]["loser"]["node"], "s1", "{}", list[0]);
+    assert_eq!(c.verify("s3"), c.verify("hub"));
+}

@@ -22,12 +22,13 @@ use mysql_async::{Conn, Value as MyValue};
 use super::conflict::{
     decide, record, record_skew, values_json, Decision, Kind, NewConflict, Side,
 };
+use super::fresh::FreshTables;
 use super::ids::IdCache;
 use super::resolve::{key_text, KeyValues, Resolver};
 use super::unique::{read_values, unique_columns, Check};
 use super::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity, Op, Version};
-use crate::capture::versions::{heads, last_position, settle, version_cols, Floors, Settle};
+use crate::capture::versions::{heads_where, last_position, settle, version_cols, Floors, Settle};
 use crate::db::{ident, values_sql, DbError};
 use crate::export::rows::TableReader;
 use crate::schema::plan::SyncedTable;
@@ -147,6 +148,8 @@ pub struct Applier<'a> {
     /// Whether a multi-row insert gets consecutive auto-increment ids (InnoDB's lock
     /// mode 0 or 1), so that the ids are known from the first.
     pub consecutive_ids: bool,
+    /// Tables whose rows' versions need no probe unless this run settled them.
+    pub fresh: FreshTables,
     pub stats: ApplyStats,
     buffer: Vec<Change>,
     fixups: Vec<Fixup>,
@@ -184,6 +187,7 @@ impl<'a> Applier<'a> {
             timings: ApplyTimings::default(),
             ids: IdCache::default(),
             consecutive_ids: false,
+            fresh: FreshTables::default(),
             stats: ApplyStats::default(),
             buffer: Vec::new(),
             fixups: Vec::new(),
@@ -448,12 +452,22 @@ impl<'a> Applier<'a> {
         let probing = Instant::now();
         let row_keys: Vec<String> = changes.iter().map(|c| identity_text(&c.identity)).collect();
         let key_refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
-        let mut versions: HashMap<String, (Version, bool)> =
-            heads(conn, &self.floors, &self.me, &table, &key_refs, None)
-                .await?
-                .into_iter()
-                .map(|(k, h)| (k, (h.version, h.deleted)))
-                .collect();
+        self.fresh.is_fresh(conn, &table).await?;
+        let fresh = &self.fresh;
+        let may_have_record = |k: &str| fresh.may_have_record(&table, k);
+        let mut versions: HashMap<String, (Version, bool)> = heads_where(
+            conn,
+            &self.floors,
+            &self.me,
+            &table,
+            &key_refs,
+            None,
+            &may_have_record,
+        )
+        .await?
+        .into_iter()
+        .map(|(k, h)| (k, (h.version, h.deleted)))
+        .collect();
         self.timings.versions += probing.elapsed();
         // Where these versions settle in the row's history, when they are not logged:
         // after every entry written so far (the rows are locked), and before any entry
@@ -649,6 +663,9 @@ impl<'a> Applier<'a> {
             log.push(self.log_row(&table, rk, row_id, c));
         }
         settle(conn, &settled).await?;
+        for s in &settled {
+            self.fresh.settled(&s.table, &s.row_key);
+        }
         self.timings.settle += lap(&mut clock);
         if !log.is_empty() {
             conn.query_drop(format!(

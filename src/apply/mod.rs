@@ -21,6 +21,7 @@
 
 pub mod changes;
 pub mod conflict;
+pub mod fresh;
 pub mod ids;
 pub mod operator;
 pub mod resolve;
@@ -45,6 +46,7 @@ use crate::schema::Schema;
 use crate::state;
 use crate::transport::state::{copy_atomic, file_sha256, TransportError};
 use changes::{Applier, ApplyStats};
+use fresh::FreshTables;
 
 /// Errors of import.
 #[derive(Debug, thiserror::Error)]
@@ -199,9 +201,38 @@ pub async fn import(
             .or_default()
             .push((name, path));
     }
+    // One import at a time per database: then only this one writes `ferry_row`, which
+    // lets it skip looking for versions of rows new to it ([`fresh`]).
+    let locked: Option<i64> = conn
+        .query_first(format!(
+            "SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), {IMPORT_LOCK_WAIT_S})"
+        ))
+        .await
+        .map_err(DbError::query("taking the import lock"))?;
+    let mut fresh = FreshTables::new(locked == Some(1));
+    let result = import_locked(conn, node, by_sender, &mut fresh, &mut report).await;
+    let _ = conn
+        .query_drop("DO RELEASE_LOCK(CONCAT('ferry-import-', DATABASE()))")
+        .await;
+    result?;
+    Ok(report)
+}
+
+/// How long an import waits for another one to finish before going ahead without the
+/// lock (correct, only slower on new rows).
+const IMPORT_LOCK_WAIT_S: u32 = 600;
+
+/// Applies each sender's bundles and prunes what every peer has acknowledged.
+async fn import_locked(
+    conn: &mut Conn,
+    node: &NodeContext,
+    by_sender: BTreeMap<String, Vec<(BundleName, PathBuf)>>,
+    fresh: &mut FreshTables,
+    report: &mut ImportReport,
+) -> Result<(), ImportError> {
     for (sender, mut files) in by_sender {
         files.sort();
-        import_sender(conn, node, &sender, files, &mut report).await?;
+        import_sender(conn, node, &sender, files, fresh, report).await?;
     }
     // Acknowledged bundles leave the outbox; acknowledged changes leave the log.
     let mut peer_acks = Vec::new();
@@ -227,7 +258,7 @@ pub async fn import(
         peer_acks.push((p, ps.acks, ps.out_cursor));
     }
     state::prune(conn, node.name(), &peer_acks).await?;
-    Ok(report)
+    Ok(())
 }
 
 fn expand(files: &[PathBuf]) -> Result<Vec<PathBuf>, ImportError> {
@@ -295,6 +326,7 @@ async fn import_sender(
     node: &NodeContext,
     sender: &str,
     files: Vec<(BundleName, PathBuf)>,
+    fresh: &mut FreshTables,
     report: &mut ImportReport,
 ) -> Result<(), ImportError> {
     let mut ps = state::peer(conn, sender, false).await?;
@@ -340,7 +372,7 @@ async fn import_sender(
         // of the run brings, those apply together in one transaction.
         let mut width = 1;
         let outcome = loop {
-            match apply_files(conn, node, &run[i..i + width], &ps).await {
+            match apply_files(conn, node, &run[i..i + width], &ps, fresh).await {
                 Err(ImportError::MissingReference(_)) if i + width < run.len() => width += 1,
                 other => break other,
             }
@@ -389,6 +421,7 @@ async fn apply_files(
     node: &NodeContext,
     paths: &[PathBuf],
     ps: &state::PeerState,
+    fresh: &mut FreshTables,
 ) -> Result<Vec<Applied>, ImportError> {
     let database = node.db.database.clone();
     let plan = stored_plan(conn, &database).await?;
@@ -422,6 +455,8 @@ async fn apply_files(
             .await
             .map_err(DbError::query("reading the auto-increment lock mode"))?;
         applier.consecutive_ids = matches!(lock_mode, Some(0) | Some(1));
+        // Taken back only on success: after a failure the run probes every key.
+        applier.fresh = std::mem::take(fresh);
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
         for path in paths {
@@ -509,6 +544,7 @@ async fn apply_files(
         if let Some(seen) = applier.seen.clone() {
             raise_floor(conn, &seen).await?;
         }
+        *fresh = std::mem::take(&mut applier.fresh);
         Ok(done)
     }
     .await;

@@ -257,6 +257,20 @@ pub async fn heads(
     keys: &[&str],
     upto: Option<u64>,
 ) -> Result<HashMap<String, Head>, DbError> {
+    heads_where(conn, floors, me, table, keys, upto, &|_| true).await
+}
+
+/// [`heads`], reading `ferry_row` records only for the keys `may_have_record` allows
+/// (the others are known to have none).
+pub async fn heads_where(
+    conn: &mut Conn,
+    floors: &Floors,
+    me: &str,
+    table: &str,
+    keys: &[&str],
+    upto: Option<u64>,
+    may_have_record: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<HashMap<String, Head>, DbError> {
     let mut out: HashMap<String, Head> = HashMap::new();
     let mut ks: Vec<&str> = keys.to_vec();
     ks.sort_unstable();
@@ -314,13 +328,22 @@ pub async fn heads(
             };
             out.insert(e.row_key, head);
         }
+        let probed: Vec<&str> = chunk
+            .iter()
+            .copied()
+            .filter(|k| may_have_record(k))
+            .collect();
+        if probed.is_empty() {
+            continue;
+        }
         let mut params: Vec<MyValue> = vec![table.into()];
-        params.extend(chunk.iter().map(|k| MyValue::from(*k)));
+        params.extend(probed.iter().map(|k| MyValue::from(*k)));
         let settled: Vec<Row> = conn
             .exec(
                 format!(
                     "SELECT row_key, {SETTLED_COLUMNS} FROM ferry_row \
-                     WHERE table_name = ? AND row_key IN ({marks})"
+                     WHERE table_name = ? AND row_key IN ({})",
+                    vec!["?"; probed.len()].join(", ")
                 ),
                 params,
             )
