@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ferry::bundle::{open, verify_header, NodeKeys};
+use ferry::bundle::{open, verify_header, NodeKeys, ReadAhead};
 use ferry::dev::bundle_vectors::{
     keys_from_json, reader_peers, seal_vector, KeyJson, ValidVector, READER,
 };
@@ -247,4 +247,46 @@ fn relays_check_valid_vectors_without_decrypting() {
         let verified = verify_header(&dir().join("valid").join(&v.file), &peers).unwrap();
         assert_eq!(hex::encode(verified.hash), v.expected.hash);
     }
+}
+
+/// Read ahead on a thread of its own (as import reads), every invalid vector whose
+/// header passes ends in the same error as reading it in place.
+#[test]
+fn invalid_vectors_read_ahead_end_in_the_same_error() {
+    let keys = keys();
+    let peers = reader_peers(&keys);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut streamed = 0;
+    for (name, _, _) in INVALID {
+        let path = dir().join("invalid").join(format!("{name}.bundle"));
+        let Ok(mut r) = open(&path, READER, &keys[READER], &peers) else {
+            continue; // refused before any change is read
+        };
+        let plain = loop {
+            match r.next_change() {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{name} was accepted"),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let r = open(&path, READER, &keys[READER], &peers).unwrap();
+        let ahead = rt.block_on(async {
+            let mut changes = ReadAhead::start(r);
+            loop {
+                match changes.next_batch().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("{name} was accepted read ahead"),
+                    Err(e) => break e.to_string(),
+                }
+            }
+        });
+        assert_eq!(ahead, plain, "{name}");
+        streamed += 1;
+    }
+    assert!(
+        streamed >= 2,
+        "only {streamed} vectors fail while streaming"
+    );
 }

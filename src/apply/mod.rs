@@ -460,7 +460,7 @@ async fn apply_files(
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
         for path in paths {
-            let mut reader =
+            let reader =
                 bundle::open_named(path, &file_name(path), node.name(), &node.keys, &node.peers)?;
             let header = reader.header().clone();
             let hash = reader.hash();
@@ -493,8 +493,12 @@ async fn apply_files(
             applier.start_bundle(conn, acks.clone()).await?;
             applier.created_us = header.created_us;
             let before = applier.stats.clone();
-            while let Some(change) = reader.next_change()? {
-                applier.push(conn, change).await?;
+            // Decoded on a thread of its own while the server applies.
+            let mut changes = bundle::ReadAhead::start(reader);
+            while let Some(batch) = changes.next_batch().await? {
+                for change in batch {
+                    applier.push(conn, change).await?;
+                }
             }
             applier.flush_all(conn).await?;
             let at = node.clock.now_us();

@@ -5,6 +5,7 @@
 //! [`open`] verifies, decrypts and streams the changes back. The byte-level format is
 //! specified in `bundle-format/SPEC.md`; its constants live in [`mod@format`].
 
+pub mod ahead;
 pub mod body;
 pub mod error;
 pub mod format;
@@ -17,6 +18,7 @@ pub mod stream;
 pub mod tarball;
 pub mod writer;
 
+pub use ahead::ReadAhead;
 pub use error::BundleError;
 pub use format::BundleName;
 pub use header::Header;
