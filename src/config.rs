@@ -74,6 +74,13 @@ pub struct Config {
         skip_serializing_if = "is_default_skew"
     )]
     pub max_clock_skew_seconds: i64,
+    /// How long an import waits for another import into the same database to finish
+    /// before it gives up, applying nothing.
+    #[serde(
+        default = "default_import_wait",
+        skip_serializing_if = "is_default_import_wait"
+    )]
+    pub import_wait_seconds: u32,
     /// The peers this node exchanges bundles with.
     #[serde(default, rename = "peer", skip_serializing_if = "Vec::is_empty")]
     pub peers: Vec<PeerConfig>,
@@ -92,6 +99,7 @@ impl Config {
             relay_for: Vec::new(),
             clock_offset_seconds: 0,
             max_clock_skew_seconds: DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+            import_wait_seconds: DEFAULT_IMPORT_WAIT_SECONDS,
             peers: Vec::new(),
             path: path.to_path_buf(),
         };
@@ -190,6 +198,17 @@ fn default_max_clock_skew() -> i64 {
 
 fn is_default_skew(n: &i64) -> bool {
     *n == DEFAULT_MAX_CLOCK_SKEW_SECONDS
+}
+
+/// How long an import waits for another one by default (ten minutes).
+pub const DEFAULT_IMPORT_WAIT_SECONDS: u32 = 600;
+
+fn default_import_wait() -> u32 {
+    DEFAULT_IMPORT_WAIT_SECONDS
+}
+
+fn is_default_import_wait(n: &u32) -> bool {
+    *n == DEFAULT_IMPORT_WAIT_SECONDS
 }
 
 /// Node names appear in file names and headers, so they are kept to a safe alphabet.

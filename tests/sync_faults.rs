@@ -1,6 +1,7 @@
 //! Sync under bad delivery and failure, on real MariaDB: bundles out of order,
-//! duplicated and held back; a reference to a row nobody sent; the importing server
-//! killed with `kill -9` in the middle of a large bundle.
+//! duplicated and held back; a reference to a row nobody sent; an import that finds
+//! another one running; the importing server killed with `kill -9` in the middle of a
+//! large bundle.
 
 mod common;
 
@@ -140,6 +141,48 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
         .map(|a| a["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, vec![2, 3], "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
+/// Imports take turns (issue 4: skipping the version probe of rows new to a node relies
+/// on being the only import): one that waited its `import_wait_seconds` for another
+/// applies nothing, says why, and leaves the bundle waiting; it applies once the other
+/// is done.
+#[test]
+fn an_import_that_finds_another_running_applies_nothing_and_says_so() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    common::generate(c.url("site-a"), 7, 1, 1, 2);
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("site-a").ok(&["export"]);
+    c.node("site-a").ok(&["send", stick]);
+    c.node("site-b").ok(&["receive", stick]);
+    let config = &c.node("site-b").config;
+    let text = std::fs::read_to_string(config).unwrap();
+    std::fs::write(config, format!("import_wait_seconds = 1\n{text}")).unwrap();
+    let before = c.verify("site-b");
+    block_on(async {
+        // Another import's lock, held by a session of its own.
+        let mut other = conn(c.url("site-b")).await;
+        let got: Option<i64> = other
+            .query_first("SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), 0)")
+            .await
+            .unwrap();
+        assert_eq!(got, Some(1));
+        let (code, out, err) = c.node("site-b").run(&["import"]);
+        assert_eq!(code, 1, "{out}{err}");
+        assert!(
+            err.contains("another import into this database ran all the 1 s this one waited"),
+            "{err}"
+        );
+        assert!(err.contains("hint: nothing was applied"), "{err}");
+        other
+            .query_drop("DO RELEASE_LOCK(CONCAT('ferry-import-', DATABASE()))")
+            .await
+            .unwrap();
+    });
+    assert_eq!(c.verify("site-b"), before, "nothing was applied");
+    let r = c.node("site-b").json(&["import", "--json"]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
 

@@ -17,7 +17,10 @@
 //! settled more than [`MAX_REMEMBERED`] keys, every key is probed again as before: the
 //! memory stays bounded (about 50 MB).
 //!
-//! Without the import lock (another session held it too long) nothing is fresh.
+//! [`FreshTables::new`]`(false)` (the default) makes nothing fresh: an [`Applier`]
+//! outside an import (an operator restoring a conflict's loser) probes every key.
+//!
+//! [`Applier`]: super::changes::Applier
 
 use std::hash::{Hash, Hasher};
 
@@ -33,7 +36,7 @@ pub const MAX_REMEMBERED: usize = 2_000_000;
 /// Which tables of this run are fresh, and the keys the run settled in them.
 #[derive(Debug, Default)]
 pub struct FreshTables {
-    /// Whether any table may be fresh (the import lock is held, the memory bound not hit).
+    /// Whether any table may be fresh (inside an import, the memory bound not hit).
     enabled: bool,
     /// Per table seen in this run: whether it is fresh.
     tables: FxHashMap<String, bool>,
@@ -42,7 +45,8 @@ pub struct FreshTables {
 }
 
 impl FreshTables {
-    /// Fresh tables are looked for only when `enabled` (the import lock is held).
+    /// Fresh tables are looked for only when `enabled` (by an import, which holds the
+    /// import lock).
     pub fn new(enabled: bool) -> FreshTables {
         FreshTables {
             enabled,

@@ -63,6 +63,8 @@ pub enum ImportError {
     Row(#[from] crate::export::rows::RowError),
     #[error("bundle {seq} from {sender} is not the bundle {seq} applied here before (its hash differs)\nhint: it was moved to quarantine; find out where this file came from, the sender's outbox holds the genuine one")]
     Conflicting { sender: String, seq: u64 },
+    #[error("another import into this database ran all the {waited} s this one waited\nhint: nothing was applied and the bundles wait in the inbox; let the other import finish, then import again (`import_wait_seconds` in ferry.toml sets the wait)")]
+    Busy { waited: u32 },
     #[error("bundle {seq} from {sender} does not follow bundle {prev} applied here (its previous-bundle hash differs)\nhint: the sender's state was probably restored from a backup or re-initialised; do not delete anything, and ask for help before going on")]
     ChainBroken { sender: String, seq: u64, prev: u64 },
     #[error("bundle {seq} from {sender} was made with a different sync plan (schema)\nhint: bring both nodes to the same OpenMRS version and run `ferry setup` on both; the bundle stays in the inbox")]
@@ -202,14 +204,21 @@ pub async fn import(
             .push((name, path));
     }
     // One import at a time per database: then only this one writes `ferry_row`, which
-    // lets it skip looking for versions of rows new to it ([`fresh`]).
+    // lets it skip looking for versions of rows new to it ([`fresh`]). An import that
+    // went ahead without the lock would break that for the one holding it.
     let locked: Option<i64> = conn
         .query_first(format!(
-            "SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), {IMPORT_LOCK_WAIT_S})"
+            "SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), {})",
+            node.config.import_wait_seconds
         ))
         .await
         .map_err(DbError::query("taking the import lock"))?;
-    let mut fresh = FreshTables::new(locked == Some(1));
+    if locked != Some(1) {
+        return Err(ImportError::Busy {
+            waited: node.config.import_wait_seconds,
+        });
+    }
+    let mut fresh = FreshTables::new(true);
     let result = import_locked(conn, node, by_sender, &mut fresh, &mut report).await;
     let _ = conn
         .query_drop("DO RELEASE_LOCK(CONCAT('ferry-import-', DATABASE()))")
@@ -217,10 +226,6 @@ pub async fn import(
     result?;
     Ok(report)
 }
-
-/// How long an import waits for another one to finish before going ahead without the
-/// lock (correct, only slower on new rows).
-const IMPORT_LOCK_WAIT_S: u32 = 600;
 
 /// Applies each sender's bundles and prunes what every peer has acknowledged.
 async fn import_locked(
