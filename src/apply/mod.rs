@@ -262,6 +262,8 @@ async fn import_locked(
         }
         peer_acks.push((p, ps.acks, ps.out_cursor));
     }
+    // Last: pruning writes `ferry_row` records, which the fresh tables of the applies
+    // above do not account for.
     state::prune(conn, node.name(), &peer_acks).await?;
     Ok(())
 }
