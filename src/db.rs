@@ -122,9 +122,6 @@ pub fn literal(s: &str) -> String {
     out
 }
 
-/// `(a, b), (c, d)` as SQL literals, for multi-row statements sent as text. Only for
-/// values whose text form is exact (numbers, text, dates): binary data goes through
-/// prepared statements.
 /// Appends `v` as an SQL literal for a statement sent as text (the session has no
 /// NO_BACKSLASH_ESCAPES). Numbers are written so the server reads back the same bits:
 /// floats as their exact double in shortest exponent form (a FLOAT column takes the
@@ -171,6 +168,9 @@ pub fn push_literal(out: &mut Vec<u8>, v: &mysql_async::Value) {
     }
 }
 
+/// `(a, b), (c, d)` as SQL literals, for multi-row statements sent as text. Only for
+/// values whose text form is exact (numbers, text, dates): binary data goes through
+/// prepared statements.
 pub fn values_sql(rows: &[Vec<mysql_async::Value>]) -> String {
     let mut out = String::new();
     for (i, row) in rows.iter().enumerate() {
@@ -187,6 +187,23 @@ pub fn values_sql(rows: &[Vec<mysql_async::Value>]) -> String {
         out.push(')');
     }
     out
+}
+
+/// Takes the named lock `<name><database>` for this session, waiting at most `wait_s`
+/// seconds; whether it was taken. Held until [`release_lock`] or the session ends.
+pub async fn take_lock(conn: &mut Conn, name: &str, wait_s: u32) -> Result<bool, DbError> {
+    let got: Option<i64> = conn
+        .exec_first("SELECT GET_LOCK(CONCAT(?, DATABASE()), ?)", (name, wait_s))
+        .await
+        .map_err(DbError::query(format!("taking the {name} lock")))?;
+    Ok(got == Some(1))
+}
+
+/// Releases a lock [`take_lock`] took (errors ignored: the session's end releases it too).
+pub async fn release_lock(conn: &mut Conn, name: &str) {
+    let _ = conn
+        .exec_drop("DO RELEASE_LOCK(CONCAT(?, DATABASE()))", (name,))
+        .await;
 }
 
 #[cfg(test)]

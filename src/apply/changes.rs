@@ -452,7 +452,7 @@ impl<'a> Applier<'a> {
         let probing = Instant::now();
         let row_keys: Vec<String> = changes.iter().map(|c| identity_text(&c.identity)).collect();
         let key_refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
-        self.fresh.is_fresh(conn, &table).await?;
+        self.fresh.learn(conn, &table).await?;
         let fresh = &self.fresh;
         let may_have_record = |k: &str| fresh.may_have_record(&table, k);
         let mut versions: HashMap<String, (Version, bool)> = heads_where(

@@ -54,13 +54,10 @@ impl FreshTables {
         }
     }
 
-    /// Whether `table` is fresh (asked of the database at the table's first chunk).
-    pub async fn is_fresh(&mut self, conn: &mut Conn, table: &str) -> Result<bool, DbError> {
-        if !self.enabled {
-            return Ok(false);
-        }
-        if let Some(fresh) = self.tables.get(table) {
-            return Ok(*fresh);
+    /// Finds out, at the table's first chunk in the run, whether `table` is fresh.
+    pub async fn learn(&mut self, conn: &mut Conn, table: &str) -> Result<(), DbError> {
+        if !self.enabled || self.tables.contains_key(table) {
+            return Ok(());
         }
         let any: Option<u8> = conn
             .exec_first(
@@ -70,19 +67,22 @@ impl FreshTables {
             .await
             .map_err(DbError::query("looking for row versions"))?;
         self.tables.insert(table.to_string(), any.is_none());
-        Ok(any.is_none())
+        Ok(())
+    }
+
+    /// Whether `table` is known to be fresh.
+    fn is_fresh(&self, table: &str) -> bool {
+        self.enabled && self.tables.get(table).copied().unwrap_or(false)
     }
 
     /// Whether the row `key` of `table` may have a `ferry_row` record.
     pub fn may_have_record(&self, table: &str, key: &str) -> bool {
-        !self.enabled
-            || !self.tables.get(table).copied().unwrap_or(false)
-            || self.settled.contains(&hash(table, key))
+        !self.is_fresh(table) || self.settled.contains(&hash(table, key))
     }
 
     /// Notes that this run settled the version of row `key` of `table`.
     pub fn settled(&mut self, table: &str, key: &str) {
-        if !self.enabled || !self.tables.get(table).copied().unwrap_or(false) {
+        if !self.is_fresh(table) {
             return;
         }
         if self.settled.len() >= MAX_REMEMBERED {

@@ -39,7 +39,7 @@ use crate::bundle::{self, BundleError, BundleName};
 use crate::capture::setup::stored_plan;
 use crate::capture::versions::{raise_floor, Floors};
 use crate::capture::CaptureError;
-use crate::db::DbError;
+use crate::db::{release_lock, take_lock, DbError};
 use crate::export::{begin, finish};
 use crate::node::NodeContext;
 use crate::schema::Schema;
@@ -206,26 +206,20 @@ pub async fn import(
     // One import at a time per database: then only this one writes `ferry_row`, which
     // lets it skip looking for versions of rows new to it ([`fresh`]). An import that
     // went ahead without the lock would break that for the one holding it.
-    let locked: Option<i64> = conn
-        .query_first(format!(
-            "SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), {})",
-            node.config.import_wait_seconds
-        ))
-        .await
-        .map_err(DbError::query("taking the import lock"))?;
-    if locked != Some(1) {
+    if !take_lock(conn, IMPORT_LOCK, node.config.import_wait_seconds).await? {
         return Err(ImportError::Busy {
             waited: node.config.import_wait_seconds,
         });
     }
     let mut fresh = FreshTables::new(true);
     let result = import_locked(conn, node, by_sender, &mut fresh, &mut report).await;
-    let _ = conn
-        .query_drop("DO RELEASE_LOCK(CONCAT('ferry-import-', DATABASE()))")
-        .await;
+    release_lock(conn, IMPORT_LOCK).await;
     result?;
     Ok(report)
 }
+
+/// The named lock imports take (per database).
+pub const IMPORT_LOCK: &str = "ferry-import-";
 
 /// Applies each sender's bundles and prunes what every peer has acknowledged.
 async fn import_locked(

@@ -7,8 +7,8 @@
 //! 1. **Horizon** ([`horizon`]): the position up to which no entry can still appear.
 //! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot,
 //!    and sort it into bundle order ([`sorter`]): by table (parents first,
-//!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows compress best in the
-//!    order they were written, as in a dump), then by position.
+//!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows
+//!    compress best in the order they were written, as in a dump), then by position.
 //! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op and
 //!    version) on top of the version the peer is known to hold (the base). Entries that
 //!    came from the peer, or originated there, are not sent back; the peer holds them,
@@ -48,7 +48,7 @@ use crate::capture::drift::{self, DriftItem};
 use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
 use crate::capture::versions::{Floors, LogEntry};
 use crate::capture::CaptureError;
-use crate::db::DbError;
+use crate::db::{release_lock, take_lock, DbError};
 use crate::node::NodeContext;
 use crate::schema::Schema;
 use crate::state;
@@ -309,14 +309,9 @@ async fn export_peer(
         return Err(ExportError::Drift(drift));
     }
     check_clock(conn, node).await?;
-    // Serialise exports of this database (a second `ferry export` waits).
-    let _: Option<i64> = conn
-        .exec_first(
-            "SELECT GET_LOCK(CONCAT('ferry-export-', DATABASE()), 600)",
-            (),
-        )
-        .await
-        .map_err(DbError::query("taking the export lock"))?;
+    // Serialise exports of this database (a second `ferry export` waits; one that waited
+    // in vain still meets the sequence check at commit).
+    take_lock(conn, EXPORT_LOCK, 600).await?;
     let result =
         async {
             let started = Instant::now();
@@ -486,11 +481,12 @@ async fn export_peer(
             Ok(report)
         }
         .await;
-    let _ = conn
-        .query_drop("DO RELEASE_LOCK(CONCAT('ferry-export-', DATABASE()))")
-        .await;
+    release_lock(conn, EXPORT_LOCK).await;
     result
 }
+
+/// The named lock exports take (per database).
+const EXPORT_LOCK: &str = "ferry-export-";
 
 /// Time spent per stage of sealing (for the stage log).
 #[derive(Debug, Clone, Copy, Default)]
