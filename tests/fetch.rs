@@ -85,3 +85,68 @@ fn fast_reader_equals_the_join_reader_on_every_table() {
         assert!(compared.0 > 30 && compared.1 > 100, "{compared:?}");
     }
 }
+
+/// Sealing decodes with the cache as it is and prepares a batch only at the first row
+/// the cache cannot decode (`RowFetcher::try_decode`); from a cold cache that path
+/// must give the same rows as the join reader, and must be taken.
+#[test]
+fn decoding_as_sealing_does_from_a_cold_cache_equals_the_join_reader() {
+    let s = site("fetchcold", &Source::Fixture);
+    generate(&s.url, 5, 20, 2, 3);
+    let node = Node::new("a", &s.url);
+    node.ok(&["setup"]);
+    let (tables, retried) = block_on(async {
+        let mut c = conn(&s.url).await;
+        let db = ferry::db::DbUrl::parse(&s.url).unwrap().database;
+        let plan = stored_plan(&mut c, &db).await.unwrap();
+        let schema = Schema::read(&mut c, &db).await.unwrap();
+        let mut cache = RefCache::default();
+        let (mut tables, mut retried) = (0, 0);
+        for (table, _) in plan.synced() {
+            let slow = TableReader::new(&plan, &schema, table);
+            let fast = RowFetcher::new(&plan, &schema, table, &mut cache);
+            let (Some(slow), Some(fast)) = (slow, fast) else {
+                continue;
+            };
+            let mut want: Rows = BTreeMap::new();
+            let found: Vec<mysql_async::Row> = c.exec(slow.select_all(), ()).await.unwrap();
+            for r in found {
+                let (k, id, v) = slow.decode(&r).unwrap();
+                want.insert(k, (id, v));
+            }
+            let raw: Vec<mysql_async::Row> = c.exec(fast.select_all(), ()).await.unwrap();
+            let mut got: Rows = BTreeMap::new();
+            for batch in raw.chunks(50) {
+                fast.learn(&mut cache, batch);
+                let mut prepared = false;
+                for r in batch {
+                    let tried = fast
+                        .try_decode(&cache, r)
+                        .unwrap()
+                        .map(|row| row.to_owned());
+                    let row = match tried {
+                        Some(row) => row,
+                        None => {
+                            assert!(!prepared, "{table}: a prepared batch still misses");
+                            fast.prepare(&mut c, &mut cache, &plan, &schema, batch)
+                                .await
+                                .unwrap();
+                            prepared = true;
+                            retried += 1;
+                            fast.decode(&cache, r).unwrap().to_owned()
+                        }
+                    };
+                    got.insert(row.key, (row.identity, row.values));
+                }
+            }
+            assert_eq!(got, want, "{table}");
+            tables += 1;
+        }
+        (tables, retried)
+    });
+    eprintln!("{tables} tables equal; {retried} batches prepared after a miss");
+    assert!(
+        tables > 30 && retried > 10,
+        "{tables} tables, {retried} retried"
+    );
+}

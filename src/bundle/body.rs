@@ -272,13 +272,9 @@ impl<W: Write> BodyEncoder<W> {
         slots.clear();
         if v2 {
             for v in values {
-                let slot = v.reference().and_then(|id| {
-                    let found = self.slot_index.find(&id);
-                    if found.is_none() {
-                        self.slot_index.put(&id);
-                    }
-                    found
-                });
+                let slot = v
+                    .reference()
+                    .and_then(|id| self.slot_index.find_or_put(&id));
                 slots.push(slot);
             }
             self.slot_index.put(&identity);

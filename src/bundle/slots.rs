@@ -78,15 +78,33 @@ pub struct SlotIndex {
 impl SlotIndex {
     /// The slot that holds `id`, if any.
     pub fn find(&self, id: &IdentityRef) -> Option<u32> {
-        let &k = self.by_hash.get(&hash_of(id))?;
+        self.find_hashed(hash_of(id), id)
+    }
+
+    fn find_hashed(&self, hash: u64, id: &IdentityRef) -> Option<u32> {
+        let &k = self.by_hash.get(&hash)?;
         holds(&self.ring[k as usize].1, id).then_some(k)
+    }
+
+    /// The slot that holds `id`; if none does, `None`, and `id` goes into the next
+    /// slot (what a writer does with each reference).
+    pub fn find_or_put(&mut self, id: &IdentityRef) -> Option<u32> {
+        let hash = hash_of(id);
+        let found = self.find_hashed(hash, id);
+        if found.is_none() {
+            self.put_hashed(hash, id);
+        }
+        found
     }
 
     /// Puts `id` into the next slot.
     pub fn put(&mut self, id: &IdentityRef) {
+        self.put_hashed(hash_of(id), id)
+    }
+
+    fn put_hashed(&mut self, hash: u64, id: &IdentityRef) {
         let k = self.next % REF_SLOTS;
         self.next += 1;
-        let hash = hash_of(id);
         if k == self.ring.len() {
             let mut slot = Vec::with_capacity(id.len());
             each_part(id, |_, p| {
@@ -96,8 +114,10 @@ impl SlotIndex {
             self.ring.push((hash, slot));
         } else {
             let (old, slot) = &mut self.ring[k];
-            if self.by_hash.get(old) == Some(&(k as u32)) {
-                self.by_hash.remove(old);
+            if let std::collections::hash_map::Entry::Occupied(e) = self.by_hash.entry(*old) {
+                if *e.get() == k as u32 {
+                    e.remove();
+                }
             }
             *old = hash;
             // Reuse the slot's strings: no allocation once the ring is full.

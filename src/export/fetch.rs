@@ -348,6 +348,11 @@ impl RowFetcher {
         reads
     }
 
+    /// The query that reads every row of the table, as this fetcher decodes them.
+    pub fn select_all(&self) -> String {
+        format!("SELECT {} FROM {} AS t", self.select, ident(&self.table))
+    }
+
     /// Every row of the table, in no particular order (for tests and verify-like scans).
     pub async fn all(
         &self,
@@ -357,10 +362,7 @@ impl RowFetcher {
         schema: &Schema,
     ) -> Result<Vec<FetchedRow>, FetchError> {
         let rows: Vec<Row> = conn
-            .exec(
-                format!("SELECT {} FROM {} AS t", self.select, ident(&self.table)),
-                (),
-            )
+            .exec(self.select_all(), ())
             .await
             .map_err(DbError::query(format!("reading {} rows", self.table)))?;
         let mut out = Vec::new();
@@ -463,23 +465,24 @@ impl RowFetcher {
 
     /// Teaches the cache the identities of `rows`, by local id: rows sealed later in the
     /// same bundle refer to them (parents come first, and obs to their groups).
-    fn learn(&self, cache: &mut RefCache, rows: &[Row]) {
+    pub fn learn(&self, cache: &mut RefCache, rows: &[Row]) {
         let Some(target) = self.learns else {
             return;
         };
-        let learned: Vec<(i64, String)> = rows
-            .iter()
-            .filter_map(|r| {
-                let id = self.row_id_of(r)?;
-                if cache.contains(target, &RawKey::Int(id)) {
-                    return None;
-                }
-                let key = self.key_of(cache, r);
-                (!key.is_empty()).then(|| (id, key.into_owned()))
-            })
-            .collect();
-        for (id, key) in learned {
-            cache.insert(target, RawKey::Int(id), Some(key));
+        for r in rows {
+            let Some(id) = self.row_id_of(r) else {
+                continue;
+            };
+            let k = RawKey::Int(id);
+            if cache.knows_recent(target, &k) {
+                continue;
+            }
+            let key = self.key_of(cache, r);
+            if key.is_empty() {
+                continue;
+            }
+            let key = key.into_owned();
+            cache.insert(target, k, Some(key));
         }
     }
 
@@ -503,8 +506,50 @@ impl RowFetcher {
         }
     }
 
-    /// Decodes a row read by this fetcher, borrowing from it and from the cache.
+    /// Decodes a row read by this fetcher, borrowing from it and from the cache (its
+    /// references prepared: what the cache lacks counts as absent).
     pub fn decode<'a>(&self, cache: &'a RefCache, r: &'a Row) -> Result<RowRef<'a>, FetchError> {
+        self.decode_with(cache, r, true)
+            .map(|d| d.expect("a strict decode answers every lookup"))
+    }
+
+    /// Decodes a row, or `None` when the cache lacks something the row needs (an
+    /// identity or an attribute type's discriminator): then [`RowFetcher::prepare`]
+    /// the rows and decode again. Sealing decodes this way first, so that the
+    /// references of rows whose targets are all known are looked up once, not twice.
+    pub fn try_decode<'a>(
+        &self,
+        cache: &'a RefCache,
+        r: &'a Row,
+    ) -> Result<Option<RowRef<'a>>, FetchError> {
+        self.decode_with(cache, r, false)
+    }
+
+    /// Whether [`RowFetcher::key_of`] needs the cache (a subclass row's identity is its
+    /// parent's): then the rows must be prepared before they are matched to entries.
+    pub fn keys_need_cache(&self) -> bool {
+        matches!(self.ident, Ident::Parent { .. })
+    }
+
+    /// Decodes a row; with `strict`, a lookup the cache cannot answer counts as a
+    /// missing row, else it makes the answer `None`.
+    fn decode_with<'a>(
+        &self,
+        cache: &'a RefCache,
+        r: &'a Row,
+        strict: bool,
+    ) -> Result<Option<RowRef<'a>>, FetchError> {
+        if !strict && self.keys_need_cache() {
+            if let Ident::Parent { at, target } = &self.ident {
+                let known = r
+                    .as_ref(*at)
+                    .and_then(RawKey::of)
+                    .map_or(true, |k| cache.get(*target, &k).is_some());
+                if !known {
+                    return Ok(None);
+                }
+            }
+        }
         let key = self.key_of(cache, r);
         let parts: Vec<Cow<'a, str>> = if self.arity == 1 {
             vec![key.clone()]
@@ -540,9 +585,13 @@ impl RowFetcher {
                                     _ => None,
                                 }
                                 .filter(|s| !s.is_empty()),
-                                Translate::Lookup(t) => RawKey::of(v)
-                                    .and_then(|k| cache.get(*t, &k))
-                                    .and_then(|id| id.as_deref()),
+                                Translate::Lookup(t) => {
+                                    match RawKey::of(v).and_then(|k| cache.get(*t, &k)) {
+                                        Some(id) => id.as_deref(),
+                                        None if strict => None,
+                                        None => return Ok(None),
+                                    }
+                                }
                             };
                             self.reference(&key, name, target, raw, id)?
                         }
@@ -557,11 +606,21 @@ impl RowFetcher {
                     ..
                 } => {
                     let raw = r.as_ref(*at);
+                    if !strict
+                        && is_local_id(raw)
+                        && r.as_ref(*kind_at)
+                            .and_then(RawKey::of)
+                            .is_some_and(|k| cache.kind(*kind, &k).is_none())
+                    {
+                        return Ok(None);
+                    }
                     match soft_target(cache, r, *at, *kind_at, *kind, targets) {
                         Some((table, target, id)) => {
-                            let found = cache
-                                .get(target, &RawKey::Int(id))
-                                .and_then(|id| id.as_deref());
+                            let found = match cache.get(target, &RawKey::Int(id)) {
+                                Some(id) => id.as_deref(),
+                                None if strict => None,
+                                None => return Ok(None),
+                            };
                             self.reference(&key, name, table, raw, found)?
                         }
                         None => decode_value_ref(&self.table, column, raw)?,
@@ -569,12 +628,12 @@ impl RowFetcher {
                 }
             });
         }
-        Ok(RowRef {
+        Ok(Some(RowRef {
             row_id,
             key,
             parts,
             values,
-        })
+        }))
     }
 
     fn reference<'a>(
@@ -630,7 +689,11 @@ fn col(name: &str) -> String {
 
 fn text_at(r: &Row, at: usize) -> Cow<'_, str> {
     match r.as_ref(at) {
-        Some(MyValue::Bytes(b)) => String::from_utf8_lossy(b),
+        // Valid UTF-8 (nearly always) is checked by the fast validator.
+        Some(MyValue::Bytes(b)) => match std::str::from_utf8(b) {
+            Ok(s) => Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(b),
+        },
         Some(MyValue::NULL) | None => Cow::Borrowed(""),
         Some(other) => Cow::Owned(other.as_sql(true)),
     }

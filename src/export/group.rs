@@ -344,99 +344,138 @@ impl<'a> Sealer<'a> {
             .and_then(|t| t.synced())
             .map(|s| s.identity.arity())
             .unwrap_or(1);
+        // Sealing decodes each row with the cache as it is (the rows' own identities
+        // learned first), and prepares the rest of the batch only at the first row
+        // whose references the cache does not know yet (rows written together nearly
+        // always refer to rows sealed just before). A subclass row's identity is its
+        // parent's, needed before the rows can be matched: those batches are
+        // prepared first.
         let preparing = Instant::now();
-        fetcher
-            .prepare(fetch, &mut self.cache, self.plan, self.schema, &fetched)
-            .await?;
-        self.stages.preparing += preparing.elapsed();
-        let cache = &self.cache;
-        // Rows by local id where the table has one (the identity is checked below),
-        // else by identity.
-        let by_id: FxHashMap<i64, &Row> = fetched
-            .iter()
-            .filter_map(|r| fetcher.row_id_of(r).map(|id| (id, r)))
-            .collect();
-        let by_key: HashMap<std::borrow::Cow<str>, &Row> = if fetcher.row_id.is_none() {
-            fetched
-                .iter()
-                .map(|r| (fetcher.key_of(cache, r), r))
-                .collect()
+        let mut prepared = fetcher.keys_need_cache();
+        if prepared {
+            fetcher
+                .prepare(fetch, &mut self.cache, self.plan, self.schema, &fetched)
+                .await?;
         } else {
-            HashMap::new()
-        };
-
-        // 3. The changes.
-        for g in groups {
-            // The base is what the first unseen change was made on: a forwarded change
-            // says so itself; a local one was made on what came before it here.
-            let mut base = if g.first.is_local() {
-                g.known.clone()
+            fetcher.learn(&mut self.cache, &fetched);
+        }
+        self.stages.preparing += preparing.elapsed();
+        let mut from = 0;
+        loop {
+            let cache = &self.cache;
+            // Rows by local id where the table has one (the identity is checked
+            // below), else by identity.
+            let by_id: FxHashMap<i64, &Row> = fetched
+                .iter()
+                .filter_map(|r| fetcher.row_id_of(r).map(|id| (id, r)))
+                .collect();
+            let by_key: HashMap<std::borrow::Cow<str>, &Row> = if fetcher.row_id.is_none() {
+                fetched
+                    .iter()
+                    .map(|r| (fetcher.key_of(cache, r), r))
+                    .collect()
             } else {
-                g.first.base().cloned()
+                HashMap::new()
             };
-            if let Some(h) = found.get(&g.key) {
-                let known_to_peer = h.position <= self.cursor
-                    || h.via.as_deref() == Some(self.peer.as_str())
-                    || h.origin.as_deref() == Some(self.peer.as_str());
-                if h.position <= g.first.change_id || known_to_peer {
-                    base = Some(h.version.clone());
-                }
-                if known_to_peer && h.position >= g.last.change_id {
-                    // The peer's own version came after all of these entries.
-                    continue;
-                }
-            }
-            let version = g.last.version(self.floors, &self.me);
-            let origin = g.last.origin().unwrap_or(&self.me);
-            if g.last.op == b'D' {
-                let parts = parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
-                    table: table.clone(),
-                    key: g.key.clone(),
-                })?;
-                self.writer.push_ref(&ChangeRef {
-                    table: &table,
-                    identity: IdentityRef::Owned(&parts),
-                    op: Op::Delete,
-                    version: &version,
-                    base_version: base.as_ref(),
-                    origin,
-                    values: &[],
-                })?;
-            } else {
-                // A row that is gone (or now has another identity) changed again
-                // after the horizon; its next entries travel in the next bundle.
-                let row = match g.row_id {
-                    Some(id) if fetcher.row_id.is_some() => by_id
-                        .get(&id)
-                        .filter(|r| fetcher.key_of(cache, r) == g.key.as_str()),
-                    _ => by_key.get(g.key.as_str()),
-                };
-                let Some(row) = row else {
-                    continue;
-                };
-                let r = fetcher.decode(cache, row)?;
-                let parts: Vec<&str>;
-                let identity = if r.parts.len() == 1 {
-                    IdentityRef::One(&r.parts[0])
+
+            // 3. The changes, from the first not sealed yet; `Some(at)` when the
+            // cache lacks what the change at `at` needs.
+            let mut missed = None;
+            for (at, g) in groups.iter().enumerate().skip(from) {
+                // The base is what the first unseen change was made on: a forwarded change
+                // says so itself; a local one was made on what came before it here.
+                let mut base = if g.first.is_local() {
+                    g.known.clone()
                 } else {
-                    parts = r.parts.iter().map(|p| p.as_ref()).collect();
-                    IdentityRef::Parts(&parts)
+                    g.first.base().cloned()
                 };
-                self.writer.push_ref(&ChangeRef {
-                    table: &table,
-                    identity,
-                    op: if base.is_none() {
-                        Op::Insert
+                if let Some(h) = found.get(&g.key) {
+                    let known_to_peer = h.position <= self.cursor
+                        || h.via.as_deref() == Some(self.peer.as_str())
+                        || h.origin.as_deref() == Some(self.peer.as_str());
+                    if h.position <= g.first.change_id || known_to_peer {
+                        base = Some(h.version.clone());
+                    }
+                    if known_to_peer && h.position >= g.last.change_id {
+                        // The peer's own version came after all of these entries.
+                        continue;
+                    }
+                }
+                let version = g.last.version(self.floors, &self.me);
+                let origin = g.last.origin().unwrap_or(&self.me);
+                if g.last.op == b'D' {
+                    let parts =
+                        parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
+                            table: table.clone(),
+                            key: g.key.clone(),
+                        })?;
+                    self.writer.push_ref(&ChangeRef {
+                        table: &table,
+                        identity: IdentityRef::Owned(&parts),
+                        op: Op::Delete,
+                        version: &version,
+                        base_version: base.as_ref(),
+                        origin,
+                        values: &[],
+                    })?;
+                } else {
+                    // A row that is gone (or now has another identity) changed again
+                    // after the horizon; its next entries travel in the next bundle.
+                    let row = match g.row_id {
+                        Some(id) if fetcher.row_id.is_some() => by_id
+                            .get(&id)
+                            .filter(|r| fetcher.key_of(cache, r) == g.key.as_str()),
+                        _ => by_key.get(g.key.as_str()),
+                    };
+                    let Some(row) = row else {
+                        continue;
+                    };
+                    let r = if prepared {
+                        fetcher.decode(cache, row)?
                     } else {
-                        Op::Update
-                    },
-                    version: &version,
-                    base_version: base.as_ref(),
-                    origin,
-                    values: &r.values,
-                })?;
+                        match fetcher.try_decode(cache, row)? {
+                            Some(r) => r,
+                            None => {
+                                missed = Some(at);
+                                break;
+                            }
+                        }
+                    };
+                    let parts: Vec<&str>;
+                    let identity = if r.parts.len() == 1 {
+                        IdentityRef::One(&r.parts[0])
+                    } else {
+                        parts = r.parts.iter().map(|p| p.as_ref()).collect();
+                        IdentityRef::Parts(&parts)
+                    };
+                    self.writer.push_ref(&ChangeRef {
+                        table: &table,
+                        identity,
+                        op: if base.is_none() {
+                            Op::Insert
+                        } else {
+                            Op::Update
+                        },
+                        version: &version,
+                        base_version: base.as_ref(),
+                        origin,
+                        values: &r.values,
+                    })?;
+                }
+                self.changes += 1;
             }
-            self.changes += 1;
+            match missed {
+                None => break,
+                Some(at) => {
+                    from = at;
+                    let preparing = Instant::now();
+                    fetcher
+                        .prepare(fetch, &mut self.cache, self.plan, self.schema, &fetched)
+                        .await?;
+                    self.stages.preparing += preparing.elapsed();
+                    prepared = true;
+                }
+            }
         }
         self.stages.fetching += started.elapsed();
         Ok(())

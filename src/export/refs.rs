@@ -126,9 +126,10 @@ impl RefCache {
         self.refs[target.0].get(key)
     }
 
-    /// Whether the identity of `key` in `target` is known (found or known absent).
-    pub(super) fn contains(&self, target: TargetId, key: &RawKey) -> bool {
-        self.refs[target.0].contains(key)
+    /// Whether the newer generation of `target` holds `key` (one probe: a key only the
+    /// older one holds is worth remembering again, since the older goes first).
+    pub(super) fn knows_recent(&self, target: TargetId, key: &RawKey) -> bool {
+        self.refs[target.0].new.contains_key(key)
     }
 
     /// Remembers the identity of `key` in `target`.
