@@ -13,7 +13,6 @@ pub mod header;
 pub mod keys;
 pub mod model;
 pub mod reader;
-pub mod sealing;
 pub mod slots;
 pub mod stream;
 pub mod tarball;
@@ -28,5 +27,4 @@ pub use model::{Change, ChangeRef, Identity, IdentityRef, Op, Value, ValueRef, V
 pub use reader::{
     open, open_named, verify_header, verify_named, verify_reader, BundleReader, Verified,
 };
-pub use sealing::{ChangeBatch, SealingThread};
 pub use writer::{BundleMeta, BundleWriter, Sealed};

@@ -23,7 +23,7 @@ use super::fetch::{Reads, RowFetcher};
 use super::refs::RefCache;
 use super::sorter::{Item, SortError, Sorted};
 use super::{ExportError, Stages};
-use crate::bundle::{ChangeRef, IdentityRef, Op, Sealed, SealingThread, Version};
+use crate::bundle::{BundleWriter, ChangeRef, IdentityRef, Op, Sealed, Version};
 use crate::capture::versions::{heads, Floors, Head};
 use crate::db::DbError;
 use crate::schema::identity_sql::parse_identity;
@@ -100,8 +100,7 @@ pub struct Sealer<'a> {
     me: String,
     peer: String,
     cursor: u64,
-    /// Encodes what is sealed, on a thread of its own.
-    writer: SealingThread,
+    writer: BundleWriter,
     /// The connection rows are read on while the previous batch is sealed.
     rows_conn: Option<Conn>,
     inflight: Option<(Batch, Inflight)>,
@@ -122,7 +121,7 @@ impl<'a> Sealer<'a> {
         me: &str,
         peer: &str,
         cursor: u64,
-        writer: SealingThread,
+        writer: BundleWriter,
         rows_conn: Option<Conn>,
     ) -> Sealer<'a> {
         Sealer {
@@ -361,7 +360,6 @@ impl<'a> Sealer<'a> {
             fetcher.learn(&mut self.cache, &fetched);
         }
         self.stages.preparing += preparing.elapsed();
-        let mut changes = self.writer.batch();
         let mut from = 0;
         loop {
             let cache = &self.cache;
@@ -411,7 +409,7 @@ impl<'a> Sealer<'a> {
                             table: table.clone(),
                             key: g.key.clone(),
                         })?;
-                    changes.push(&ChangeRef {
+                    self.writer.push_ref(&ChangeRef {
                         table: &table,
                         identity: IdentityRef::Owned(&parts),
                         op: Op::Delete,
@@ -419,7 +417,7 @@ impl<'a> Sealer<'a> {
                         base_version: base.as_ref(),
                         origin,
                         values: &[],
-                    });
+                    })?;
                 } else {
                     // A row that is gone (or now has another identity) changed again
                     // after the horizon; its next entries travel in the next bundle.
@@ -450,7 +448,7 @@ impl<'a> Sealer<'a> {
                         parts = r.parts.iter().map(|p| p.as_ref()).collect();
                         IdentityRef::Parts(&parts)
                     };
-                    changes.push(&ChangeRef {
+                    self.writer.push_ref(&ChangeRef {
                         table: &table,
                         identity,
                         op: if base.is_none() {
@@ -462,7 +460,7 @@ impl<'a> Sealer<'a> {
                         base_version: base.as_ref(),
                         origin,
                         values: &r.values,
-                    });
+                    })?;
                 }
                 self.changes += 1;
             }
@@ -478,9 +476,6 @@ impl<'a> Sealer<'a> {
                     prepared = true;
                 }
             }
-        }
-        if !changes.is_empty() {
-            self.writer.send(changes)?;
         }
         self.stages.fetching += started.elapsed();
         Ok(())

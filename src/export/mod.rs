@@ -43,7 +43,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
-use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter, SealingThread};
+use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::drift::{self, DriftItem};
 use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
 use crate::capture::versions::{Floors, LogEntry};
@@ -383,7 +383,6 @@ async fn export_peer(
                     &mut rand::rngs::OsRng,
                 )?;
                 writer.compress_in_background()?;
-                let writer = SealingThread::start(writer)?;
                 let mut sealer = Sealer::new(
                     &plan,
                     &schema,
