@@ -539,13 +539,9 @@ impl RowFetcher {
         r: &'a Row,
         strict: bool,
     ) -> Result<Option<RowRef<'a>>, FetchError> {
-        if !strict && self.keys_need_cache() {
-            if let Ident::Parent { at, target } = &self.ident {
-                let known = r
-                    .as_ref(*at)
-                    .and_then(RawKey::of)
-                    .map_or(true, |k| cache.get(*target, &k).is_some());
-                if !known {
+        if let (false, Ident::Parent { at, target }) = (strict, &self.ident) {
+            if let Some(k) = r.as_ref(*at).and_then(RawKey::of) {
+                if cache.get(*target, &k).is_none() {
                     return Ok(None);
                 }
             }
@@ -586,11 +582,11 @@ impl RowFetcher {
                                 }
                                 .filter(|s| !s.is_empty()),
                                 Translate::Lookup(t) => {
-                                    match RawKey::of(v).and_then(|k| cache.get(*t, &k)) {
-                                        Some(id) => id.as_deref(),
-                                        None if strict => None,
-                                        None => return Ok(None),
-                                    }
+                                    let found = RawKey::of(v).and_then(|k| cache.get(*t, &k));
+                                    let Some(id) = answer(found, strict) else {
+                                        return Ok(None);
+                                    };
+                                    id
                                 }
                             };
                             self.reference(&key, name, target, raw, id)?
@@ -616,10 +612,9 @@ impl RowFetcher {
                     }
                     match soft_target(cache, r, *at, *kind_at, *kind, targets) {
                         Some((table, target, id)) => {
-                            let found = match cache.get(target, &RawKey::Int(id)) {
-                                Some(id) => id.as_deref(),
-                                None if strict => None,
-                                None => return Ok(None),
+                            let found = cache.get(target, &RawKey::Int(id));
+                            let Some(found) = answer(found, strict) else {
+                                return Ok(None);
                             };
                             self.reference(&key, name, table, raw, found)?
                         }
@@ -654,6 +649,17 @@ impl RowFetcher {
                 value: raw.map(|v| v.as_sql(true)).unwrap_or_default(),
             }),
         }
+    }
+}
+
+/// The cache's answer for a reference: the identity, or `Some(None)` for a row known
+/// absent; `None` when the cache does not know and the decode is not strict (a strict
+/// decode takes the unknown as absent).
+fn answer(found: Option<&Option<String>>, strict: bool) -> Option<Option<&str>> {
+    match found {
+        Some(id) => Some(id.as_deref()),
+        None if strict => Some(None),
+        None => None,
     }
 }
 

@@ -360,15 +360,15 @@ impl<'a> Sealer<'a> {
             fetcher.learn(&mut self.cache, &fetched);
         }
         self.stages.preparing += preparing.elapsed();
+        // Rows by local id where the table has one (the identity is checked below),
+        // else by identity (which may borrow the cache, so it is made on each pass).
+        let by_id: FxHashMap<i64, &Row> = fetched
+            .iter()
+            .filter_map(|r| fetcher.row_id_of(r).map(|id| (id, r)))
+            .collect();
         let mut from = 0;
         loop {
             let cache = &self.cache;
-            // Rows by local id where the table has one (the identity is checked
-            // below), else by identity.
-            let by_id: FxHashMap<i64, &Row> = fetched
-                .iter()
-                .filter_map(|r| fetcher.row_id_of(r).map(|id| (id, r)))
-                .collect();
             let by_key: HashMap<std::borrow::Cow<str>, &Row> = if fetcher.row_id.is_none() {
                 fetched
                     .iter()
