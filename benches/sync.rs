@@ -9,6 +9,7 @@
 //!
 //! Run: `cargo bench --bench sync`. FERRY_BENCH_MAX_CHANGES sets the large step
 //! (default 1000000; a value at or under 100000 runs that single step);
+//! FERRY_BENCH_STEPS lists the steps instead (e.g. `1000000`);
 //! FERRY_BENCH_PATIENTS the generator's patients per step (default 1500); the rest of
 //! each step is encounters and obs copied with fresh uuids under capture. For finding
 //! where time goes: FERRY_BENCH_BIN runs another ferry build, FERRY_BENCH_EXPORT_AB=BIN
@@ -94,6 +95,12 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         "export:  mariadb-dump {:.2} s | ferry export {:.2} s ({exported} changes, {} entries, {:.1} MB peak RSS) | mariadb-dump {:.2} s ({:.1} MB peak RSS)",
         d1.secs, export.secs, out[0]["entries"], export.rss_mb(), d2.secs, d2.rss_mb()
     );
+    println!(
+        "         CPU s (client + server): mariadb-dump {} | ferry export {} | mariadb-dump {}",
+        cpu(&d1),
+        cpu(&export),
+        cpu(&d2)
+    );
     print!("{export_stages}");
     if let Some(other) = std::env::var_os("FERRY_BENCH_EXPORT_AB") {
         export_ab(server, &pair, std::path::Path::new(&other));
@@ -119,6 +126,12 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         import.rss_mb(),
         r2.secs
     );
+    println!(
+        "         CPU s (client + server): reload {} | ferry import {} | reload {}",
+        cpu(&r1),
+        cpu(&import),
+        cpu(&r2)
+    );
     print!("{import_stages}");
     println!(
         "wire:    bundle {bundle_bytes} B; dump {dump_bytes} B; zstd -3 of the dump {zstd_bytes} B ({:.2} s)",
@@ -140,6 +153,11 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         run_sql_blocking(&server.server_url(), &format!("DROP DATABASE {db}")).unwrap();
     }
     step
+}
+
+/// "client + server" CPU seconds of a measurement.
+fn cpu(m: &Measured) -> String {
+    format!("{:.2} + {:.2}", m.cpu_secs, m.server_cpu_secs)
 }
 
 /// With FERRY_BENCH_EXPORT_AB=BIN: exports the same backlog again, alternating BIN
@@ -164,9 +182,10 @@ fn export_ab(server: &MariaServer, pair: &Pair, other: &std::path::Path) {
                 .stdout(std::process::Stdio::null());
             let m = measure(cmd, &format!("{} export", bin.display()));
             println!(
-                "export A/B round {round}: {label} {:.2} s ({:.2} s CPU, {:.1} MB peak RSS, {} minor faults)",
+                "export A/B round {round}: {label} {:.2} s ({:.2} s CPU, server {:.2} s, {:.1} MB peak RSS, {} minor faults)",
                 m.secs,
                 m.cpu_secs,
+                m.server_cpu_secs,
                 m.rss_mb(),
                 m.minor_faults
             );
@@ -178,16 +197,24 @@ fn main() {
     let started = Instant::now();
     let max = env_u64("FERRY_BENCH_MAX_CHANGES", 1_000_000);
     let patients = env_u64("FERRY_BENCH_PATIENTS", 1500) as u32;
-    let steps: Vec<u64> = if max <= 100_000 {
-        vec![max]
-    } else {
-        vec![100_000, max]
+    let steps: Vec<u64> = match std::env::var("FERRY_BENCH_STEPS") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .expect("FERRY_BENCH_STEPS: changes per step, comma-separated")
+            })
+            .collect(),
+        Err(_) if max <= 100_000 => vec![max],
+        Err(_) => vec![100_000, max],
     };
     let server = MariaServer::start_with(ServerOptions {
         buffer_pool_mb: 1024,
         ..Default::default()
     })
     .expect("private MariaDB (run `make deps`)");
+    watch_server(&server);
     println!(
         "sync benchmark: ferry export/import (release binary) against mariadb-dump / reload, same server, ABA order"
     );

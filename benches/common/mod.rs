@@ -34,6 +34,8 @@ pub struct Measured {
     pub minor_faults: i64,
     /// CPU time, user and system, of the child.
     pub cpu_secs: f64,
+    /// CPU time the private server spent meanwhile (from /proc; 0 where unknown).
+    pub server_cpu_secs: f64,
 }
 
 impl Measured {
@@ -44,6 +46,36 @@ impl Measured {
 
 fn tv_secs(t: libc::timeval) -> f64 {
     t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// The pid of the server the benchmark runs (set once, by [`watch_server`]).
+static SERVER_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Counts the CPU time of `server` in every measurement from now on.
+pub fn watch_server(server: &MariaServer) {
+    if let Some(pid) = server.pid() {
+        let _ = SERVER_PID.set(pid);
+    }
+}
+
+/// User and system CPU seconds of process `pid` so far (fields 14 and 15 of
+/// /proc/PID/stat, in clock ticks).
+fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf with a valid name.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+fn server_cpu() -> f64 {
+    SERVER_PID
+        .get()
+        .and_then(|p| proc_cpu_secs(*p))
+        .unwrap_or(0.0)
 }
 
 /// Runs `cmd` to the end (stdin/stdout as already set on it), reaping it with `wait4`
@@ -58,6 +90,7 @@ pub fn measure(cmd: Command, what: &str) -> Measured {
 pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
     let err = tempfile::NamedTempFile::new().unwrap();
     cmd.stderr(err.reopen().unwrap());
+    let server_before = server_cpu();
     let t = Instant::now();
     let child = cmd.spawn().unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut status = 0;
@@ -66,6 +99,7 @@ pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
     let secs = t.elapsed().as_secs_f64();
+    let server_cpu_secs = server_cpu() - server_before;
     assert_eq!(pid, child.id() as i32, "{what}: wait4 failed");
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         panic!(
@@ -80,6 +114,7 @@ pub fn measure_logged(mut cmd: Command, what: &str) -> (Measured, String) {
             rss_kb: usage.ru_maxrss,
             minor_faults: usage.ru_minflt,
             cpu_secs: tv_secs(usage.ru_utime) + tv_secs(usage.ru_stime),
+            server_cpu_secs,
         },
         stderr,
     )
