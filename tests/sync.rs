@@ -186,3 +186,79 @@ fn phase3_hub_forwards_between_spokes() {
         assert_eq!(e["bundle"], serde_json::Value::Null, "{again}");
     }
 }
+
+/// Rows the sender made new are presumed new at the receiver and inserted without a
+/// lookup; a row that exists there after all (loaded at both sites before capture, so
+/// it has no version anywhere) makes the insert fail on its unique uuid, and is then
+/// looked up and updated, never duplicated. Regression test for issue 4 (import speed:
+/// the insert path that skips the lookup of rows the sender made new).
+#[test]
+fn a_row_older_than_capture_that_the_sender_changed_is_updated_not_duplicated() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let shared = "df23b903-40fe-4a99-a65a-d7a57207725d"; // fixture location 2, both sites
+    let added = "22222222-0000-4000-8000-00000000000a";
+    block_on(async {
+        let mut db = conn(c.url("site-a")).await;
+        db.exec_drop(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) \
+             VALUES ('Annex', 1, '2024-02-01 08:00:00', 0, ?)",
+            (added,),
+        )
+        .await
+        .unwrap();
+        db.exec_drop(
+            "UPDATE location SET name = 'Main Clinic (renamed)' WHERE uuid = ?",
+            (shared,),
+        )
+        .await
+        .unwrap();
+    });
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("site-a").ok(&["export"]);
+    c.node("site-a").ok(&["send", stick]);
+    c.node("site-b").ok(&["receive", stick]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(&c.node("site-b").config)
+        .args(["import", "--json"])
+        .env("FERRY_LOG", "ferry=info")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "import failed: {err}");
+    assert!(
+        err.contains("rows presumed new exist here"),
+        "the shared row went through the presumed-insert path: {err}"
+    );
+    let rows: Vec<(String, String)> = block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.exec(
+            "SELECT uuid, name FROM location WHERE uuid IN (?, ?) ORDER BY name",
+            (shared, added),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(
+        rows,
+        vec![
+            (added.to_string(), "Annex".to_string()),
+            (shared.to_string(), "Main Clinic (renamed)".to_string()),
+        ]
+    );
+    assert_same(&c, &["site-a", "site-b"]);
+    // The version the shared row got at site-a is its version at site-b now: an edit
+    // at site-b supersedes it, and travels back as an update site-a takes.
+    block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.exec_drop(
+            "UPDATE location SET name = 'Main Clinic (site b)' WHERE uuid = ?",
+            (shared,),
+        )
+        .await
+        .unwrap();
+    });
+    let r = c.carry("site-b", "site-a");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_same(&c, &["site-a", "site-b"]);
+}

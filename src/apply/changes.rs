@@ -162,6 +162,9 @@ pub struct Applier<'a> {
     conflicts: Vec<NewConflict>,
     skews: BTreeMap<String, (i64, i64)>,
     readers: HashMap<String, TableReader>,
+    /// Tables where a row presumed new turned out to exist (a row older than capture):
+    /// every row of them is looked up for the rest of the run.
+    probed: std::collections::HashSet<String>,
 }
 
 impl<'a> Applier<'a> {
@@ -198,6 +201,7 @@ impl<'a> Applier<'a> {
             conflicts: Vec::new(),
             skews: BTreeMap::new(),
             readers: HashMap::new(),
+            probed: Default::default(),
         }
     }
 
@@ -440,34 +444,46 @@ impl<'a> Applier<'a> {
             }
         }
 
-        // 1. Local keys, existing rows (locked), current versions.
+        // 1. Local keys, existing rows (locked), current versions. A row the sender
+        // made new (no base) is presumed new here too, and not looked up, where the
+        // identity's unique index would refuse it if it existed (see `insert_presumed`).
         let mut clock = Instant::now();
         let ids: Vec<Identity> = changes.iter().map(|c| c.identity.clone()).collect();
         let keys = resolver.key_values(conn, &table, &ids).await?;
         let keyed = clock.elapsed();
         self.timings.keys += keyed;
-        let present: Vec<KeyValues> = keys.iter().flatten().cloned().collect();
-        let existing = resolver.existing(conn, &table, &present, true).await?;
+        let presume = self.may_presume(&table, synced, info);
+        let mut presumed: Vec<bool> = changes
+            .iter()
+            .map(|c| presume && c.base_version.is_none() && c.op != Op::Delete)
+            .collect();
+        let present: Vec<KeyValues> = keys
+            .iter()
+            .zip(&presumed)
+            .filter(|(_, p)| !**p)
+            .filter_map(|(k, _)| k.clone())
+            .collect();
+        let mut existing = resolver.existing(conn, &table, &present, true).await?;
         self.timings.existing += clock.elapsed() - keyed;
         let probing = Instant::now();
         let row_keys: Vec<String> = changes.iter().map(|c| identity_text(&c.identity)).collect();
         let key_refs: Vec<&str> = row_keys.iter().map(String::as_str).collect();
         self.fresh.learn(conn, &table).await?;
-        let fresh = &self.fresh;
-        let may_have_record = |k: &str| fresh.may_have_record(&table, k);
-        let mut versions: HashMap<String, (Version, bool)> = heads_where(
-            conn,
-            &self.floors,
-            &self.me,
-            &table,
-            &key_refs,
-            None,
-            &may_have_record,
-        )
-        .await?
-        .into_iter()
-        .map(|(k, h)| (k, (h.version, h.deleted)))
-        .collect();
+        let mut versions = self.versions_of(conn, &table, &key_refs).await?;
+        // A presumed row with a version exists (or did): look it up after all, locked,
+        // and read its version again under the lock.
+        let late: Vec<usize> = (0..changes.len())
+            .filter(|&i| presumed[i] && versions.contains_key(&row_keys[i]))
+            .collect();
+        if !late.is_empty() {
+            let late_keys: Vec<KeyValues> = late.iter().filter_map(|&i| keys[i].clone()).collect();
+            existing.extend(resolver.existing(conn, &table, &late_keys, true).await?);
+            let late_refs: Vec<&str> = late.iter().map(|&i| row_keys[i].as_str()).collect();
+            versions.extend(self.versions_of(conn, &table, &late_refs).await?);
+            for i in late {
+                presumed[i] = false;
+            }
+        }
         self.timings.versions += probing.elapsed();
         // Where these versions settle in the row's history, when they are not logged:
         // after every entry written so far (the rows are locked), and before any entry
@@ -582,26 +598,25 @@ impl<'a> Applier<'a> {
             self.stats.deleted += 1;
         }
         for (i, key, _) in &updates {
-            let sets = synced
-                .columns
-                .iter()
-                .map(|c| format!("{} = ?", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let cond = key_condition(&synced.identity);
-            let mut params = translated[i].clone();
-            params.extend(key.iter().cloned());
-            conn.exec_drop(
-                format!("UPDATE {} SET {sets} WHERE {cond}", ident(&table)),
-                params,
-            )
-            .await
-            .map_err(|e| self.write_error(&table, &changes[*i].identity, e))?;
-            self.stats.updated += 1;
+            self.update_row(conn, &table, synced, &translated[i], key, &changes[*i])
+                .await?;
         }
         self.timings.update += lap(&mut clock);
         let inserted = if inserts.is_empty() {
             HashMap::new()
+        } else if inserts.iter().any(|(i, _)| presumed[*i]) {
+            self.insert_presumed(
+                conn,
+                &table,
+                synced,
+                info,
+                &inserts,
+                &translated,
+                &changes,
+                &row_keys,
+                &mut existing,
+            )
+            .await?
         } else {
             self.insert_rows(
                 conn,
@@ -730,6 +745,40 @@ impl<'a> Applier<'a> {
             identity: id.0.join(", "),
             sender: self.sender.clone(),
         }))
+    }
+
+    /// Whether rows the sender made new may be presumed new here without a lookup: the
+    /// identity has a unique index (an existing row makes the insert fail, changing
+    /// nothing), no other unique column needs its collision check, and no row of the
+    /// table turned out to exist in this run.
+    fn may_presume(&self, table: &str, synced: &SyncedTable, info: &Table) -> bool {
+        !self.probed.contains(table)
+            && info.has_unique(&synced.identity.columns())
+            && unique_columns(table, synced, info).is_empty()
+    }
+
+    /// The current versions (and tombstones) of rows of `table` by identity text.
+    async fn versions_of(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+        keys: &[&str],
+    ) -> Result<HashMap<String, (Version, bool)>, ImportError> {
+        let fresh = &self.fresh;
+        let may_have_record = |k: &str| fresh.may_have_record(table, k);
+        Ok(heads_where(
+            conn,
+            &self.floors,
+            &self.me,
+            table,
+            keys,
+            None,
+            &may_have_record,
+        )
+        .await?
+        .into_iter()
+        .map(|(k, h)| (k, (h.version, h.deleted)))
+        .collect())
     }
 
     fn write_error(&self, table: &str, id: &Identity, e: mysql_async::Error) -> ImportError {

@@ -14,12 +14,21 @@ use mysql_async::{Conn, Value as MyValue};
 use super::{
     key_condition, param_len, value_text, Applier, Fixup, MAX_PLACEHOLDERS, MAX_STATEMENT_BYTES,
 };
-use crate::apply::resolve::KeyValues;
+use crate::apply::resolve::{key_text, KeyValues, LocalRow};
 use crate::apply::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity};
 use crate::db::{ident, push_literal, DbError};
 use crate::schema::plan::SyncedTable;
 use crate::schema::{Identity as Rule, Table};
+
+/// The local ids of rows inserted, and where a presumed insert was refused (the index
+/// of its statement's first row, and the duplicate-key error).
+type Refusable = (HashMap<usize, i64>, Option<(usize, mysql_async::Error)>);
+
+/// Whether the server refused a write for a duplicate key (ER_DUP_ENTRY).
+fn is_duplicate(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if s.code == 1062)
+}
 
 impl<'a> Applier<'a> {
     /// Inserts new rows, many per statement; returns the local id each got (by change
@@ -38,6 +47,134 @@ impl<'a> Applier<'a> {
         changes: &[Change],
         row_keys: &[String],
     ) -> Result<HashMap<usize, i64>, ImportError> {
+        let (ids, _) = self
+            .insert_statements(
+                conn, table, synced, info, inserts, translated, changes, row_keys, false,
+            )
+            .await?;
+        Ok(ids)
+    }
+
+    /// Inserts rows presumed new, not looked up before (see `Applier::may_presume`).
+    /// A row that exists after all (one older than capture, which has no version)
+    /// makes its statement fail on the identity's unique index, and a failed statement
+    /// changes nothing: from that statement on, the rows are looked up (locked) and
+    /// the ones found are updated instead, the others inserted. The table's rows are
+    /// looked up for the rest of the run. A row found that has a version now was
+    /// written here while this import ran: the bundle fails and stays in the inbox.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn insert_presumed(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        inserts: &[(usize, KeyValues)],
+        translated: &HashMap<usize, Vec<MyValue>>,
+        changes: &[Change],
+        row_keys: &[String],
+        existing: &mut HashMap<String, LocalRow>,
+    ) -> Result<HashMap<usize, i64>, ImportError> {
+        let (mut ids, refused) = self
+            .insert_statements(
+                conn, table, synced, info, inserts, translated, changes, row_keys, true,
+            )
+            .await?;
+        let Some((from, duplicate)) = refused else {
+            return Ok(ids);
+        };
+        self.probed.insert(table.to_string());
+        let rest = &inserts[from..];
+        let keys: Vec<KeyValues> = rest.iter().map(|(_, k)| k.clone()).collect();
+        let found = self.resolver().existing(conn, table, &keys, true).await?;
+        let found_keys: Vec<&str> = rest
+            .iter()
+            .filter(|(_, k)| found.contains_key(&key_text(k)))
+            .map(|(i, _)| row_keys[*i].as_str())
+            .collect();
+        if let Some(k) = self
+            .versions_of(conn, table, &found_keys)
+            .await?
+            .keys()
+            .next()
+        {
+            let row = rest
+                .iter()
+                .find(|(i, _)| &row_keys[*i] == k)
+                .map(|(i, _)| &changes[*i].identity)
+                .expect("a row of the chunk");
+            return Err(self.write_error(table, row, duplicate));
+        }
+        tracing::info!(
+            table,
+            found = found.len(),
+            "rows presumed new exist here (made before capture): updating them, and looking up this table's rows for the rest of the import"
+        );
+        let mut new = Vec::with_capacity(rest.len());
+        for (i, key) in rest {
+            match found.get(&key_text(key)) {
+                Some(row) => {
+                    self.update_row(conn, table, synced, &translated[i], key, &changes[*i])
+                        .await?;
+                    existing.insert(key_text(key), row.clone());
+                }
+                None => new.push((*i, key.clone())),
+            }
+        }
+        let more = self
+            .insert_rows(
+                conn, table, synced, info, &new, translated, changes, row_keys,
+            )
+            .await?;
+        ids.extend(more);
+        Ok(ids)
+    }
+
+    /// Updates one existing row (by its key) to the translated values of a change.
+    pub(super) async fn update_row(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        values: &[MyValue],
+        key: &KeyValues,
+        change: &Change,
+    ) -> Result<(), ImportError> {
+        let sets = synced
+            .columns
+            .iter()
+            .map(|c| format!("{} = ?", ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let cond = key_condition(&synced.identity);
+        let mut params = values.to_vec();
+        params.extend(key.iter().cloned());
+        conn.exec_drop(
+            format!("UPDATE {} SET {sets} WHERE {cond}", ident(table)),
+            params,
+        )
+        .await
+        .map_err(|e| self.write_error(table, &change.identity, e))?;
+        self.stats.updated += 1;
+        Ok(())
+    }
+
+    /// The insert statements of [`Applier::insert_rows`]; with `presumed`, a statement
+    /// refused for a duplicate key ends them, and its first row and the error are
+    /// returned beside the ids of the rows inserted before it.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_statements(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        inserts: &[(usize, KeyValues)],
+        translated: &HashMap<usize, Vec<MyValue>>,
+        changes: &[Change],
+        row_keys: &[String],
+        presumed: bool,
+    ) -> Result<Refusable, ImportError> {
         let id_cols = synced.identity.columns();
         let mut cols: Vec<String> = id_cols.iter().map(|c| c.to_string()).collect();
         cols.extend(synced.columns.iter().cloned());
@@ -106,9 +243,11 @@ impl<'a> Applier<'a> {
                 }
                 sql.push(b')');
             }
-            conn.query_drop(sql)
-                .await
-                .map_err(|e| self.write_error(table, &changes[chunk[0].0].identity, e))?;
+            match conn.query_drop(sql).await {
+                Ok(()) => {}
+                Err(e) if presumed && is_duplicate(&e) => return Ok((ids, Some((start, e)))),
+                Err(e) => return Err(self.write_error(table, &changes[chunk[0].0].identity, e)),
+            }
 
             let first = conn.last_insert_id().unwrap_or(0) as i64;
             for (j, (i, key)) in chunk.iter().enumerate() {
@@ -135,7 +274,7 @@ impl<'a> Applier<'a> {
             self.stats.inserted += chunk.len() as u64;
             start = end;
         }
-        Ok(ids)
+        Ok((ids, None))
     }
 
     /// Fills in the references that pointed forward in the bundle, now that every row
