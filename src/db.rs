@@ -144,28 +144,32 @@ pub fn push_literal(out: &mut Vec<u8>, v: &mysql_async::Value) {
         V::Double(d) => {
             let _ = write!(out, "{d:e}");
         }
-        V::Bytes(b) => {
-            if std::str::from_utf8(b).is_err() {
-                out.extend_from_slice(b"_binary");
-            }
-            out.push(b'\'');
-            for &c in b {
-                match c {
-                    0 => out.extend_from_slice(b"\\0"),
-                    b'\n' => out.extend_from_slice(b"\\n"),
-                    b'\r' => out.extend_from_slice(b"\\r"),
-                    0x1a => out.extend_from_slice(b"\\Z"),
-                    b'\'' | b'"' | b'\\' => {
-                        out.push(b'\\');
-                        out.push(c);
-                    }
-                    _ => out.push(c),
-                }
-            }
-            out.push(b'\'');
-        }
+        V::Bytes(b) => push_bytes_literal(out, b),
         other => out.extend_from_slice(other.as_sql(false).as_bytes()),
     }
+}
+
+/// Appends bytes as an escaped string literal (`_binary` when they are not UTF-8), as
+/// [`push_literal`] writes a `Bytes` value.
+pub fn push_bytes_literal(out: &mut Vec<u8>, b: &[u8]) {
+    if std::str::from_utf8(b).is_err() {
+        out.extend_from_slice(b"_binary");
+    }
+    out.push(b'\'');
+    for &c in b {
+        match c {
+            0 => out.extend_from_slice(b"\\0"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            0x1a => out.extend_from_slice(b"\\Z"),
+            b'\'' | b'"' | b'\\' => {
+                out.push(b'\\');
+                out.push(c);
+            }
+            _ => out.push(c),
+        }
+    }
+    out.push(b'\'');
 }
 
 /// `(a, b), (c, d)` as SQL literals, for multi-row statements sent as text. Only for

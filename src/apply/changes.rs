@@ -271,7 +271,7 @@ impl<'a> Applier<'a> {
             .await?
             .contains_key(&key_text(&key));
         let cond = key_condition(&synced.identity);
-        let changes = vec![change];
+        let mut changes = vec![change];
         if changes[0].op == Op::Delete {
             if present {
                 conn.exec_drop(
@@ -284,7 +284,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let translated = self
-            .translate(conn, &table, synced, info, &changes, &[0], &keys)
+            .translate(conn, &table, synced, info, &mut changes, &[0], &keys, false)
             .await?;
         if present {
             let sets = synced
@@ -560,11 +560,22 @@ impl<'a> Applier<'a> {
             .map(|u| u.0)
             .chain(inserts.iter().map(|u| u.0))
             .collect();
+        let uniques = unique_columns(&table, synced, info);
+        let mut changes = changes;
+        let keep_values = !uniques.is_empty();
         let mut translated = self
-            .translate(conn, &table, synced, info, &changes, &writes, &keys)
+            .translate(
+                conn,
+                &table,
+                synced,
+                info,
+                &mut changes,
+                &writes,
+                &keys,
+                keep_values,
+            )
             .await?;
         self.timings.translate += lap(&mut clock);
-        let uniques = unique_columns(&table, synced, info);
         if !uniques.is_empty() && !writes.is_empty() {
             let reader = self.reader(&table)?;
             let check = Check {

@@ -32,7 +32,7 @@ use mysql_async::{Conn, Row, Value as MyValue};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Op, Version};
-use crate::db::{values_sql, DbError};
+use crate::db::{push_bytes_literal, DbError};
 
 /// The operation letter of a floor marker entry (its table name is empty).
 pub const FLOOR_MARKER: &str = "F";
@@ -440,41 +440,44 @@ pub struct Settle {
 }
 
 /// Records settled versions in `ferry_row` (a row keeps the one with the later position).
+/// The statements are written as text straight from the records (one per 1000 rows).
 pub async fn settle(conn: &mut Conn, rows: &[Settle]) -> Result<(), DbError> {
+    use std::io::Write;
+    // Every assignment tests the old position, so at_change goes last.
+    let later = "VALUES(at_change) >= at_change";
+    let update = format!(
+        " ON DUPLICATE KEY UPDATE \
+         version_wall = IF({later}, VALUES(version_wall), version_wall), \
+         version_counter = IF({later}, VALUES(version_counter), version_counter), \
+         version_node = IF({later}, VALUES(version_node), version_node), \
+         deleted = IF({later}, VALUES(deleted), deleted), \
+         via = IF({later}, VALUES(via), via), \
+         at_change = GREATEST(at_change, VALUES(at_change))"
+    );
     for chunk in rows.chunks(1000) {
-        let values: Vec<Vec<MyValue>> = chunk
-            .iter()
-            .map(|s| {
-                vec![
-                    s.table.clone().into(),
-                    s.row_key.clone().into(),
-                    s.version.wall_us.into(),
-                    s.version.counter.into(),
-                    s.version.node.clone().into(),
-                    s.deleted.into(),
-                    s.at.into(),
-                    s.via.clone().map(MyValue::from).unwrap_or(MyValue::NULL),
-                ]
-            })
-            .collect();
-        if values.is_empty() {
-            continue;
+        let mut sql: Vec<u8> = Vec::with_capacity(chunk.len() * 128 + update.len() + 128);
+        sql.extend_from_slice(
+            b"INSERT INTO ferry_row (table_name, row_key, version_wall, version_counter, \
+              version_node, deleted, at_change, via) VALUES ",
+        );
+        for (n, s) in chunk.iter().enumerate() {
+            sql.extend_from_slice(if n == 0 { b"(" } else { b", (" });
+            push_bytes_literal(&mut sql, s.table.as_bytes());
+            sql.extend_from_slice(b", ");
+            push_bytes_literal(&mut sql, s.row_key.as_bytes());
+            let _ = write!(sql, ", {}, {}, ", s.version.wall_us, s.version.counter);
+            push_bytes_literal(&mut sql, s.version.node.as_bytes());
+            let _ = write!(sql, ", {}, {}, ", u8::from(s.deleted), s.at);
+            match &s.via {
+                Some(v) => push_bytes_literal(&mut sql, v.as_bytes()),
+                None => sql.extend_from_slice(b"NULL"),
+            }
+            sql.push(b')');
         }
-        // Every assignment tests the old position, so at_change goes last.
-        let later = "VALUES(at_change) >= at_change";
-        conn.query_drop(format!(
-            "INSERT INTO ferry_row (table_name, row_key, version_wall, version_counter, version_node, \
-             deleted, at_change, via) VALUES {} ON DUPLICATE KEY UPDATE \
-             version_wall = IF({later}, VALUES(version_wall), version_wall), \
-             version_counter = IF({later}, VALUES(version_counter), version_counter), \
-             version_node = IF({later}, VALUES(version_node), version_node), \
-             deleted = IF({later}, VALUES(deleted), deleted), \
-             via = IF({later}, VALUES(via), via), \
-             at_change = GREATEST(at_change, VALUES(at_change))",
-            values_sql(&values)
-        ))
-        .await
-        .map_err(DbError::query("recording row versions"))?;
+        sql.extend_from_slice(update.as_bytes());
+        conn.query_drop(sql)
+            .await
+            .map_err(DbError::query("recording row versions"))?;
     }
     Ok(())
 }

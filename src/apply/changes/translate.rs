@@ -19,9 +19,12 @@ use crate::export::rows::to_param;
 use crate::schema::plan::{SoftRef, SyncedTable};
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::Table;
+use rustc_hash::FxHashMap;
 
 impl<'a> Applier<'a> {
-    /// Values ready to write for each row in `writes`, references translated.
+    /// Values ready to write for each row in `writes`, references translated. The
+    /// values are moved out of the changes (no copy of their text) unless
+    /// `keep_values` (a later step still reads them).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn translate(
         &mut self,
@@ -29,15 +32,14 @@ impl<'a> Applier<'a> {
         table: &str,
         synced: &SyncedTable,
         info: &Table,
-        changes: &[Change],
+        changes: &mut [Change],
         writes: &[usize],
         keys: &[Option<KeyValues>],
+        keep_values: bool,
     ) -> Result<HashMap<usize, Vec<MyValue>>, ImportError> {
         let resolver = self.resolver();
-        let mut out: HashMap<usize, Vec<MyValue>> = HashMap::new();
-        for &i in writes {
-            out.insert(i, changes[i].values.iter().map(to_param).collect());
-        }
+        // Translated references by (change, column).
+        let mut refs: FxHashMap<(usize, usize), MyValue> = FxHashMap::default();
         for (col_idx, column) in synced.columns.iter().enumerate() {
             let fk = synced.references.iter().find(|r| &r.column == column);
             let soft = synced
@@ -79,20 +81,19 @@ impl<'a> Applier<'a> {
                 by_target.entry(target).or_default().push(i);
             }
             for ((target, ref_column), rows) in by_target {
-                let ids: Vec<Identity> = rows
+                let id_refs: Vec<&Identity> = rows
                     .iter()
                     .map(|&i| match &changes[i].values[col_idx] {
-                        Value::Ref(id) => id.clone(),
+                        Value::Ref(id) => id,
                         _ => unreachable!("filtered"),
                     })
                     .collect();
-                let id_refs: Vec<&Identity> = ids.iter().collect();
                 let found = self
                     .ids
                     .resolve(conn, &resolver, &target, &ref_column, &id_refs)
                     .await?;
                 let nullable = info.column(column).is_some_and(|c| c.nullable);
-                for ((&i, id), v) in rows.iter().zip(ids).zip(found) {
+                for ((&i, &id), v) in rows.iter().zip(&id_refs).zip(found) {
                     let value = match v {
                         Some(v) if soft.is_some() => MyValue::from(value_text(&v)),
                         Some(v) => v,
@@ -110,7 +111,7 @@ impl<'a> Applier<'a> {
                                 column: column.clone(),
                                 target: target.clone(),
                                 ref_column: ref_column.clone(),
-                                identity: id,
+                                identity: id.clone(),
                                 row: changes[i].identity.clone(),
                             });
                             if soft.is_some() {
@@ -122,9 +123,26 @@ impl<'a> Applier<'a> {
                             }
                         }
                     };
-                    out.get_mut(&i).expect("row")[col_idx] = value;
+                    refs.insert((i, col_idx), value);
                 }
             }
+        }
+        let mut out: HashMap<usize, Vec<MyValue>> = HashMap::with_capacity(writes.len());
+        for &i in writes {
+            let values = if keep_values {
+                changes[i].values.clone()
+            } else {
+                std::mem::take(&mut changes[i].values)
+            };
+            let row = values
+                .into_iter()
+                .enumerate()
+                .map(|(c, v)| match v {
+                    Value::Ref(_) => refs.remove(&(i, c)).unwrap_or_else(|| to_param(&v)),
+                    other => into_param(other),
+                })
+                .collect();
+            out.insert(i, row);
         }
         Ok(out)
     }
@@ -182,5 +200,14 @@ impl<'a> Applier<'a> {
             }
         }
         Ok(out)
+    }
+}
+
+/// A value as a statement parameter, its text or bytes moved, not copied.
+fn into_param(v: Value) -> MyValue {
+    match v {
+        Value::Decimal(s) | Value::Text(s) => MyValue::Bytes(s.into_bytes()),
+        Value::Bytes(b) => MyValue::Bytes(b),
+        other => to_param(&other),
     }
 }
