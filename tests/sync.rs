@@ -262,3 +262,35 @@ fn a_row_older_than_capture_that_the_sender_changed_is_updated_not_duplicated() 
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_same(&c, &["site-a", "site-b"]);
 }
+
+/// The same through a hub that forwards: the hub finds the shared row by the failed
+/// insert, logs the change for the other spoke with the row's local id, and the other
+/// spoke finds it the same way; all three end equal. Regression test for issue 4.
+#[test]
+fn a_hub_forwards_a_change_to_a_row_older_than_capture() {
+    let c = Cluster::star(&["hub", "spoke-1", "spoke-2"], &Source::Fixture);
+    let shared = "f1365cd4-1232-4d34-a6be-127925e04b83"; // fixture location 3, every site
+    block_on(async {
+        let mut db = conn(c.url("spoke-1")).await;
+        db.exec_drop(
+            "UPDATE location SET name = 'Outpatient Ward (east)' WHERE uuid = ?",
+            (shared,),
+        )
+        .await
+        .unwrap();
+    });
+    let r = c.carry("spoke-1", "hub");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    let r = c.carry("hub", "spoke-2");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    for site in ["hub", "spoke-2"] {
+        let names: Vec<String> = block_on(async {
+            let mut db = conn(c.url(site)).await;
+            db.exec("SELECT name FROM location WHERE uuid = ?", (shared,))
+                .await
+                .unwrap()
+        });
+        assert_eq!(names, vec!["Outpatient Ward (east)".to_string()], "{site}");
+    }
+    assert_same(&c, &["hub", "spoke-1", "spoke-2"]);
+}

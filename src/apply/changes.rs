@@ -37,6 +37,8 @@ use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
 mod translate;
 mod write;
 
+use write::Writes;
+
 /// Changes applied per chunk.
 const CHUNK: usize = 1000;
 
@@ -287,33 +289,19 @@ impl<'a> Applier<'a> {
             .translate(conn, &table, synced, info, &mut changes, &[0], &keys, false)
             .await?;
         if present {
-            let sets = synced
-                .columns
-                .iter()
-                .map(|c| format!("{} = ?", ident(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut params = translated[&0].clone();
-            params.extend(key.iter().cloned());
-            conn.exec_drop(
-                format!("UPDATE {} SET {sets} WHERE {cond}", ident(&table)),
-                params,
-            )
-            .await
-            .map_err(|e| self.write_error(&table, &changes[0].identity, e))?;
+            self.update_row(conn, &table, synced, &translated[&0], &key, &changes[0])
+                .await?;
         } else {
             let row_keys = [identity_text(&changes[0].identity)];
-            self.insert_rows(
-                conn,
-                &table,
+            let w = Writes {
+                table: &table,
                 synced,
                 info,
-                &[(0, key)],
-                &translated,
-                &changes,
-                &row_keys,
-            )
-            .await?;
+                translated: &translated,
+                changes: &changes,
+                row_keys: &row_keys,
+            };
+            self.insert_rows(conn, &w, &[(0, key)]).await?;
         }
         self.apply_fixups(conn).await
     }
@@ -611,35 +599,24 @@ impl<'a> Applier<'a> {
         for (i, key, _) in &updates {
             self.update_row(conn, &table, synced, &translated[i], key, &changes[*i])
                 .await?;
+            self.stats.updated += 1;
         }
         self.timings.update += lap(&mut clock);
+        let w = Writes {
+            table: &table,
+            synced,
+            info,
+            translated: &translated,
+            changes: &changes,
+            row_keys: &row_keys,
+        };
         let inserted = if inserts.is_empty() {
             HashMap::new()
         } else if inserts.iter().any(|(i, _)| presumed[*i]) {
-            self.insert_presumed(
-                conn,
-                &table,
-                synced,
-                info,
-                &inserts,
-                &translated,
-                &changes,
-                &row_keys,
-                &mut existing,
-            )
-            .await?
+            self.insert_presumed(conn, &w, &inserts, &mut existing)
+                .await?
         } else {
-            self.insert_rows(
-                conn,
-                &table,
-                synced,
-                info,
-                &inserts,
-                &translated,
-                &changes,
-                &row_keys,
-            )
-            .await?
+            self.insert_rows(conn, &w, &inserts).await?
         };
 
         self.timings.insert += lap(&mut clock);

@@ -21,6 +21,19 @@ use crate::db::{ident, push_literal, DbError};
 use crate::schema::plan::SyncedTable;
 use crate::schema::{Identity as Rule, Table};
 
+/// A chunk's rows as the insert steps read them.
+#[derive(Clone, Copy)]
+pub(super) struct Writes<'c> {
+    pub table: &'c str,
+    pub synced: &'c SyncedTable,
+    pub info: &'c Table,
+    /// The values to write by change index, references translated.
+    pub translated: &'c HashMap<usize, Vec<MyValue>>,
+    pub changes: &'c [Change],
+    /// The identity texts by change index.
+    pub row_keys: &'c [String],
+}
+
 /// The local ids of rows inserted, and where a presumed insert was refused (the index
 /// of its statement's first row, and the duplicate-key error).
 type Refusable = (HashMap<usize, i64>, Option<(usize, mysql_async::Error)>);
@@ -35,23 +48,13 @@ impl<'a> Applier<'a> {
     /// index) where it is known without asking: from the auto-increment counter (when
     /// the server hands out consecutive ids), the key ferry chose, or the parent's id.
     /// The identities are remembered for later references.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn insert_rows(
         &mut self,
         conn: &mut Conn,
-        table: &str,
-        synced: &SyncedTable,
-        info: &Table,
+        w: &Writes<'_>,
         inserts: &[(usize, KeyValues)],
-        translated: &HashMap<usize, Vec<MyValue>>,
-        changes: &[Change],
-        row_keys: &[String],
     ) -> Result<HashMap<usize, i64>, ImportError> {
-        let (ids, _) = self
-            .insert_statements(
-                conn, table, synced, info, inserts, translated, changes, row_keys, false,
-            )
-            .await?;
+        let (ids, _) = self.insert_statements(conn, w, inserts, false).await?;
         Ok(ids)
     }
 
@@ -62,24 +65,22 @@ impl<'a> Applier<'a> {
     /// the ones found are updated instead, the others inserted. The table's rows are
     /// looked up for the rest of the run. A row found that has a version now was
     /// written here while this import ran: the bundle fails and stays in the inbox.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn insert_presumed(
         &mut self,
         conn: &mut Conn,
-        table: &str,
-        synced: &SyncedTable,
-        info: &Table,
+        w: &Writes<'_>,
         inserts: &[(usize, KeyValues)],
-        translated: &HashMap<usize, Vec<MyValue>>,
-        changes: &[Change],
-        row_keys: &[String],
         existing: &mut HashMap<String, LocalRow>,
     ) -> Result<HashMap<usize, i64>, ImportError> {
-        let (mut ids, refused) = self
-            .insert_statements(
-                conn, table, synced, info, inserts, translated, changes, row_keys, true,
-            )
-            .await?;
+        let (mut ids, refused) = self.insert_statements(conn, w, inserts, true).await?;
+        let Writes {
+            table,
+            synced,
+            translated,
+            changes,
+            row_keys,
+            ..
+        } = *w;
         let Some((from, duplicate)) = refused else {
             return Ok(ids);
         };
@@ -116,21 +117,19 @@ impl<'a> Applier<'a> {
                 Some(row) => {
                     self.update_row(conn, table, synced, &translated[i], key, &changes[*i])
                         .await?;
+                    self.stats.updated += 1;
                     existing.insert(key_text(key), row.clone());
                 }
                 None => new.push((*i, key.clone())),
             }
         }
-        let more = self
-            .insert_rows(
-                conn, table, synced, info, &new, translated, changes, row_keys,
-            )
-            .await?;
+        let more = self.insert_rows(conn, w, &new).await?;
         ids.extend(more);
         Ok(ids)
     }
 
-    /// Updates one existing row (by its key) to the translated values of a change.
+    /// Updates one existing row (by its key) to the translated values of a change (the
+    /// caller counts it).
     pub(super) async fn update_row(
         &mut self,
         conn: &mut Conn,
@@ -155,26 +154,27 @@ impl<'a> Applier<'a> {
         )
         .await
         .map_err(|e| self.write_error(table, &change.identity, e))?;
-        self.stats.updated += 1;
         Ok(())
     }
 
     /// The insert statements of [`Applier::insert_rows`]; with `presumed`, a statement
     /// refused for a duplicate key ends them, and its first row and the error are
     /// returned beside the ids of the rows inserted before it.
-    #[allow(clippy::too_many_arguments)]
     async fn insert_statements(
         &mut self,
         conn: &mut Conn,
-        table: &str,
-        synced: &SyncedTable,
-        info: &Table,
+        w: &Writes<'_>,
         inserts: &[(usize, KeyValues)],
-        translated: &HashMap<usize, Vec<MyValue>>,
-        changes: &[Change],
-        row_keys: &[String],
         presumed: bool,
     ) -> Result<Refusable, ImportError> {
+        let Writes {
+            table,
+            synced,
+            info,
+            translated,
+            changes,
+            row_keys,
+        } = *w;
         let id_cols = synced.identity.columns();
         let mut cols: Vec<String> = id_cols.iter().map(|c| c.to_string()).collect();
         cols.extend(synced.columns.iter().cloned());
