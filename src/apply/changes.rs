@@ -25,7 +25,7 @@ use super::conflict::{
 use super::fresh::FreshTables;
 use super::ids::IdCache;
 use super::resolve::{key_text, KeyValues, Resolver};
-use super::unique::{read_values, unique_columns, Check};
+use super::unique::{read_values, unique_columns, Check, UniqueColumn};
 use super::{ImportError, MissingReference};
 use crate::bundle::{Change, Identity, Op, Version};
 use crate::capture::versions::{heads_where, last_position, settle, version_cols, Floors, Settle};
@@ -440,7 +440,8 @@ impl<'a> Applier<'a> {
         let keys = resolver.key_values(conn, &table, &ids).await?;
         let keyed = clock.elapsed();
         self.timings.keys += keyed;
-        let presume = self.may_presume(&table, synced, info);
+        let uniques = unique_columns(&table, synced, info);
+        let presume = self.may_presume(&table, synced, info, &uniques);
         let mut presumed: Vec<bool> = changes
             .iter()
             .map(|c| presume && c.base_version.is_none() && c.op != Op::Delete)
@@ -548,7 +549,6 @@ impl<'a> Applier<'a> {
             .map(|u| u.0)
             .chain(inserts.iter().map(|u| u.0))
             .collect();
-        let uniques = unique_columns(&table, synced, info);
         let mut changes = changes;
         let keep_values = !uniques.is_empty();
         let mut translated = self
@@ -739,10 +739,16 @@ impl<'a> Applier<'a> {
     /// identity has a unique index (an existing row makes the insert fail, changing
     /// nothing), no other unique column needs its collision check, and no row of the
     /// table turned out to exist in this run.
-    fn may_presume(&self, table: &str, synced: &SyncedTable, info: &Table) -> bool {
+    fn may_presume(
+        &self,
+        table: &str,
+        synced: &SyncedTable,
+        info: &Table,
+        uniques: &[UniqueColumn],
+    ) -> bool {
         !self.probed.contains(table)
             && info.has_unique(&synced.identity.columns())
-            && unique_columns(table, synced, info).is_empty()
+            && uniques.is_empty()
     }
 
     /// The current versions (and tombstones) of rows of `table` by identity text.
