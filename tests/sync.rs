@@ -187,6 +187,16 @@ fn phase3_hub_forwards_between_spokes() {
     }
 }
 
+/// Renames the location with `uuid` at the site of `url` (a plain local edit).
+fn rename_location(url: &str, uuid: &str, name: &str) {
+    block_on(async {
+        let mut db = conn(url).await;
+        db.exec_drop("UPDATE location SET name = ? WHERE uuid = ?", (name, uuid))
+            .await
+            .unwrap();
+    });
+}
+
 /// Rows the sender made new are presumed new at the receiver and inserted without a
 /// lookup; a row that exists there after all (loaded at both sites before capture, so
 /// it has no version anywhere) makes the insert fail on its unique uuid, and is then
@@ -206,13 +216,8 @@ fn a_row_older_than_capture_that_the_sender_changed_is_updated_not_duplicated() 
         )
         .await
         .unwrap();
-        db.exec_drop(
-            "UPDATE location SET name = 'Main Clinic (renamed)' WHERE uuid = ?",
-            (shared,),
-        )
-        .await
-        .unwrap();
     });
+    rename_location(c.url("site-a"), shared, "Main Clinic (renamed)");
     let stick = c.stick.path().to_str().unwrap();
     c.node("site-a").ok(&["export"]);
     c.node("site-a").ok(&["send", stick]);
@@ -249,15 +254,7 @@ fn a_row_older_than_capture_that_the_sender_changed_is_updated_not_duplicated() 
     assert_same(&c, &["site-a", "site-b"]);
     // The version the shared row got at site-a is its version at site-b now: an edit
     // at site-b supersedes it, and travels back as an update site-a takes.
-    block_on(async {
-        let mut db = conn(c.url("site-b")).await;
-        db.exec_drop(
-            "UPDATE location SET name = 'Main Clinic (site b)' WHERE uuid = ?",
-            (shared,),
-        )
-        .await
-        .unwrap();
-    });
+    rename_location(c.url("site-b"), shared, "Main Clinic (site b)");
     let r = c.carry("site-b", "site-a");
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_same(&c, &["site-a", "site-b"]);
@@ -270,15 +267,7 @@ fn a_row_older_than_capture_that_the_sender_changed_is_updated_not_duplicated() 
 fn a_hub_forwards_a_change_to_a_row_older_than_capture() {
     let c = Cluster::star(&["hub", "spoke-1", "spoke-2"], &Source::Fixture);
     let shared = "f1365cd4-1232-4d34-a6be-127925e04b83"; // fixture location 3, every site
-    block_on(async {
-        let mut db = conn(c.url("spoke-1")).await;
-        db.exec_drop(
-            "UPDATE location SET name = 'Outpatient Ward (east)' WHERE uuid = ?",
-            (shared,),
-        )
-        .await
-        .unwrap();
-    });
+    rename_location(c.url("spoke-1"), shared, "Outpatient Ward (east)");
     let r = c.carry("spoke-1", "hub");
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     let r = c.carry("hub", "spoke-2");

@@ -88,10 +88,15 @@ impl<'a> Applier<'a> {
         let rest = &inserts[from..];
         let keys: Vec<KeyValues> = rest.iter().map(|(_, k)| k.clone()).collect();
         let found = self.resolver().existing(conn, table, &keys, true).await?;
-        let found_keys: Vec<&str> = rest
+        // Each row of the rest with the local row found for it, if any.
+        let rows: Vec<(usize, &KeyValues, Option<&LocalRow>)> = rest
             .iter()
-            .filter(|(_, k)| found.contains_key(&key_text(k)))
-            .map(|(i, _)| row_keys[*i].as_str())
+            .map(|(i, k)| (*i, k, found.get(&key_text(k))))
+            .collect();
+        let found_keys: Vec<&str> = rows
+            .iter()
+            .filter(|(_, _, row)| row.is_some())
+            .map(|(i, _, _)| row_keys[*i].as_str())
             .collect();
         if let Some(k) = self
             .versions_of(conn, table, &found_keys)
@@ -99,10 +104,10 @@ impl<'a> Applier<'a> {
             .keys()
             .next()
         {
-            let row = rest
+            let row = rows
                 .iter()
-                .find(|(i, _)| &row_keys[*i] == k)
-                .map(|(i, _)| &changes[*i].identity)
+                .find(|(i, _, _)| &row_keys[*i] == k)
+                .map(|(i, _, _)| &changes[*i].identity)
                 .expect("a row of the chunk");
             return Err(self.write_error(table, row, duplicate));
         }
@@ -112,15 +117,15 @@ impl<'a> Applier<'a> {
             "rows presumed new exist here (made before capture): updating them, and looking up this table's rows for the rest of the import"
         );
         let mut new = Vec::with_capacity(rest.len());
-        for (i, key) in rest {
-            match found.get(&key_text(key)) {
+        for (i, key, row) in rows {
+            match row {
                 Some(row) => {
-                    self.update_row(conn, table, synced, &translated[i], key, &changes[*i])
+                    self.update_row(conn, table, synced, &translated[&i], key, &changes[i])
                         .await?;
                     self.stats.updated += 1;
                     existing.insert(key_text(key), row.clone());
                 }
-                None => new.push((*i, key.clone())),
+                None => new.push((i, key.clone())),
             }
         }
         let more = self.insert_rows(conn, w, &new).await?;
