@@ -105,7 +105,13 @@ impl<W: Write> Write for HashWriter<W> {
     }
 }
 
-type Sink = zstd::stream::write::Encoder<'static, Encryptor<HashWriter<BufWriter<File>>>>;
+type Zstd = zstd::stream::write::Encoder<'static, Encryptor<HashWriter<BufWriter<File>>>>;
+
+/// Records reach zstd in blocks of this many bytes rather than one call each (each call
+/// costs a lock and a wake-up of zstd's worker once it compresses in the background).
+const FEED_BYTES: usize = 128 * 1024;
+
+type Sink = BufWriter<Zstd>;
 
 /// Writes one bundle. Declare tables, push changes, then [`BundleWriter::finish`].
 pub struct BundleWriter {
@@ -183,7 +189,10 @@ impl BundleWriter {
             .map_err(io)?;
         zstd.include_checksum(true).map_err(io_err(temp_dir))?;
         Ok(BundleWriter {
-            body: BodyEncoder::for_version(zstd, meta.format_version),
+            body: BodyEncoder::for_version(
+                BufWriter::with_capacity(FEED_BYTES, zstd),
+                meta.format_version,
+            ),
             meta,
             keys: keys.clone(),
             ephemeral,
@@ -212,7 +221,7 @@ impl BundleWriter {
             path: "<bundle body>".into(),
             source: e,
         };
-        self.body.inner_mut().multithread(1).map_err(io)
+        self.body.inner_mut().get_mut().multithread(1).map_err(io)
     }
 
     /// Changes pushed so far.
@@ -227,7 +236,8 @@ impl BundleWriter {
             source: e,
         };
         let changes = self.body.changes();
-        let (zstd, plain_len) = self.body.finish()?;
+        let (feed, plain_len) = self.body.finish()?;
+        let zstd = feed.into_inner().map_err(|e| io(e.into_error()))?;
         let encryptor = zstd.finish().map_err(io)?;
         let (hashing, compressed_len) = encryptor.finish().map_err(io)?;
         let body_len = hashing.len;
