@@ -20,27 +20,29 @@ use super::model::{Identity, IdentityRef, Value, ValueRef};
 /// The variant index of `RefSlot` in a version-2 `Value` (after the 12 of version 1).
 pub const REF_SLOT_TAG: u32 = 12;
 
-/// A value the body encoder can write: it says whether it is a reference.
+/// A value the body encoder can write: owned or borrowed.
 pub trait RefValue: Serialize {
-    /// The referenced identity, if this value is a reference.
-    fn reference(&self) -> Option<IdentityRef<'_>>;
-}
+    /// The value, borrowed.
+    fn as_value(&self) -> ValueRef<'_>;
 
-impl RefValue for Value {
+    /// The referenced identity, if this value is a reference.
     fn reference(&self) -> Option<IdentityRef<'_>> {
-        match self {
-            Value::Ref(id) => Some(IdentityRef::Owned(&id.0)),
+        match self.as_value() {
+            ValueRef::Ref(id) => Some(id),
             _ => None,
         }
     }
 }
 
+impl RefValue for Value {
+    fn as_value(&self) -> ValueRef<'_> {
+        self.as_ref()
+    }
+}
+
 impl RefValue for ValueRef<'_> {
-    fn reference(&self) -> Option<IdentityRef<'_>> {
-        match self {
-            ValueRef::Ref(id) => Some(*id),
-            _ => None,
-        }
+    fn as_value(&self) -> ValueRef<'_> {
+        *self
     }
 }
 
