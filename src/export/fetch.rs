@@ -14,7 +14,7 @@
 //! Both readers produce the same identities and values; a test holds them equal on
 //! every table of the fixture and of the real OpenMRS dump.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Row, Value as MyValue};
@@ -46,7 +46,7 @@ pub enum FetchError {
 pub struct Reads {
     queries: Vec<(String, Vec<MyValue>)>,
     /// For a range scan: the column of the local id and the ids to keep.
-    keep: Option<(usize, HashSet<i64>)>,
+    keep: Option<(usize, FxHashSet<i64>)>,
     what: String,
 }
 

@@ -38,14 +38,19 @@ struct Group {
     rank: u32,
     key: String,
     row_id: Option<i64>,
-    /// The first and last entries the peer has not seen.
+    /// The first entry the peer has not seen, and the last if there are more.
     first: Item,
-    last: Item,
+    later: Option<Item>,
     /// The latest version in the range the peer holds (it came from the peer).
     known: Option<Version>,
 }
 
 impl Group {
+    /// The last entry the peer has not seen.
+    fn last(&self) -> &Item {
+        self.later.as_ref().unwrap_or(&self.first)
+    }
+
     /// Whether the base must be looked up before the range.
     fn needs_lookup(&self) -> bool {
         self.known.is_none() && self.first.is_local() && self.first.op != b'I'
@@ -77,14 +82,12 @@ struct Acc {
 impl Acc {
     /// The row's group, unless the peer has seen all of it.
     fn group(self) -> Option<Group> {
-        let first = self.first?;
-        let last = self.last.unwrap_or_else(|| first.clone());
         Some(Group {
             rank: self.rank,
             key: self.key,
             row_id: self.row_id,
-            first,
-            last,
+            first: self.first?,
+            later: self.last,
             known: self.known,
         })
     }
@@ -209,6 +212,8 @@ impl<'a> Sealer<'a> {
         let mut s = self.stages;
         s.cache_hits = self.cache.hits;
         s.cache_fetched = self.cache.fetched;
+        s.cache_queries = self.cache.queries;
+        s.cache_waited = self.cache.waited;
         s
     }
 
@@ -256,7 +261,7 @@ impl<'a> Sealer<'a> {
             .await?
         };
         // The rows' values, for every row that was not deleted.
-        let live: Vec<&Group> = groups.iter().filter(|g| g.last.op != b'D').collect();
+        let live: Vec<&Group> = groups.iter().filter(|g| g.last().op != b'D').collect();
         let reads = if live.is_empty() {
             Reads::default()
         } else if fetcher.row_id.is_some() && live.iter().all(|g| g.row_id.is_some()) {
@@ -396,14 +401,14 @@ impl<'a> Sealer<'a> {
                     if h.position <= g.first.change_id || known_to_peer {
                         base = Some(h.version.clone());
                     }
-                    if known_to_peer && h.position >= g.last.change_id {
+                    if known_to_peer && h.position >= g.last().change_id {
                         // The peer's own version came after all of these entries.
                         continue;
                     }
                 }
-                let version = g.last.version(self.floors, &self.me);
-                let origin = g.last.origin().unwrap_or(&self.me);
-                if g.last.op == b'D' {
+                let version = g.last().version(self.floors, &self.me);
+                let origin = g.last().origin().unwrap_or(&self.me);
+                if g.last().op == b'D' {
                     let parts =
                         parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
                             table: table.clone(),

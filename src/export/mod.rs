@@ -416,6 +416,8 @@ async fn export_peer(
                     lookups = stages.lookups,
                     cache_hits = stages.cache_hits,
                     cache_fetched = stages.cache_fetched,
+                    cache_queries = stages.cache_queries,
+                    cache_waited_s = stages.cache_waited.as_secs_f64(),
                     finish_s = finished.as_secs_f64(),
                     total_s = started.elapsed().as_secs_f64(),
                     "export stages"
@@ -499,6 +501,9 @@ pub struct Stages {
     pub lookups: u64,
     pub cache_hits: u64,
     pub cache_fetched: u64,
+    /// Queries that filled the cache, and the time spent waiting for them.
+    pub cache_queries: u64,
+    pub cache_waited: Duration,
 }
 
 fn pending_path(final_path: &std::path::Path) -> PathBuf {

@@ -105,6 +105,9 @@ pub struct RefCache {
     /// Lookups answered from the cache, and keys fetched (for the stage log).
     pub hits: u64,
     pub fetched: u64,
+    /// Queries that fetched keys, and the time spent waiting for them.
+    pub queries: u64,
+    pub waited: std::time::Duration,
 }
 
 impl RefCache {
@@ -163,12 +166,15 @@ impl RefCache {
             };
             let keys: Vec<RawKey> = keys.into_iter().collect();
             for chunk in keys.chunks(IN_SIZES[IN_SIZES.len() - 1]) {
+                let asked = std::time::Instant::now();
                 let rows: Vec<(MyValue, Option<String>)> = conn
                     .exec(sql_for(padded(chunk.len())), padded_params(chunk))
                     .await
                     .map_err(DbError::query(format!(
                         "reading identities of {table} rows"
                     )))?;
+                self.queries += 1;
+                self.waited += asked.elapsed();
                 let map = &mut self.refs[id.0];
                 // The server compares text by its collation (case, trailing spaces); a
                 // key matches the row it found that way as well as its exact form.
