@@ -22,7 +22,7 @@ use super::format::{
     valid_node_name, FORMAT_VERSION, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES,
 };
 use super::model::{Change, ChangeRef, Identity, IdentityRef, Op, Value, Version};
-use super::slots::{RefValue, SlotIndex, SlotTable, WireValue};
+use super::slots::{Lane, RefValue, SlotIndex, SlotTable, WireValue};
 
 /// A version with its node given as a node index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +98,8 @@ pub struct BodyEncoder<W: Write> {
     /// Version 2: the previous change's wall clock, the slots, and per value its slot.
     prev_wall_us: i64,
     slot_index: SlotIndex,
+    /// Per declared table (by index), per column: what its references remember.
+    lanes: Vec<Vec<Lane>>,
     slot_scratch: Vec<Option<u32>>,
     /// Bytes of serialized records so far (for the serialize share of the benchmark).
     pub plain_len: u64,
@@ -120,6 +122,7 @@ impl<W: Write> BodyEncoder<W> {
             changes: 0,
             prev_wall_us: 0,
             slot_index: SlotIndex::default(),
+            lanes: Vec::new(),
             slot_scratch: Vec::new(),
             plain_len: 0,
         }
@@ -181,6 +184,7 @@ impl<W: Write> BodyEncoder<W> {
         let index = self.tables.len() as u32;
         self.tables
             .insert(name.to_string(), (index, columns.len(), columns.to_vec()));
+        self.lanes.push(vec![Lane::default(); columns.len()]);
         Ok(())
     }
 
@@ -283,10 +287,11 @@ impl<W: Write> BodyEncoder<W> {
         let mut slots = std::mem::take(&mut self.slot_scratch);
         slots.clear();
         if v2 {
-            for v in values {
+            let lanes = &mut self.lanes[table as usize];
+            for (v, lane) in values.iter().zip(lanes.iter_mut()) {
                 let slot = v
                     .reference()
-                    .and_then(|id| self.slot_index.find_or_put(&id));
+                    .and_then(|id| self.slot_index.find_or_put_in(lane, &id));
                 slots.push(slot);
             }
             self.slot_index.put(&identity);

@@ -69,6 +69,15 @@ fn holds(slot: &[String], id: &IdentityRef) -> bool {
     slot.len() == id.len() && each_part(id, |i, p| slot[i] == p)
 }
 
+/// What [`SlotIndex::find_or_put_in`] remembers of one column: the last identity it
+/// saw there, its slot, and the count of puts before which that slot still holds it.
+#[derive(Debug, Default, Clone)]
+pub struct Lane {
+    id: String,
+    slot: u32,
+    until: usize,
+}
+
 /// The writer's side: which slot holds an identity.
 #[derive(Debug, Default)]
 pub struct SlotIndex {
@@ -95,6 +104,39 @@ impl SlotIndex {
         let found = self.find_hashed(hash, id);
         if found.is_none() {
             self.put_hashed(hash, id);
+        }
+        found
+    }
+
+    /// [`SlotIndex::find_or_put`] for a value of one column (its `lane`), which
+    /// remembers the last identity it saw and its slot: consecutive rows mostly refer
+    /// to the same patient, encounter, concept and user, and then the answer needs no
+    /// hashing. A remembered slot is used only while the ring has not come round to it
+    /// again, so it still holds that identity; it may be an older slot than the one
+    /// `find` would give (when the identity was put again since), which the reader
+    /// resolves the same way.
+    pub fn find_or_put_in(&mut self, lane: &mut Lane, id: &IdentityRef) -> Option<u32> {
+        let one = match id {
+            IdentityRef::One(p) => Some(*p),
+            IdentityRef::Parts([p]) => Some(*p),
+            IdentityRef::Owned([p]) => Some(p.as_str()),
+            _ => None,
+        };
+        if let Some(p) = one {
+            if self.next < lane.until && lane.id == p {
+                return Some(lane.slot);
+            }
+        }
+        let found = self.find_or_put(id);
+        let k = found.unwrap_or(((self.next - 1) % REF_SLOTS) as u32);
+        if let Some(p) = one {
+            // The put that will overwrite slot k next: the first counter value from
+            // `next` on that falls on k.
+            let turn = (k as usize + REF_SLOTS - self.next % REF_SLOTS) % REF_SLOTS;
+            lane.until = self.next + turn + 1;
+            lane.slot = k;
+            lane.id.clear();
+            lane.id.push_str(p);
         }
         found
     }
@@ -308,6 +350,39 @@ mod tests {
         index.put(&IdentityRef::Parts(&["a", "bc"]));
         assert!(index.find(&IdentityRef::Parts(&["ab", "c"])).is_none());
         assert!(index.find(&IdentityRef::Parts(&["a", "bc"])).is_some());
+    }
+
+    /// Remembered slots always name what the reader's ring holds, across wraps of the
+    /// ring, repeated identities and identities put again.
+    #[test]
+    fn lanes_name_only_slots_that_still_hold_their_identity() {
+        let mut index = SlotIndex::default();
+        let mut table = SlotTable::default();
+        let mut lanes = vec![Lane::default(); 3];
+        let mut n: u64 = 7;
+        let mut hits = 0;
+        for change in 0..(REF_SLOTS as u64 * 3) {
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            for (c, lane) in lanes.iter_mut().enumerate() {
+                // Runs of one value per column, from pools of several sizes.
+                let pool = [3, 5_000, 200_000][c];
+                let id = Identity(vec![format!("c{c}-{}", (n >> 33) % pool)]);
+                let r = IdentityRef::Owned(&id.0);
+                match index.find_or_put_in(lane, &r) {
+                    Some(k) => {
+                        hits += 1;
+                        assert_eq!(table.get(k), Some(&id), "change {change} column {c}");
+                    }
+                    None => table.put(&id),
+                }
+            }
+            let own = Identity(vec![format!("own-{}", change % 70_000)]);
+            index.put(&IdentityRef::Owned(&own.0));
+            table.put(&own);
+        }
+        assert!(hits > REF_SLOTS, "{hits} hits");
     }
 
     #[test]
