@@ -16,7 +16,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use super::encode::{self, ChangeFields, WireStamp};
+use super::encode::{self, ChangeFields};
 use super::error::BundleError;
 use super::format::{
     valid_node_name, FORMAT_VERSION, MAX_COLUMNS, MAX_NODES, MAX_RECORD_LEN, MAX_TABLES,
@@ -24,12 +24,13 @@ use super::format::{
 use super::model::{Change, ChangeRef, Identity, IdentityRef, Op, Value, Version};
 use super::slots::{Lane, RefValue, SlotIndex, SlotTable, WireValue};
 
-/// A version with its node given as a node index.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct WireVersion {
-    wall_us: i64,
-    counter: u32,
-    node: u32,
+/// A version with its node given as a node index (its wall clock as the format
+/// version encodes it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(super) struct WireVersion {
+    pub(super) wall_us: i64,
+    pub(super) counter: u32,
+    pub(super) node: u32,
 }
 
 /// A change as it is encoded (owned, for decoding).
@@ -203,8 +204,8 @@ impl<W: Write> BodyEncoder<W> {
         Ok(i)
     }
 
-    fn wire_version(&mut self, v: &Version, wall_us: i64) -> Result<WireStamp, BundleError> {
-        Ok(WireStamp {
+    fn wire_version(&mut self, v: &Version, wall_us: i64) -> Result<WireVersion, BundleError> {
+        Ok(WireVersion {
             wall_us,
             counter: v.counter,
             node: self.node(&v.node)?,
@@ -853,15 +854,10 @@ mod tests {
             let slots: Vec<Option<u32>> = (0..values.len())
                 .map(|i| (next() % 3 == 0).then(|| (next() >> (i + 20)) as u32))
                 .collect();
-            let stamp = |x: u64| WireStamp {
+            let stamp = |x: u64| WireVersion {
                 wall_us: x as i64 >> (x % 64),
                 counter: (x >> 40) as u32,
                 node: (x % 300) as u32,
-            };
-            let wire = |s: WireStamp| WireVersion {
-                wall_us: s.wall_us,
-                counter: s.counter,
-                node: s.node,
             };
             let (version, base) = (stamp(next()), stamp(next()));
             let base = (round % 2 == 0).then_some(base);
@@ -890,8 +886,8 @@ mod tests {
                 table,
                 identity,
                 op,
-                version: wire(version),
-                base_version: base.map(wire),
+                version,
+                base_version: base,
                 origin,
                 values: SlottedValues {
                     values: &values,

@@ -2,43 +2,35 @@
 //!
 //! A bundle body is postcard (`bundle-format/SPEC.md`, "Body"), and every record but
 //! `Change` is written through serde. `Change` is the one written a million times per
-//! bundle, and serde's generic path costs more there than the row's own decoding:
-//! each field is a call through the serializer with its result checked. This module
+//! bundle, and serde's generic path cost about as much there as decoding the row: each
+//! field is a call through the serializer with its result checked. This module
 //! writes the same bytes directly: varints (LEB128) for unsigned integers and lengths,
 //! zigzag varints for signed ones, single bytes for `u8` and `bool`, little-endian
 //! floats, and an enum as its variant index followed by its fields. A test holds it
 //! byte for byte equal to postcard's serialization of the same change.
 
+use super::body::WireVersion;
 use super::model::{IdentityRef, Op, ValueRef};
 use super::slots::{RefValue, REF_SLOT_TAG};
 
 /// The variant index of `Change` among the body's records.
 const CHANGE_TAG: u32 = 2;
 
-/// A version as the record holds it: its wall clock (as the format version encodes
-/// it), counter, and node index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WireStamp {
-    pub wall_us: i64,
-    pub counter: u32,
-    pub node: u32,
-}
-
 /// One change record's fields, values given with their slots (`Some(k)` writes
 /// `RefSlot(k)` instead of the value).
-pub struct ChangeFields<'a, V> {
-    pub table: u32,
-    pub identity: IdentityRef<'a>,
-    pub op: Op,
-    pub version: WireStamp,
-    pub base_version: Option<WireStamp>,
-    pub origin: u32,
-    pub values: &'a [V],
-    pub slots: &'a [Option<u32>],
+pub(super) struct ChangeFields<'a, V> {
+    pub(super) table: u32,
+    pub(super) identity: IdentityRef<'a>,
+    pub(super) op: Op,
+    pub(super) version: WireVersion,
+    pub(super) base_version: Option<WireVersion>,
+    pub(super) origin: u32,
+    pub(super) values: &'a [V],
+    pub(super) slots: &'a [Option<u32>],
 }
 
 /// Appends the `Change` record (without its length prefix) to `out`.
-pub fn change<V: RefValue>(out: &mut Vec<u8>, c: &ChangeFields<V>) {
+pub(super) fn change<V: RefValue>(out: &mut Vec<u8>, c: &ChangeFields<V>) {
     u32v(out, CHANGE_TAG);
     u32v(out, c.table);
     identity(out, &c.identity);
@@ -64,7 +56,7 @@ pub fn change<V: RefValue>(out: &mut Vec<u8>, c: &ChangeFields<V>) {
     }
 }
 
-fn stamp(out: &mut Vec<u8>, s: &WireStamp) {
+fn stamp(out: &mut Vec<u8>, s: &WireVersion) {
     i64v(out, s.wall_us);
     u32v(out, s.counter);
     u32v(out, s.node);

@@ -7,7 +7,7 @@
 
 pub mod ahead;
 pub mod body;
-pub mod encode;
+mod encode;
 pub mod error;
 pub mod format;
 pub mod header;
