@@ -65,7 +65,7 @@ struct Batch {
     found: HashMap<String, Head>,
 }
 
-/// Rows being read on the rows connection (which comes back with them).
+/// Rows being read on a rows connection (which comes back with them).
 type Inflight = tokio::task::JoinHandle<(Conn, Result<Vec<Row>, DbError>)>;
 
 /// A row's entries gathered so far.
@@ -104,9 +104,10 @@ pub struct Sealer<'a> {
     peer: String,
     cursor: u64,
     writer: BundleWriter,
-    /// The connection rows are read on while the previous batch is sealed.
-    rows_conn: Option<Conn>,
-    inflight: Option<(Batch, Inflight)>,
+    /// Connections rows are read on while earlier batches are sealed (free ones), and
+    /// the batches being read, oldest first: as many as there are connections.
+    rows_conns: Vec<Conn>,
+    inflight: std::collections::VecDeque<(Batch, Inflight)>,
     fetchers: HashMap<String, Option<RowFetcher>>,
     declared: std::collections::HashSet<String>,
     cache: RefCache,
@@ -125,7 +126,7 @@ impl<'a> Sealer<'a> {
         peer: &str,
         cursor: u64,
         writer: BundleWriter,
-        rows_conn: Option<Conn>,
+        rows_conns: Vec<Conn>,
     ) -> Sealer<'a> {
         Sealer {
             plan,
@@ -136,8 +137,8 @@ impl<'a> Sealer<'a> {
             peer: peer.to_string(),
             cursor,
             writer,
-            rows_conn,
-            inflight: None,
+            rows_conns,
+            inflight: Default::default(),
             fetchers: HashMap::new(),
             declared: Default::default(),
             cache: RefCache::default(),
@@ -223,7 +224,8 @@ impl<'a> Sealer<'a> {
     }
 
     /// Takes a batch of groups (one table): looks up the bases it needs, starts reading
-    /// its rows on the rows connection, and meanwhile seals the previous batch.
+    /// its rows on a free rows connection, and, when none was free, first seals the
+    /// oldest batch in flight.
     async fn flush(&mut self, fetch: &mut Conn, batch: &mut Vec<Group>) -> Result<(), ExportError> {
         let Some(table) = batch.first().map(|g| self.tables[g.rank as usize].clone()) else {
             return Ok(());
@@ -278,14 +280,20 @@ impl<'a> Sealer<'a> {
             groups,
             found,
         };
-        let previous = self.collect().await?;
-        match self.rows_conn.take() {
+        // With every connection busy, the oldest batch's rows are waited for and that
+        // batch is sealed while this one is read on its connection.
+        let previous = if self.rows_conns.is_empty() {
+            self.collect().await?
+        } else {
+            None
+        };
+        match self.rows_conns.pop() {
             Some(mut conn) => {
                 let handle = tokio::spawn(async move {
                     let rows = reads.run(&mut conn).await;
                     (conn, rows)
                 });
-                self.inflight = Some((this, handle));
+                self.inflight.push_back((this, handle));
                 self.stages.fetching += started.elapsed();
                 if let Some((batch, rows)) = previous {
                     self.seal_batch(fetch, batch, rows).await?;
@@ -302,9 +310,10 @@ impl<'a> Sealer<'a> {
         Ok(())
     }
 
-    /// Waits for the rows of the batch in flight, if any (the rows connection returns).
+    /// Waits for the rows of the oldest batch in flight, if any (its connection
+    /// returns to the free ones).
     async fn collect(&mut self) -> Result<Option<(Batch, Vec<Row>)>, ExportError> {
-        let Some((batch, handle)) = self.inflight.take() else {
+        let Some((batch, handle)) = self.inflight.pop_front() else {
             return Ok(None);
         };
         let waiting = Instant::now();
@@ -315,13 +324,13 @@ impl<'a> Sealer<'a> {
             })
         })?;
         self.stages.reading += waiting.elapsed();
-        self.rows_conn = Some(conn);
+        self.rows_conns.push(conn);
         Ok(Some((batch, rows?)))
     }
 
-    /// Seals the batch still in flight.
+    /// Seals the batches still in flight, oldest first.
     async fn drain(&mut self, fetch: &mut Conn) -> Result<(), ExportError> {
-        if let Some((batch, rows)) = self.collect().await? {
+        while let Some((batch, rows)) = self.collect().await? {
             self.seal_batch(fetch, batch, rows).await?;
         }
         Ok(())

@@ -13,8 +13,9 @@
 //!    version) on top of the version the peer is known to hold (the base). Entries that
 //!    came from the peer, or originated there, are not sent back; the peer holds them,
 //!    and they are the base of what follows them. The rows' values are read in batches
-//!    in uuid space ([`fetch::RowFetcher`]) from the same snapshot; a deleted row
-//!    travels as a tombstone. Changes are sealed straight from the rows read (no copy
+//!    in uuid space ([`fetch::RowFetcher`]) on connections of their own, two batches
+//!    ahead of sealing (a row changed after the snapshot is read as it is now, and its
+//!    later entries travel in the next bundle); a deleted row travels as a tombstone. Changes are sealed straight from the rows read (no copy
 //!    of their values), zstd compressing on a thread of its own meanwhile, into
 //!    `<name>.pending` in the outbox.
 //! 4. **Commit** (a short transaction): the peer's sequence, hash chain and cursor
@@ -392,7 +393,7 @@ async fn export_peer(
                     peer,
                     ps.out_cursor,
                     writer,
-                    Some(node.db.connect().await?),
+                    row_readers(node).await?,
                 );
                 let sorted = range.sorter.finish()?;
                 let changes = sealer.seal(fetch, sorted).await?;
@@ -485,6 +486,18 @@ async fn export_peer(
         .await;
     release_lock(conn, EXPORT_LOCK).await;
     result
+}
+
+/// Connections that read rows ahead of sealing: two, so that a batch's rows are
+/// seldom still on their way when sealing reaches it.
+const ROW_READERS: usize = 2;
+
+async fn row_readers(node: &NodeContext) -> Result<Vec<mysql_async::Conn>, ExportError> {
+    let mut conns = Vec::with_capacity(ROW_READERS);
+    for _ in 0..ROW_READERS {
+        conns.push(node.db.connect().await?);
+    }
+    Ok(conns)
 }
 
 /// The named lock exports take (per database).
