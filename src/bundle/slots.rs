@@ -21,7 +21,7 @@ use super::model::{Identity, IdentityRef, Value, ValueRef};
 pub const REF_SLOT_TAG: u32 = 12;
 
 /// A value the body encoder can write: owned or borrowed.
-pub trait RefValue: Serialize {
+pub trait RefValue {
     /// The value, borrowed.
     fn as_value(&self) -> ValueRef<'_>;
 

@@ -76,7 +76,7 @@ struct Acc {
     known: Option<Version>,
     /// The first entry the peer has not seen, and the last if there are more.
     first: Option<Item>,
-    last: Option<Item>,
+    later: Option<Item>,
 }
 
 impl Acc {
@@ -87,7 +87,7 @@ impl Acc {
             key: self.key,
             row_id: self.row_id,
             first: self.first?,
-            later: self.last,
+            later: self.later,
             known: self.known,
         })
     }
@@ -170,7 +170,7 @@ impl<'a> Sealer<'a> {
                     row_id: e.row_id,
                     known: None,
                     first: None,
-                    last: None,
+                    later: None,
                 });
             }
             let r = row.as_mut().expect("a row");
@@ -180,11 +180,11 @@ impl<'a> Sealer<'a> {
             if self.came_from_peer(&e) {
                 r.known = Some(e.version(self.floors, &self.me));
                 r.first = None;
-                r.last = None;
+                r.later = None;
             } else if r.first.is_none() {
                 r.first = Some(e);
             } else {
-                r.last = Some(e);
+                r.later = Some(e);
             }
         }
         if let Some(g) = row.take().and_then(Acc::group) {
