@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use mysql_async::{Conn, Row};
+use tokio::sync::mpsc::Sender;
 use rustc_hash::FxHashMap;
 
 use super::fetch::{Reads, RowFetcher};
@@ -93,6 +94,86 @@ impl Acc {
     }
 }
 
+/// Batches grouped ahead of sealing (each at most [`BATCH`] rows of one table).
+const GROUPED_AHEAD: usize = 4;
+
+/// Groups the sorted entries into rows, as far as the peer is concerned, and the rows
+/// into batches: rows of one table, at most [`BATCH`] of them.
+struct Grouper {
+    floors: Floors,
+    me: String,
+    peer: String,
+}
+
+impl Grouper {
+    fn came_from_peer(&self, e: &Item) -> bool {
+        e.origin() == Some(self.peer.as_str()) || e.via() == Some(self.peer.as_str())
+    }
+
+    /// Sends each batch as it fills; stops at the first error (sent on) or when the
+    /// receiver is gone.
+    fn run(self, sorted: Sorted, tx: &Sender<Result<Vec<Group>, SortError>>) {
+        let mut batch: Vec<Group> = Vec::new();
+        let mut row: Option<Acc> = None;
+        let send = |batch: &mut Vec<Group>| {
+            batch.is_empty() || tx.blocking_send(Ok(std::mem::take(batch))).is_ok()
+        };
+        for item in sorted {
+            let mut e = match item {
+                Ok(e) => e,
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            };
+            if !row
+                .as_ref()
+                .is_some_and(|r| r.rank == e.rank && r.key == e.row_key)
+            {
+                if let Some(g) = row.take().and_then(Acc::group) {
+                    if (batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH)
+                        && !send(&mut batch)
+                    {
+                        return;
+                    }
+                    batch.push(g);
+                }
+                // The row's key moves to its group (entries are not asked for it again).
+                row = Some(Acc {
+                    rank: e.rank,
+                    key: std::mem::take(&mut e.row_key),
+                    row_id: e.row_id,
+                    known: None,
+                    first: None,
+                    later: None,
+                });
+            }
+            let r = row.as_mut().expect("a row");
+            if e.row_id.is_some() {
+                r.row_id = e.row_id;
+            }
+            if self.came_from_peer(&e) {
+                r.known = Some(e.version(&self.floors, &self.me));
+                r.first = None;
+                r.later = None;
+            } else if r.first.is_none() {
+                r.first = Some(e);
+            } else {
+                r.later = Some(e);
+            }
+        }
+        if let Some(g) = row.take().and_then(Acc::group) {
+            if (batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH)
+                && !send(&mut batch)
+            {
+                return;
+            }
+            batch.push(g);
+        }
+        send(&mut batch);
+    }
+}
+
 /// Seals groups into a bundle for one peer.
 pub struct Sealer<'a> {
     plan: &'a SyncPlan,
@@ -147,65 +228,27 @@ impl<'a> Sealer<'a> {
         }
     }
 
-    fn came_from_peer(&self, e: &Item) -> bool {
-        e.origin() == Some(self.peer.as_str()) || e.via() == Some(self.peer.as_str())
-    }
-
-    /// Seals every row of the sorted range; returns the changes sealed.
+    /// Seals every row of the sorted range; returns the changes sealed. The entries
+    /// are grouped into rows and batches on a thread of their own ([`Grouper`]),
+    /// up to [`GROUPED_AHEAD`] batches ahead of sealing.
     pub async fn seal(&mut self, fetch: &mut Conn, sorted: Sorted) -> Result<u64, ExportError> {
-        let mut batch: Vec<Group> = Vec::new();
-        let mut row: Option<Acc> = None;
-        for item in sorted {
-            let e = item.map_err(|e: SortError| ExportError::Sort(e))?;
-            if !row
-                .as_ref()
-                .is_some_and(|r| r.rank == e.rank && r.key == e.row_key)
-            {
-                if let Some(g) = row.take().and_then(Acc::group) {
-                    self.queue(fetch, &mut batch, g).await?;
-                }
-                row = Some(Acc {
-                    rank: e.rank,
-                    key: e.row_key.clone(),
-                    row_id: e.row_id,
-                    known: None,
-                    first: None,
-                    later: None,
-                });
-            }
-            let r = row.as_mut().expect("a row");
-            if e.row_id.is_some() {
-                r.row_id = e.row_id;
-            }
-            if self.came_from_peer(&e) {
-                r.known = Some(e.version(self.floors, &self.me));
-                r.first = None;
-                r.later = None;
-            } else if r.first.is_none() {
-                r.first = Some(e);
-            } else {
-                r.later = Some(e);
-            }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(GROUPED_AHEAD);
+        let grouper = Grouper {
+            floors: self.floors.clone(),
+            me: self.me.clone(),
+            peer: self.peer.clone(),
+        };
+        // Should sealing stop early, the channel closes and the grouper stops too.
+        let grouping = tokio::task::spawn_blocking(move || grouper.run(sorted, &tx));
+        while let Some(batch) = rx.recv().await {
+            let mut batch = batch.map_err(ExportError::Sort)?;
+            self.flush(fetch, &mut batch).await?;
         }
-        if let Some(g) = row.take().and_then(Acc::group) {
-            self.queue(fetch, &mut batch, g).await?;
+        if let Err(e) = grouping.await {
+            std::panic::resume_unwind(e.into_panic());
         }
-        self.flush(fetch, &mut batch).await?;
         self.drain(fetch).await?;
         Ok(self.changes)
-    }
-
-    async fn queue(
-        &mut self,
-        fetch: &mut Conn,
-        batch: &mut Vec<Group>,
-        g: Group,
-    ) -> Result<(), ExportError> {
-        if batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH {
-            self.flush(fetch, batch).await?;
-        }
-        batch.push(g);
-        Ok(())
     }
 
     /// Stage timings so far.
