@@ -194,6 +194,9 @@ pub struct Sealer<'a> {
     cache: RefCache,
     stages: Stages,
     changes: u64,
+    /// Where sealed batches' rows go to be freed, on a thread of their own (a row
+    /// frees an allocation per value: work sealing need not wait for).
+    freer: std::sync::mpsc::SyncSender<Vec<Row>>,
 }
 
 impl<'a> Sealer<'a> {
@@ -225,6 +228,7 @@ impl<'a> Sealer<'a> {
             cache: RefCache::default(),
             stages: Stages::default(),
             changes: 0,
+            freer: freer(),
         }
     }
 
@@ -535,6 +539,16 @@ impl<'a> Sealer<'a> {
             }
         }
         self.stages.fetching += started.elapsed();
+        // Should the thread be gone, the rows are freed here.
+        let _ = self.freer.send(fetched);
         Ok(())
     }
+}
+
+/// A thread that frees what it is sent, until the sender is dropped (a few batches
+/// may wait for it: memory stays bounded).
+fn freer<T: Send + 'static>() -> std::sync::mpsc::SyncSender<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(2);
+    std::thread::spawn(move || rx.into_iter().for_each(drop));
+    tx
 }

@@ -195,19 +195,18 @@ impl Sorter {
                 std::mem::take(&mut self.mem).into_iter(),
             )));
         }
-        if !self.mem.is_empty() {
-            self.spill()?;
-        }
-        self.mem = Vec::new();
+        // The last run merges from memory: it is not written only to be read back.
+        self.sort_mem();
         let dir = self.dir.display().to_string();
-        let mut readers: Vec<BufReader<File>> = self
+        let mut readers: Vec<Run> = self
             .runs
             .drain(..)
-            .map(|f| BufReader::with_capacity(256 * 1024, f))
+            .map(|f| Run::File(BufReader::with_capacity(256 * 1024, f)))
             .collect();
+        readers.push(Run::Memory(std::mem::take(&mut self.mem).into_iter()));
         let mut heap = BinaryHeap::new();
         for (i, r) in readers.iter_mut().enumerate() {
-            if let Some(item) = read_item(r, &dir)? {
+            if let Some(item) = r.next(&dir)? {
                 heap.push(Reverse(Head(i, item)));
             }
         }
@@ -251,13 +250,28 @@ fn read_item(r: &mut BufReader<File>, dir: &str) -> Result<Option<Item>, SortErr
     postcard::from_bytes(&buf).map(Some).map_err(|e| err(&e))
 }
 
+/// One sorted run being merged: spilled to a file, or the last one, still in memory.
+enum Run {
+    File(BufReader<File>),
+    Memory(std::vec::IntoIter<Item>),
+}
+
+impl Run {
+    fn next(&mut self, dir: &str) -> Result<Option<Item>, SortError> {
+        match self {
+            Run::File(r) => read_item(r, dir),
+            Run::Memory(it) => Ok(it.next()),
+        }
+    }
+}
+
 /// The sorted entries.
 pub struct Sorted(Source);
 
 enum Source {
     Memory(std::vec::IntoIter<Item>),
     Merge {
-        readers: Vec<BufReader<File>>,
+        readers: Vec<Run>,
         heap: BinaryHeap<Reverse<Head>>,
         dir: String,
     },
@@ -271,7 +285,7 @@ impl Iterator for Sorted {
             Source::Memory(it) => it.next().map(Ok),
             Source::Merge { readers, heap, dir } => {
                 let Reverse(Head(i, item)) = heap.pop()?;
-                match read_item(&mut readers[i], dir) {
+                match readers[i].next(dir) {
                     Ok(Some(next)) => heap.push(Reverse(Head(i, next))),
                     Ok(None) => {}
                     Err(e) => return Some(Err(e)),
