@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use mysql_async::{Conn, Row};
-use tokio::sync::mpsc::Sender;
 use rustc_hash::FxHashMap;
+use tokio::sync::mpsc::Sender;
 
 use super::fetch::{Reads, RowFetcher};
 use super::refs::RefCache;
