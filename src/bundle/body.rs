@@ -11,9 +11,9 @@
 //! from its own version's, and references may name a reference slot
 //! ([`super::slots`]). Version 1 writes every number and reference in full.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use super::encode::{self, ChangeFields};
@@ -92,8 +92,9 @@ type PlainRecord<'a> = RecordRef<'a, &'a [Value]>;
 pub struct BodyEncoder<W: Write> {
     inner: W,
     version: u16,
-    tables: HashMap<String, (u32, usize, Vec<String>)>,
-    nodes: HashMap<String, u32>,
+    /// Declared tables and nodes by name (looked up for every change: FxHash).
+    tables: FxHashMap<String, (u32, usize, Vec<String>)>,
+    nodes: FxHashMap<String, u32>,
     scratch: Vec<u8>,
     changes: u64,
     /// Version 2: the previous change's wall clock, the slots, and per value its slot.
@@ -117,8 +118,8 @@ impl<W: Write> BodyEncoder<W> {
         BodyEncoder {
             inner,
             version,
-            tables: HashMap::new(),
-            nodes: HashMap::new(),
+            tables: FxHashMap::default(),
+            nodes: FxHashMap::default(),
             scratch: Vec::with_capacity(1024),
             changes: 0,
             prev_wall_us: 0,

@@ -23,7 +23,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::borrow::Cow;
 
 use super::refs::{padded, padded_params, placeholders, RawKey, RefCache, TargetId, IN_SIZES};
-use super::rows::{decode_value_ref, is_local_id, RowError};
+use super::rows::{decode_as, is_local_id, ColumnKind, RowError};
 use crate::bundle::{Identity, IdentityRef, Value, ValueRef};
 use crate::db::{ident, DbError};
 use crate::schema::identity_sql::{parse_identity, referenced_identity, row_identity};
@@ -86,6 +86,7 @@ enum Carried {
     Plain {
         at: usize,
         column: Column,
+        kind: ColumnKind,
     },
     Ref {
         at: usize,
@@ -96,6 +97,8 @@ enum Carried {
     Soft {
         at: usize,
         column: Column,
+        /// How the value decodes when it is not a reference.
+        plain: ColumnKind,
         kind_at: usize,
         kind: TargetId,
         kind_pk: String,
@@ -252,6 +255,7 @@ impl RowFetcher {
                 let kind_at = add(col(&s.type_column));
                 carried.push(Carried::Soft {
                     at,
+                    plain: ColumnKind::of(&column),
                     column,
                     kind_at,
                     kind: cache.target(&s.type_table, &s.discriminator),
@@ -261,6 +265,7 @@ impl RowFetcher {
             } else {
                 carried.push(Carried::Plain {
                     at: add(col(name)),
+                    kind: ColumnKind::of(&column),
                     column,
                 });
             }
@@ -567,8 +572,8 @@ impl RowFetcher {
         let mut values = Vec::with_capacity(self.carried.len());
         for (name, c) in self.columns.iter().zip(&self.carried) {
             values.push(match c {
-                Carried::Plain { at, column } => {
-                    decode_value_ref(&self.table, column, r.as_ref(*at))?
+                Carried::Plain { at, column, kind } => {
+                    decode_as(&self.table, column, *kind, r.as_ref(*at))?
                 }
                 Carried::Ref { at, target, how } => {
                     let raw = r.as_ref(*at);
@@ -596,6 +601,7 @@ impl RowFetcher {
                 Carried::Soft {
                     at,
                     column,
+                    plain,
                     kind_at,
                     kind,
                     targets,
@@ -618,7 +624,7 @@ impl RowFetcher {
                             };
                             self.reference(&key, name, table, raw, found)?
                         }
-                        None => decode_value_ref(&self.table, column, raw)?,
+                        None => decode_as(&self.table, column, *plain, raw)?,
                     }
                 }
             });

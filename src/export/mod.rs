@@ -35,13 +35,13 @@ pub mod refs;
 pub mod rows;
 pub mod sorter;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
@@ -218,7 +218,7 @@ async fn read_range(
     peer: &str,
     cursor: u64,
     settled: Option<u64>,
-    ranks: &HashMap<String, u32>,
+    ranks: &FxHashMap<String, u32>,
 ) -> Result<Range, ExportError> {
     let mut sorter = Sorter::new(node.dirs.root());
     let mut run = Contiguous::after(cursor);
@@ -334,7 +334,8 @@ async fn export_peer(
                 .into_iter()
                 .filter(|t| enabled.get(t).copied().unwrap_or(true))
                 .collect();
-            let ranks: HashMap<String, u32> = tables
+            // Looked up for every log entry read: FxHash.
+            let ranks: FxHashMap<String, u32> = tables
                 .iter()
                 .enumerate()
                 .map(|(i, t)| (t.clone(), i as u32))

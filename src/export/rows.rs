@@ -310,6 +310,39 @@ pub fn decode_value_ref<'a>(
     col: &Column,
     v: Option<&'a MyValue>,
 ) -> Result<ValueRef<'a>, RowError> {
+    decode_as(table, col, ColumnKind::of(col), v)
+}
+
+/// What decoding a column's values depends on, read from its type once (not per value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ColumnKind {
+    unsigned: bool,
+    float: bool,
+    date: bool,
+    decimal: bool,
+    binary: bool,
+}
+
+impl ColumnKind {
+    pub fn of(col: &Column) -> ColumnKind {
+        let t = col.data_type.as_str();
+        ColumnKind {
+            unsigned: col.column_type.contains("unsigned"),
+            float: t == "float",
+            date: t == "date",
+            decimal: t == "decimal",
+            binary: is_binary(t),
+        }
+    }
+}
+
+/// [`decode_value_ref`] with the column's kind already read.
+pub fn decode_as<'a>(
+    table: &str,
+    col: &Column,
+    kind: ColumnKind,
+    v: Option<&'a MyValue>,
+) -> Result<ValueRef<'a>, RowError> {
     let err = |detail: String| RowError::Decode {
         table: table.to_string(),
         column: col.name.clone(),
@@ -320,22 +353,21 @@ pub fn decode_value_ref<'a>(
         None | Some(MyValue::NULL) => return Ok(ValueRef::Null),
         Some(v) => v,
     };
-    let unsigned = col.column_type.contains("unsigned");
-    Ok(match (col.data_type.as_str(), v) {
-        (_, MyValue::Int(i)) if unsigned => ValueRef::UInt(*i as u64),
-        (_, MyValue::Int(i)) => ValueRef::Int(*i),
-        (_, MyValue::UInt(u)) if unsigned => ValueRef::UInt(*u),
-        (_, MyValue::UInt(u)) => ValueRef::Int(i64::try_from(*u).map_err(|e| err(e.to_string()))?),
-        ("float", MyValue::Float(f)) => ValueRef::Float(*f),
-        ("float", MyValue::Double(d)) => ValueRef::Float(*d as f32),
-        (_, MyValue::Double(d)) => ValueRef::Double(*d),
-        (_, MyValue::Float(f)) => ValueRef::Double(*f as f64),
-        ("date", MyValue::Date(y, m, d, ..)) => ValueRef::Date {
+    Ok(match v {
+        MyValue::Int(i) if kind.unsigned => ValueRef::UInt(*i as u64),
+        MyValue::Int(i) => ValueRef::Int(*i),
+        MyValue::UInt(u) if kind.unsigned => ValueRef::UInt(*u),
+        MyValue::UInt(u) => ValueRef::Int(i64::try_from(*u).map_err(|e| err(e.to_string()))?),
+        MyValue::Float(f) if kind.float => ValueRef::Float(*f),
+        MyValue::Double(d) if kind.float => ValueRef::Float(*d as f32),
+        MyValue::Double(d) => ValueRef::Double(*d),
+        MyValue::Float(f) => ValueRef::Double(*f as f64),
+        MyValue::Date(y, m, d, ..) if kind.date => ValueRef::Date {
             year: *y,
             month: *m,
             day: *d,
         },
-        (_, MyValue::Date(y, m, d, h, i, s, us)) => ValueRef::DateTime {
+        MyValue::Date(y, m, d, h, i, s, us) => ValueRef::DateTime {
             year: *y,
             month: *m,
             day: *d,
@@ -344,21 +376,21 @@ pub fn decode_value_ref<'a>(
             second: *s,
             micros: *us,
         },
-        (_, MyValue::Time(neg, days, h, m, s, us)) => ValueRef::Time {
+        MyValue::Time(neg, days, h, m, s, us) => ValueRef::Time {
             negative: *neg,
             hours: days * 24 + *h as u32,
             minutes: *m,
             seconds: *s,
             micros: *us,
         },
-        ("decimal", MyValue::Bytes(b)) => {
+        MyValue::Bytes(b) if kind.decimal => {
             ValueRef::Decimal(std::str::from_utf8(b).map_err(|e| err(e.to_string()))?)
         }
-        (t, MyValue::Bytes(b)) if is_binary(t) => ValueRef::Bytes(b),
-        (_, MyValue::Bytes(b)) => {
+        MyValue::Bytes(b) if kind.binary => ValueRef::Bytes(b),
+        MyValue::Bytes(b) => {
             ValueRef::Text(std::str::from_utf8(b).map_err(|e| err(e.to_string()))?)
         }
-        (_, other) => return Err(err(format!("unexpected {other:?}"))),
+        other => return Err(err(format!("unexpected {other:?}"))),
     })
 }
 
