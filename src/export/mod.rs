@@ -10,7 +10,8 @@
 //!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows
 //!    compress best in the order they were written, as in a dump), then by position.
 //! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op and
-//!    version) on top of the version the peer is known to hold (the base). Entries that
+//!    version) on top of the version the peer is known to hold (the base); a thread of
+//!    its own groups the sorted entries into rows and batches ahead of sealing. Entries that
 //!    came from the peer, or originated there, are not sent back; the peer holds them,
 //!    and they are the base of what follows them. The rows' values are read in batches
 //!    in uuid space ([`fetch::RowFetcher`]) on connections of their own, two batches

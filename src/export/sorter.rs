@@ -5,7 +5,8 @@
 //! were written, which compresses like a dump) with each row's entries adjacent for
 //! coalescing. [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
 //! to [`RUN_ENTRIES`] at a time; a larger range spills sorted runs to temporary files
-//! and merges them, so a month's backlog sorts in the same memory as an hour's.
+//! and merges them (with the last run, still in memory), so a month's backlog sorts in
+//! the same memory as an hour's.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
