@@ -118,6 +118,16 @@ impl Grouper {
         let send = |batch: &mut Vec<Group>| {
             batch.is_empty() || tx.blocking_send(Ok(std::mem::take(batch))).is_ok()
         };
+        // Adds a row's group to the batch, sending the batch first when the group is
+        // of another table or the batch is full; false when sealing has stopped.
+        let add = |batch: &mut Vec<Group>, g: Group| {
+            let full = batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH;
+            if full && !send(batch) {
+                return false;
+            }
+            batch.push(g);
+            true
+        };
         for item in sorted {
             let mut e = match item {
                 Ok(e) => e,
@@ -131,12 +141,9 @@ impl Grouper {
                 .is_some_and(|r| r.rank == e.rank && r.key == e.row_key)
             {
                 if let Some(g) = row.take().and_then(Acc::group) {
-                    if (batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH)
-                        && !send(&mut batch)
-                    {
+                    if !add(&mut batch, g) {
                         return;
                     }
-                    batch.push(g);
                 }
                 // The row's key moves to its group (entries are not asked for it again).
                 row = Some(Acc {
@@ -163,12 +170,9 @@ impl Grouper {
             }
         }
         if let Some(g) = row.take().and_then(Acc::group) {
-            if (batch.first().is_some_and(|b| b.rank != g.rank) || batch.len() >= BATCH)
-                && !send(&mut batch)
-            {
+            if !add(&mut batch, g) {
                 return;
             }
-            batch.push(g);
         }
         send(&mut batch);
     }
