@@ -556,3 +556,97 @@ fn freer<T: Send + 'static>() -> std::sync::mpsc::SyncSender<T> {
     std::thread::spawn(move || rx.into_iter().for_each(drop));
     tx
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::sorter::Sorter;
+
+    fn item(rank: u32, row: i64, change_id: u64) -> Item {
+        Item {
+            rank,
+            row_id: Some(row),
+            row_key: format!("key-{rank}-{row}"),
+            change_id,
+            op: b'U',
+            wall_us: change_id as i64,
+            stored: None,
+        }
+    }
+
+    /// The sorted entries of `items`, spilled in runs of 700.
+    fn sorted(dir: &std::path::Path, items: Vec<Item>) -> Sorted {
+        let mut s = Sorter::with_limit(dir, 700);
+        for i in items {
+            s.push(i).unwrap();
+        }
+        s.finish().unwrap()
+    }
+
+    fn grouper() -> Grouper {
+        Grouper {
+            floors: Floors::default(),
+            me: "a".into(),
+            peer: "b".into(),
+        }
+    }
+
+    #[test]
+    fn the_grouper_sends_rows_of_one_table_at_most_a_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2,500 rows of table 0 with two entries each, then 10 rows of table 1.
+        let mut items = Vec::new();
+        let mut at = 0;
+        for round in 0..2 {
+            for row in 0..2500 {
+                at += 1;
+                items.push(item(0, row, at + round));
+            }
+        }
+        for row in 0..10 {
+            at += 1;
+            items.push(item(1, row, at + 10));
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(GROUPED_AHEAD);
+        let s = sorted(dir.path(), items);
+        let thread = std::thread::spawn(move || grouper().run(s, &tx));
+        let mut batches = Vec::new();
+        while let Some(b) = rx.blocking_recv() {
+            batches.push(b.unwrap());
+        }
+        thread.join().unwrap();
+        let shape: Vec<(u32, usize)> = batches.iter().map(|b| (b[0].rank, b.len())).collect();
+        assert_eq!(shape, [(0, 1000), (0, 1000), (0, 500), (1, 10)]);
+        let rows: Vec<&Group> = batches.iter().flatten().collect();
+        for (i, g) in rows.iter().take(2500).enumerate() {
+            assert_eq!(g.row_id, Some(i as i64));
+            assert_eq!(g.key, format!("key-0-{i}"));
+            // Both entries of the row, oldest first.
+            assert!(g.later.as_ref().unwrap().change_id > g.first.change_id);
+        }
+        assert!(batches
+            .iter()
+            .all(|b| b.iter().all(|g| g.rank == b[0].rank)));
+    }
+
+    #[test]
+    fn the_grouper_stops_when_sealing_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let items = (0..20_000).map(|r| item(0, r, r as u64 + 1)).collect();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(GROUPED_AHEAD);
+        let s = sorted(dir.path(), items);
+        let thread = std::thread::spawn(move || grouper().run(s, &tx));
+        assert_eq!(rx.blocking_recv().unwrap().unwrap().len(), BATCH);
+        // Sealing failed: the receiver goes, and the grouper, blocked on a full
+        // channel, ends instead of waiting forever.
+        drop(rx);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            thread.join().unwrap();
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the grouper ended");
+    }
+}
