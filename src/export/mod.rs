@@ -9,16 +9,17 @@
 //!    and sort it into bundle order ([`sorter`]): by table (parents first,
 //!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows
 //!    compress best in the order they were written, as in a dump), then by position.
-//! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op and
-//!    version) on top of the version the peer is known to hold (the base); a thread of
-//!    its own groups the sorted entries into rows and batches ahead of sealing. Entries that
-//!    came from the peer, or originated there, are not sent back; the peer holds them,
-//!    and they are the base of what follows them. The rows' values are read in batches
-//!    in uuid space ([`fetch::RowFetcher`]) on connections of their own, two batches
-//!    ahead of sealing (a row changed after the snapshot is read as it is now, and its
-//!    later entries travel in the next bundle); a deleted row travels as a tombstone. Changes are sealed straight from the rows read (no copy
-//!    of their values), zstd compressing on a thread of its own meanwhile, into
-//!    `<name>.pending` in the outbox.
+//! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op
+//!    and version) on top of the version the peer is known to hold (the base); a thread
+//!    of its own groups the sorted entries into rows and batches ahead of sealing.
+//!    Entries that came from the peer, or originated there, are not sent back; the peer
+//!    holds them, and they are the base of what follows them. The rows' values are read
+//!    in batches in uuid space ([`fetch::RowFetcher`]) on connections of their own, two
+//!    batches ahead of sealing (a row changed after the snapshot is read as it is now,
+//!    and its later entries travel in the next bundle); a deleted row travels as a
+//!    tombstone. Changes are sealed straight from the rows read (no copy of their
+//!    values), zstd compressing on a thread of its own meanwhile, into `<name>.pending`
+//!    in the outbox.
 //! 4. **Commit** (a short transaction): the peer's sequence, hash chain and cursor
 //!    advance, then the pending file is renamed to its final name. A crash between the
 //!    two leaves a pending file that the next export publishes (if the commit happened)
