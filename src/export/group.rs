@@ -237,8 +237,8 @@ impl<'a> Sealer<'a> {
     }
 
     /// Seals every row of the sorted range; returns the changes sealed. The entries
-    /// are grouped into rows and batches on a thread of their own ([`Grouper`]),
-    /// up to [`GROUPED_AHEAD`] batches ahead of sealing.
+    /// are grouped into rows and batches on a thread of their own (`Grouper`),
+    /// up to `GROUPED_AHEAD` batches ahead of sealing.
     pub async fn seal(&mut self, fetch: &mut Conn, sorted: Sorted) -> Result<u64, ExportError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(GROUPED_AHEAD);
         let grouper = Grouper {
