@@ -222,6 +222,10 @@ pub async fn ledger_put(
 /// The condition under which a change-log entry no longer needs to go to `peer`, given
 /// the peer's ack vector: it originated there, came from there, or the peer holds it.
 /// `seq` is the SQL expression of the entry's own sequence number.
+///
+/// The condition is never NULL (`<=>`, `IFNULL`): `NOT` of it must hold for every entry
+/// still owed to the peer. With `=`, a local entry (origin and via NULL) made the whole
+/// condition NULL, and `ferry status` counted no unacknowledged local changes (issue 4).
 fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> String {
     let q = crate::db::literal;
     let mine = acks.get(me).copied().unwrap_or(0);
@@ -234,10 +238,10 @@ fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> St
     let forwarded = if arms.is_empty() {
         "FALSE".to_string()
     } else {
-        format!("origin_seq <= CASE origin{arms} ELSE 0 END")
+        format!("IFNULL(origin_seq <= CASE origin{arms} ELSE 0 END, FALSE)")
     };
     format!(
-        "((origin IS NULL AND {seq} <= {mine}) OR origin = {p} OR via = {p} \
+        "((origin IS NULL AND {seq} <= {mine}) OR origin <=> {p} OR via <=> {p} \
          OR (origin IS NOT NULL AND {forwarded}))",
         p = q(peer)
     )
@@ -351,7 +355,8 @@ mod tests {
         assert!(c.contains("change_id <= 3"), "{c}");
         assert!(c.contains("WHEN 'hub' THEN 7"), "{c}");
         assert!(!c.contains("WHEN 'a'"), "{c}");
-        assert!(c.contains("via = 'hub'"), "{c}");
+        assert!(c.contains("via <=> 'hub'"), "{c}");
+        assert!(c.contains("origin <=> 'hub'"), "{c}");
     }
 }
 

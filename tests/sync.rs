@@ -107,6 +107,22 @@ fn phase2_all_tables_both_ways_after_a_week_offline() {
             common::generate(c.url("site-b"), 200 + day, 8, 2, 5);
             c.node("site-b").ok(&["export"]);
         }
+        // Status counts every local change as owed to the peer until it acknowledges
+        // it (issue 4 §4; it counted none before the fix in `state::done_for`).
+        for (n, peer) in [("site-a", "site-b"), ("site-b", "site-a")] {
+            let status = c.node(n).json(&["status", "--json"]);
+            let p = &status["peers"][0];
+            assert_eq!(p["peer"], peer, "{status}");
+            let owed = p["unacknowledged_changes"].as_u64().unwrap();
+            assert!(owed > 0, "{n}: {status}");
+            assert_eq!(
+                owed,
+                status["pending_changes"].as_u64().unwrap(),
+                "{status}"
+            );
+            assert!(p["oldest_unacknowledged_s"].is_u64(), "{status}");
+            assert_eq!(p["unacknowledged_bundles"], 7, "{status}");
+        }
         let stick = c.stick.path().to_str().unwrap();
         c.node("site-a").ok(&["send", stick]);
         c.node("site-b").ok(&["send", stick]);
@@ -126,6 +142,13 @@ fn phase2_all_tables_both_ways_after_a_week_offline() {
             let status = c.node(n).json(&["status", "--json"]);
             assert_eq!(status["pending_changes"], 0, "{n}: {status}");
             assert_eq!(status["pending_forwarded"], 0, "{n}: {status}");
+            let p = &status["peers"][0];
+            assert_eq!(p["unacknowledged_changes"], 0, "{n}: {status}");
+            assert_eq!(
+                p["oldest_unacknowledged_s"],
+                serde_json::Value::Null,
+                "{status}"
+            );
         }
         let outbox_a = c.node("site-a").dir.path().join("outbox/site-b");
         let left: Vec<_> = std::fs::read_dir(&outbox_a).unwrap().collect();
@@ -145,6 +168,20 @@ fn phase3_hub_forwards_between_spokes() {
     common::generate(c.url("spoke-2"), 22, 3, 2, 5);
     c.carry("spoke-1", "hub");
     c.carry("spoke-2", "hub");
+    // The hub owes each spoke the other's changes (forwarded entries), none of its own.
+    let status = c.node("hub").json(&["status", "--json"]);
+    let peers = status["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 2, "{status}");
+    let owed: Vec<u64> = peers
+        .iter()
+        .map(|p| p["unacknowledged_changes"].as_u64().unwrap())
+        .collect();
+    assert!(owed.iter().all(|&n| n > 0), "{status}");
+    assert_eq!(
+        owed.iter().sum::<u64>(),
+        status["pending_forwarded"].as_u64().unwrap(),
+        "each forwarded entry is owed to the one spoke it did not come from: {status}"
+    );
     // The hub forwards each spoke's changes to the other, never back.
     let stick = c.stick.path().to_str().unwrap();
     let out = c.node("hub").json(&["export", "--json"]);

@@ -314,18 +314,21 @@ fn print_peer(p: &crate::state::PeerStatus) -> String {
         None => "never".to_string(),
     };
     let mut line = format!(
-        "peer      {}: sent #{} ({}), received #{} ({}); {} change(s) in {} bundle(s) not yet acknowledged",
+        "peer      {}: sent #{} ({}), received #{} ({}); {} change(s) not yet acknowledged",
         p.peer,
         p.last_sent_seq,
         ago(p.last_sent_us),
         p.last_received_seq,
         ago(p.last_received_us),
         p.unacknowledged_changes,
-        p.unacknowledged_bundles
     );
     if let Some(s) = p.oldest_unacknowledged_s {
-        line.push_str(&format!(", oldest {s} s old"));
+        line.push_str(&format!(" (oldest {s} s old)"));
     }
+    line.push_str(&format!(
+        ", {} sealed bundle(s) not yet acknowledged",
+        p.unacknowledged_bundles
+    ));
     if let Some(w) = p.waiting_for {
         line.push_str(&format!(
             "; waiting for bundle {w} from {} (holding {:?})",
