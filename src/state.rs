@@ -219,6 +219,17 @@ pub async fn ledger_put(
     .map_err(DbError::query("writing the ledger"))
 }
 
+/// The condition (on a `ferry_outbox` row; parameters: the peer's ack of this node's
+/// positions, twice) under which the peer has applied that bundle. The peer's ack is the
+/// horizon of the last bundle from here it applied, and bundles apply in order. So a
+/// bundle whose horizon is below the ack was applied, and so was the one that moved the
+/// horizon to the ack. A heartbeat (a bundle that did not move the horizon) with the
+/// ack's horizon was not necessarily applied: it waits for the ack of a later bundle,
+/// instead of leaving the outbox before it was ever carried (issue 4). Rows from before
+/// `prev_cursor` existed count as having moved the horizon.
+pub const ACKNOWLEDGED_BUNDLE: &str = "(cursor_seq < ? OR (cursor_seq = ? \
+     AND (prev_cursor IS NULL OR prev_cursor < cursor_seq)))";
+
 /// The condition under which a change-log entry no longer needs to go to `peer`, given
 /// the peer's ack vector: it originated there, came from there, or the peer holds it.
 /// `seq` is the SQL expression of the entry's own sequence number.

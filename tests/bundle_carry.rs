@@ -245,7 +245,7 @@ fn three_nodes_through_one_stick() {
 
     // Once clinic-a's bundles are acknowledged, they leave its outbox.
     let dirs = StateDirs::new(&a.state());
-    assert_eq!(dirs.acknowledge("hub", 2).unwrap(), 2);
+    assert_eq!(dirs.acknowledge("clinic-a", "hub", 2).unwrap(), 2);
     assert!(dirs.outbox_bundles("hub").unwrap().is_empty());
     assert_eq!(dirs.outbox_bundles("clinic-b").unwrap().len(), 1);
 }

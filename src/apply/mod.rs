@@ -240,13 +240,16 @@ async fn import_locked(
         let mine = ps.acks.get(node.name()).copied().unwrap_or(0);
         let upto: Option<Option<u64>> = conn
             .exec_first(
-                "SELECT MAX(seq) FROM ferry_outbox WHERE peer = ? AND cursor_seq <= ?",
-                (&p, mine),
+                format!(
+                    "SELECT MAX(seq) FROM ferry_outbox WHERE peer = ? AND {}",
+                    state::ACKNOWLEDGED_BUNDLE
+                ),
+                (&p, mine, mine),
             )
             .await
             .map_err(DbError::query("reading the outbox record"))?;
         if let Some(Some(n)) = upto {
-            node.dirs.acknowledge(&p, n)?;
+            node.dirs.acknowledge(node.name(), &p, n)?;
             conn.exec_drop(
                 "DELETE FROM ferry_outbox WHERE peer = ? AND seq <= ?",
                 (&p, n),

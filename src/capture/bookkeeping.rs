@@ -19,7 +19,8 @@
 //!   the export cursor (a log position), and the peer's last ack vector.
 //! - `ferry_applied`: this node's ack vector (per origin, the highest position applied).
 //! - `ferry_outbox`: every bundle sealed and not yet acknowledged, with the change-log
-//!   horizon it covers (a peer acknowledges it by acking that horizon).
+//!   horizon it covers and the one before it (a peer acknowledges a bundle that moved
+//!   the horizon by acking it, and one that did not, a heartbeat, by acking a later one).
 //! - `ferry_ledger`: every bundle applied (sender, seq, hash), written in the bundle's
 //!   own transaction: the once-only guarantee.
 //! - `ferry_conflict`: every concurrent overwrite and unique collision resolved here,
@@ -161,6 +162,9 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE ferry_row ADD COLUMN at_change BIGINT UNSIGNED NOT NULL DEFAULT 0, \
        ADD COLUMN via VARCHAR(64) NULL",
     "DELETE FROM ferry_meta WHERE name IN ('seq', 'hlc')",
+    // 20: the export cursor before each outbox bundle, so that a heartbeat (which does
+    // not move it) is not taken as acknowledged by the ack of the bundle before it.
+    "ALTER TABLE ferry_outbox ADD COLUMN prev_cursor BIGINT UNSIGNED NULL",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.

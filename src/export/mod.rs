@@ -463,19 +463,25 @@ async fn export_peer(
                     state::record_out(conn, peer, name.seq, &sealed.hash, horizon, meta.created_us)
                         .await?;
                     conn.exec_drop(
-                "INSERT INTO ferry_outbox (peer, seq, cursor_seq, changes, bytes, sealed_us) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-                (peer, name.seq, horizon, changes, sealed.len, meta.created_us),
+                "INSERT INTO ferry_outbox (peer, seq, cursor_seq, prev_cursor, changes, bytes, sealed_us) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (peer, name.seq, horizon, ps.out_cursor, changes, sealed.len, meta.created_us),
             )
             .await
             .map_err(DbError::query("recording the outbox"))?;
                     Ok(())
                 }
                 .await;
-            if let Err(e) = finish(conn, r).await {
+            if let Err(e) = r {
+                // Rolled back: this bundle number was never taken.
+                let _ = conn.query_drop("ROLLBACK").await;
                 let _ = fs::remove_file(&pending);
                 return Err(e);
             }
+            // A failed COMMIT may still have committed (the connection can drop after
+            // the server did): the pending file stays, and the next export publishes it
+            // or deletes it by the sequence the database holds (`recover_pending`).
+            finish(conn, Ok::<(), ExportError>(())).await?;
             atomic::publish(&pending, &final_path).map_err(|source| ExportError::Io {
                 path: final_path.clone(),
                 source,

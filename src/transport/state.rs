@@ -123,12 +123,14 @@ impl StateDirs {
         list_bundles(&self.inbox())
     }
 
-    /// Deletes from `outbox/<peer>/` every bundle with sequence ≤ `upto` (the peer has
-    /// acknowledged them). Returns how many were deleted.
-    pub fn acknowledge(&self, peer: &str, upto: u64) -> Result<usize, TransportError> {
+    /// Deletes from `outbox/<peer>/` every bundle `me` sealed with sequence ≤ `upto`
+    /// (the peer has acknowledged them). Bundles relayed for the peer from other senders
+    /// share the folder and stay: their numbers belong to other sequences (issue 4).
+    /// Returns how many were deleted.
+    pub fn acknowledge(&self, me: &str, peer: &str, upto: u64) -> Result<usize, TransportError> {
         let mut n = 0;
         for (name, path) in self.outbox_bundles(peer)? {
-            if name.seq <= upto {
+            if name.sender == me && name.seq <= upto {
                 fs::remove_file(&path).map_err(io_error("delete", &path))?;
                 n += 1;
             }
@@ -244,16 +246,26 @@ mod tests {
             fs::write(s.outbox_path(&name("hub", seq)).unwrap(), b"x").unwrap();
         }
         fs::write(s.outbox("hub").join("stray.txt"), b"x").unwrap();
-        assert_eq!(s.acknowledge("hub", 3).unwrap(), 3);
-        let left: Vec<u64> = s
+        // A bundle relayed for the hub from another sender, with a number of its own.
+        let relayed = BundleName {
+            sender: "other".into(),
+            recipient: "hub".into(),
+            seq: 2,
+        };
+        fs::write(s.outbox_path(&relayed).unwrap(), b"x").unwrap();
+        assert_eq!(s.acknowledge("me", "hub", 3).unwrap(), 3);
+        let left: Vec<(String, u64)> = s
             .outbox_bundles("hub")
             .unwrap()
             .iter()
-            .map(|(n, _)| n.seq)
+            .map(|(n, _)| (n.sender.clone(), n.seq))
             .collect();
-        assert_eq!(left, vec![4, 5]);
+        assert_eq!(
+            left,
+            vec![("me".into(), 4), ("me".into(), 5), ("other".into(), 2)]
+        );
         assert!(s.outbox("hub").join("stray.txt").exists());
-        assert_eq!(s.acknowledge("nobody", 3).unwrap(), 0);
+        assert_eq!(s.acknowledge("me", "nobody", 3).unwrap(), 0);
     }
 
     #[test]

@@ -1,0 +1,101 @@
+//! Outbox pruning against real MariaDB: a bundle leaves the outbox only once its
+//! recipient has applied it (issue 4 §4). Both tests are regressions found in review:
+//! a heartbeat left the outbox before it was ever carried, and a relay deleted the
+//! bundles it carried for others when its own were acknowledged. Either left the
+//! recipient waiting for a bundle that no longer existed anywhere.
+
+mod common;
+
+use common::{Cluster, Source};
+
+fn outbox(c: &Cluster, n: &str, peer: &str) -> Vec<String> {
+    let d = c.node(n).dir.path().join("outbox").join(peer);
+    let mut v: Vec<String> = std::fs::read_dir(&d)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Issue 4: a heartbeat has the horizon of the bundle before it, whose ack must not
+/// count as the heartbeat's.
+#[test]
+fn a_heartbeat_stays_in_the_outbox_until_a_later_bundle_is_acknowledged() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    common::generate(c.url("site-a"), 1, 2, 1, 2);
+    c.carry("site-a", "site-b");
+    c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    assert_eq!(outbox(&c, "site-a", "site-b"), Vec::<String>::new());
+    // Nothing new at site-a: a heartbeat (#2) carries its acknowledgements.
+    let e = c.node("site-a").json(&["export", "--heartbeat", "--json"]);
+    assert_eq!(e[0]["seq"], 2, "{e}");
+    // An import (nothing in the inbox) prunes the outbox: the heartbeat stays.
+    c.node("site-a").json(&["import", "--json"]);
+    assert_eq!(
+        outbox(&c, "site-a", "site-b"),
+        vec!["ferry.site-a.site-b.0000000000000002.bundle".to_string()]
+    );
+    let status = c.node("site-a").json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["unacknowledged_bundles"], 1, "{status}");
+    // A real change follows as #3; site-b applies both, in order.
+    common::generate(c.url("site-a"), 2, 2, 1, 2);
+    c.node("site-a").ok(&["export"]);
+    c.node("site-a").ok(&["send", stick]);
+    c.node("site-b").ok(&["receive", stick]);
+    let r = c.node("site-b").json(&["import", "--json"]);
+    assert!(r["held"].as_array().unwrap().is_empty(), "{r}");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 2, "{r}");
+    // Once site-b acknowledges #3, both leave site-a's outbox.
+    c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    assert_eq!(outbox(&c, "site-a", "site-b"), Vec::<String>::new());
+}
+
+/// Issue 4: a relay's outbox folder for a node also holds what it relays to that node
+/// from others; acknowledging the relay's own bundles must leave those alone.
+#[test]
+fn a_relay_keeps_the_bundles_it_carries_for_others_when_its_own_are_acknowledged() {
+    let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    let k1 = c.node("s1").ok(&["key"]).trim().to_string();
+    let k2 = c.node("s2").ok(&["key"]).trim().to_string();
+    c.node("s1").ok(&["peer", "add", "s2", &k2]);
+    c.node("s2").ok(&["peer", "add", "s1", &k1]);
+    let mut hub = ferry::config::Config::load(&c.node("hub").config).unwrap();
+    hub.relay_for = vec!["s2".into()];
+    hub.save(true).unwrap();
+    // hub -> s2 #1, applied and acknowledged.
+    common::generate(c.url("hub"), 1, 2, 1, 2);
+    c.node("hub").ok(&["export", "--peer", "s2"]);
+    c.node("hub").ok(&["send", stick]);
+    c.node("s2").ok(&["receive", stick]);
+    c.node("s2").ok(&["import"]);
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "hub"]);
+    c.node("s2").ok(&["send", stick]);
+    c.node("hub").ok(&["receive", stick]);
+    c.node("hub").ok(&["import"]);
+    // hub -> s2 #2 is carried and applied; s1 -> s2 #1 reaches the hub to be relayed.
+    common::generate(c.url("hub"), 3, 2, 1, 2);
+    c.node("hub").ok(&["export", "--peer", "s2"]);
+    c.node("hub").ok(&["send", stick]);
+    c.node("s2").ok(&["receive", stick]);
+    c.node("s2").ok(&["import"]);
+    common::generate(c.url("s1"), 2, 2, 1, 2);
+    c.node("s1").ok(&["export", "--peer", "s2"]);
+    c.node("s1").ok(&["send", stick]);
+    let r = c.node("hub").json(&["receive", stick, "--json"]);
+    assert_eq!(r["relayed"].as_array().unwrap().len(), 1, "{r}");
+    // s2 acknowledges hub #2: the hub's own bundles go, the relayed one stays.
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "hub"]);
+    c.node("s2").ok(&["send", stick]);
+    c.node("hub").ok(&["receive", stick]);
+    c.node("hub").ok(&["import"]);
+    assert_eq!(
+        outbox(&c, "hub", "s2"),
+        vec!["ferry.s1.s2.0000000000000001.bundle".to_string()]
+    );
+}
