@@ -320,3 +320,27 @@ fn a_hub_forwards_a_change_to_a_row_older_than_capture() {
     }
     assert_same(&c, &["hub", "spoke-1", "spoke-2"]);
 }
+
+/// Issue 4 (found in review): with an auto-increment step other than one (a Galera
+/// cluster sets it), a multi-row insert's ids are not `first + j`; taking them so sent
+/// children to the wrong parents, silently.
+#[test]
+fn rows_land_under_the_right_parents_when_auto_increment_steps_by_two() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.query_drop("SET GLOBAL auto_increment_increment = 2")
+            .await
+            .unwrap();
+    });
+    common::generate(c.url("site-a"), 7, 4, 2, 3);
+    let r = c.carry("site-a", "site-b");
+    assert!(r["failed"].as_array().unwrap().is_empty(), "{r}");
+    assert_same(&c, &["site-a", "site-b"]);
+    block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.query_drop("SET GLOBAL auto_increment_increment = 1")
+            .await
+            .unwrap();
+    });
+}

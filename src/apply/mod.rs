@@ -454,11 +454,14 @@ async fn apply_files(
         applier.max_skew_us = node.config.max_clock_skew_seconds.saturating_mul(1_000_000);
         // Changes need logging only when there is another peer to forward them to.
         applier.forward = node.peer_names().iter().any(|p| *p != sender);
-        let lock_mode: Option<u64> = conn
-            .query_first("SELECT @@innodb_autoinc_lock_mode")
+        // A multi-row insert's ids are `first + j` only with a lock mode that hands out
+        // consecutive values and a step of one; otherwise (a Galera cluster sets the step,
+        // say) the inserted rows' ids are looked up by key (issue 4).
+        let modes: Option<(u64, u64)> = conn
+            .query_first("SELECT @@innodb_autoinc_lock_mode, @@auto_increment_increment")
             .await
-            .map_err(DbError::query("reading the auto-increment lock mode"))?;
-        applier.consecutive_ids = matches!(lock_mode, Some(0) | Some(1));
+            .map_err(DbError::query("reading the auto-increment settings"))?;
+        applier.consecutive_ids = matches!(modes, Some((0 | 1, 1)));
         // Taken back only on success: after a failure the run probes every key.
         applier.fresh = std::mem::take(fresh);
         let mut done = Vec::new();
