@@ -413,7 +413,7 @@ pub async fn peer_status(
             .collect();
         let next_waiting = inbox
             .iter()
-            .any(|n| &n.sender == p && n.seq == ps.in_seq + 1);
+            .any(|n| &n.sender == p && n.recipient == me && n.seq == ps.in_seq + 1);
         out.push(PeerStatus {
             peer: p.clone(),
             last_sent_seq: ps.out_seq,
