@@ -13,7 +13,7 @@
 //! the whole bundle, naming the row. Deletes are checked at the end too: no remaining
 //! row may refer to a deleted one.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::*;
@@ -155,6 +155,8 @@ pub struct Applier<'a> {
     pub stats: ApplyStats,
     buffer: Vec<Change>,
     fixups: Vec<Fixup>,
+    /// The rows (table, key text) that `fixups` fill in.
+    fixup_rows: HashSet<(String, String)>,
     deleted: BTreeMap<String, Vec<i64>>,
     now_us: i64,
     /// When the sender sealed the bundle (its clock), for the skew check.
@@ -196,6 +198,7 @@ impl<'a> Applier<'a> {
             stats: ApplyStats::default(),
             buffer: Vec::new(),
             fixups: Vec::new(),
+            fixup_rows: HashSet::new(),
             deleted: BTreeMap::new(),
             now_us,
             created_us: now_us,
@@ -544,6 +547,10 @@ impl<'a> Applier<'a> {
 
         self.timings.decide += lap(&mut clock);
         // 3. Translate references of the rows to write, then settle unique collisions.
+        // A row written again by a later bundle of the run gets that bundle's values: a
+        // reference an earlier one left to fill in no longer applies.
+        let rewritten = updates.iter().chain(&deletes).map(|(_, k, _)| k);
+        self.drop_fixups(&table, rewritten);
         let writes: Vec<usize> = updates
             .iter()
             .map(|u| u.0)

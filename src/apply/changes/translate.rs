@@ -3,7 +3,8 @@
 //! Every foreign key and soft reference travels as the referenced row's identity; here
 //! each becomes the local key of that row, found through the id cache or one query per
 //! referenced table. A reference to a row that comes later in the same bundle (a cycle,
-//! a self-reference) is written as a placeholder and recorded as a fixup for the end.
+//! a self-reference) is written as a placeholder and recorded as a fixup for the end;
+//! a later change of the run that writes the row again drops it (`drop_fixups`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +12,7 @@ use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
 
 use super::{value_text, Applier, Fixup};
-use crate::apply::resolve::KeyValues;
+use crate::apply::resolve::{key_text, KeyValues};
 use crate::apply::ImportError;
 use crate::bundle::{Change, Identity, Value};
 use crate::db::{ident, DbError};
@@ -105,6 +106,7 @@ impl<'a> Applier<'a> {
                                     &changes[i].identity,
                                 ));
                             };
+                            self.fixup_rows.insert((table.to_string(), key_text(&key)));
                             self.fixups.push(Fixup {
                                 table: table.to_string(),
                                 key,

@@ -2,11 +2,12 @@
 //!
 //! New rows go in as multi-row inserts of text literals, as a dump's reload does; the
 //! local ids they got are learnt without asking where the server hands them out in
-//! order. At the end of the bundle the placeholders of forward references are filled
-//! in (or the bundle fails, naming the row), and no remaining row may refer to a row the
-//! bundle deleted.
+//! order. At the end of the bundle (or of the run of bundles applied together) the
+//! placeholders of forward references are filled in (or the bundle fails, naming the
+//! row), save those of rows a later change of the run wrote again, and no remaining row
+//! may refer to a row the bundle deleted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
@@ -282,11 +283,35 @@ impl<'a> Applier<'a> {
         Ok((ids, None))
     }
 
+    /// Forgets the references left to fill in for these rows of `table`, which a later
+    /// change of the run writes (or deletes) again, so that they do not overwrite it.
+    pub(super) fn drop_fixups<'k>(
+        &mut self,
+        table: &str,
+        rows: impl Iterator<Item = &'k KeyValues>,
+    ) {
+        if self.fixup_rows.is_empty() {
+            return;
+        }
+        let mut gone = HashSet::new();
+        for k in rows {
+            let row = (table.to_string(), key_text(k));
+            if self.fixup_rows.remove(&row) {
+                gone.insert(row.1);
+            }
+        }
+        if !gone.is_empty() {
+            self.fixups
+                .retain(|f| f.table != table || !gone.contains(&key_text(&f.key)));
+        }
+    }
+
     /// Fills in the references that pointed forward in the bundle, now that every row
     /// is in: one statement per table, column and 500 rows where the row's key is one
     /// column (`UPDATE .. SET c = CASE key WHEN .. END`), else one per row.
     pub(super) async fn apply_fixups(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
         let fixups = std::mem::take(&mut self.fixups);
+        self.fixup_rows.clear();
         let resolver = self.resolver();
         let mut by_target: BTreeMap<(String, String, String, String), Vec<Fixup>> = BTreeMap::new();
         for f in fixups {
