@@ -5,11 +5,36 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::{block_on, conn, Cluster, Source};
 use mysql_async::prelude::*;
 
 const LOCATION: &str = "cccccccc-0000-4000-8000-000000000001";
 const VISIT: &str = "cccccccc-0000-4000-8000-000000000002";
+
+/// The bundles in `from`'s outbox for `to`, in sequence order.
+fn outbox(c: &Cluster, from: &str, to: &str) -> Vec<PathBuf> {
+    let dir = c.node(from).dir.path().join("outbox").join(to);
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
 
 fn sql(url: &str, stmt: &str) {
     block_on(async {
@@ -99,5 +124,83 @@ fn a_later_bundle_of_a_run_keeps_its_reference_over_an_earlier_fixup() {
         at_a,
         "the visit points to bundle 3's location"
     );
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
+/// Issue 4, bug: when bundles were tried together and a later one failed verification,
+/// the error was pinned on the first: the good bundle went to quarantine and the corrupt
+/// one stayed in the inbox. Now the corrupt bundle 3 goes to quarantine; bundle 2 stays
+/// in the inbox, reported with its own missing reference, and applies once a genuine
+/// bundle 3 (and the operator's fix) arrive.
+#[test]
+fn a_corrupt_later_bundle_of_a_run_is_the_one_quarantined() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    stuck_visit(&c);
+    common::generate(c.url("site-a"), 6, 1, 1, 1);
+    c.node("site-a").ok(&["export"]);
+    // Bundle 1 is not yet acknowledged: it is still in the outbox.
+    let files = outbox(&c, "site-a", "site-b")[1..].to_vec();
+    assert_eq!(files.len(), 2, "{files:?}");
+    let inbox = c.node("site-b").dir.path().join("inbox");
+    for f in &files {
+        std::fs::copy(f, inbox.join(f.file_name().unwrap())).unwrap();
+    }
+    let name2 = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    let name3 = files[1].file_name().unwrap().to_string_lossy().into_owned();
+    // Bundle 3's body is damaged in transit.
+    let three = inbox.join(&name3);
+    let mut bytes = std::fs::read(&three).unwrap();
+    let n = bytes.len();
+    assert!(n > 2000, "bundle 3 is {n} bytes");
+    bytes[n - 2000] ^= 0xff;
+    std::fs::write(&three, bytes).unwrap();
+    let before = c.verify("site-b");
+
+    let (code, out, err) = c.node("site-b").run(&["import", "--json"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["applied"], serde_json::json!([]), "{r}");
+    let refused = r["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{r}");
+    assert_eq!(refused[0]["file"], name3.as_str(), "{r}");
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{r}");
+    assert_eq!(failed[0]["file"], name2.as_str(), "{r}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refers through location_id to location row"),
+        "{r}"
+    );
+    let quarantined = names_in(&c.node("site-b").dir.path().join("quarantine"));
+    assert!(
+        quarantined.iter().any(|q| q.starts_with(&name3)),
+        "{quarantined:?}"
+    );
+    assert!(
+        !quarantined.iter().any(|q| q.starts_with(&name2)),
+        "{quarantined:?}"
+    );
+    let waiting = names_in(&inbox);
+    assert!(waiting.contains(&name2), "{waiting:?}");
+    assert!(!waiting.contains(&name3), "{waiting:?}");
+    assert_eq!(c.verify("site-b"), before, "nothing was applied");
+
+    // The genuine bundle 3 comes again, with the operator's fix behind it (bundle 4):
+    // all three apply.
+    std::fs::copy(&files[1], inbox.join(&name3)).unwrap();
+    sql(
+        c.url("site-a"),
+        &format!("UPDATE location SET description = 'now synced' WHERE uuid = '{LOCATION}'"),
+    );
+    let r = c.carry("site-a", "site-b");
+    let seqs: Vec<u64> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3, 4], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }

@@ -12,8 +12,9 @@
 //!
 //! A bundle that fails verification goes to quarantine with the reason beside it; one
 //! that fails to apply (a missing reference, say) stays in the inbox with the error
-//! reported, so it applies once the cause is fixed. Apply never sees a transport: it
-//! reads files from the inbox only.
+//! reported, so it applies once the cause is fixed. Where bundles were tried together,
+//! only the one that failed verification goes to quarantine. Apply never sees a
+//! transport: it reads files from the inbox only.
 
 // Import errors carry the names an operator needs (table, row, column, target, sender);
 // they are returned once per bundle, so their size does not matter.
@@ -375,13 +376,21 @@ async fn import_sender(
         // One bundle per transaction; when one refers to rows that only a later bundle
         // of the run brings, those apply together in one transaction.
         let mut width = 1;
+        // The first bundle's own error, once it has failed alone.
+        let mut first_error = None;
         let outcome = loop {
             match apply_files(conn, node, &run[i..i + width], &ps, fresh).await {
-                Err(ImportError::MissingReference(_)) if i + width < run.len() => width += 1,
+                Err(f)
+                    if matches!(f.error, ImportError::MissingReference(_))
+                        && i + width < run.len() =>
+                {
+                    first_error.get_or_insert(f.error);
+                    width += 1;
+                }
                 other => break other,
             }
         };
-        match outcome {
+        let failed = match outcome {
             Ok(applied) => {
                 for (a, path) in applied.into_iter().zip(&run[i..i + width]) {
                     fs::remove_file(path).map_err(|source| ImportError::Io {
@@ -392,21 +401,38 @@ async fn import_sender(
                 }
                 ps = state::peer(conn, sender, false).await?;
                 i += width;
+                continue;
             }
-            Err(e) if e.file_is_bad() => {
-                quarantine(node, &run[i], &e, report)?;
-                held.extend((i + 1..run.len()).map(|j| ps.in_seq + 1 + (j - i) as u64));
-                break;
-            }
-            Err(e) => {
+            Err(f) => f,
+        };
+        // The error goes with the bundle that failed. When that is a later one of the
+        // run (it failed to open, say), the ones before it stay in the inbox, the first
+        // reported with the error it failed with alone.
+        let culprit = i + failed.at;
+        if failed.at > 0 {
+            if let Some(e) = first_error.take() {
                 report.failed.push(Problem {
                     file: file_name(&run[i]),
                     error: e.to_string(),
                     quarantined: None,
                 });
-                break; // later bundles of this sender wait for this one
             }
         }
+        if failed.error.file_is_bad() {
+            quarantine(node, &run[culprit], &failed.error, report)?;
+            held.extend(
+                (i + 1..run.len())
+                    .filter(|&j| j != culprit)
+                    .map(|j| ps.in_seq + 1 + (j - i) as u64),
+            );
+        } else {
+            report.failed.push(Problem {
+                file: file_name(&run[culprit]),
+                error: failed.error.to_string(),
+                quarantined: None,
+            });
+        }
+        break; // later bundles of this sender wait for the first one
     }
     if !held.is_empty() {
         held.sort_unstable();
@@ -419,6 +445,14 @@ async fn import_sender(
     Ok(())
 }
 
+/// Why a run of bundles failed to apply.
+struct RunFailed {
+    /// The bundle of the run (its index) that was being opened or applied; 0 for what
+    /// fails after all of them are in (a reference still missing, the commit).
+    at: usize,
+    error: ImportError,
+}
+
 /// Opens, checks and applies consecutive bundles of one sender in one transaction.
 async fn apply_files(
     conn: &mut Conn,
@@ -426,6 +460,21 @@ async fn apply_files(
     paths: &[PathBuf],
     ps: &state::PeerState,
     fresh: &mut FreshTables,
+) -> Result<Vec<Applied>, RunFailed> {
+    let mut at = 0;
+    apply_run(conn, node, paths, ps, fresh, &mut at)
+        .await
+        .map_err(|error| RunFailed { at, error })
+}
+
+/// [`apply_files`], noting in `at` which bundle it is at.
+async fn apply_run(
+    conn: &mut Conn,
+    node: &NodeContext,
+    paths: &[PathBuf],
+    ps: &state::PeerState,
+    fresh: &mut FreshTables,
+    at: &mut usize,
 ) -> Result<Vec<Applied>, ImportError> {
     let database = node.db.database.clone();
     let plan = stored_plan(conn, &database).await?;
@@ -466,7 +515,8 @@ async fn apply_files(
         applier.fresh = std::mem::take(fresh);
         let mut done = Vec::new();
         let mut pending_ledger = Vec::new();
-        for path in paths {
+        for (k, path) in paths.iter().enumerate() {
+            *at = k;
             let reader =
                 bundle::open_named(path, &file_name(path), node.name(), &node.keys, &node.peers)?;
             let header = reader.header().clone();
@@ -520,6 +570,7 @@ async fn apply_files(
                 stats: applier.stats.since(&before),
             });
         }
+        *at = 0;
         let finishing = std::time::Instant::now();
         applier.finish(conn).await?;
         let t = applier.timings;
