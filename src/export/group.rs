@@ -1,7 +1,10 @@
 //! Coalescing a row's entries into the one change a bundle carries, and sealing them.
 //!
-//! The sorted log range holds each row's entries together, oldest first. For a peer P,
-//! a row's history is: what P is known to hold, then what it has not seen. P holds
+//! The sorted log range holds each row's entries together, oldest first (a row is an
+//! identity: entries under an earlier local id included, [`super::sorter::Placer`]),
+//! so each row forms one group; its values are read by the local id of its latest
+//! entry. For a peer P, a row's history is: what P is known to hold, then what it has
+//! not seen. P holds
 //! every entry already sent to it (at or below its cursor) and every version it made
 //! or sent itself (an entry whose origin or `via` is P, or a `ferry_row` record that
 //! came through P). The change sealed for the row is the last unseen entry's op and
@@ -565,7 +568,9 @@ mod tests {
     fn item(rank: u32, row: i64, change_id: u64) -> Item {
         Item {
             rank,
+            turn: 0,
             row_id: Some(row),
+            at: row,
             row_key: format!("key-{rank}-{row}"),
             change_id,
             op: b'U',

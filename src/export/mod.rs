@@ -9,6 +9,8 @@
 //!    and sort it into bundle order ([`sorter`]): by table (parents first,
 //!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows
 //!    compress best in the order they were written, as in a dump), then by position.
+//!    All entries of one identity sort together: one deleted and made again under a
+//!    new local id keeps the place of its deleted entries ([`sorter::Placer`]).
 //! 3. **Seal** ([`group`]): each row's entries coalesce into one change (the last op
 //!    and version) on top of the version the peer is known to hold (the base); a thread
 //!    of its own groups the sorted entries into rows and batches ahead of sealing.
@@ -25,8 +27,8 @@
 //!    two leaves a pending file that the next export publishes (if the commit happened)
 //!    or deletes (if not): the outbox never holds two different bundles with one number.
 //!
-//! Memory stays bounded whatever the backlog: the sort spills to disk, rows are read a
-//! batch at a time, the reference cache has a ceiling and the sealing queue is bounded.
+//! Memory stays bounded whatever the backlog: the sort spills to disk (the placer keeps
+//! a hash per delete in the range, not per entry), rows are read a batch at a time, the reference cache has a ceiling and the sealing queue is bounded.
 //! Entries stay in the log until every peer that must receive them has acknowledged
 //! them ([`crate::state::prune`]).
 
@@ -61,7 +63,7 @@ use fetch::FetchError;
 use group::Sealer;
 use horizon::Contiguous;
 use rows::RowError;
-use sorter::{Item, SortError, Sorter};
+use sorter::{Item, Placer, SortError, Sorter};
 
 /// Errors of export.
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +225,7 @@ async fn read_range(
     ranks: &FxHashMap<String, u32>,
 ) -> Result<Range, ExportError> {
     let mut sorter = Sorter::new(node.dirs.root());
+    let mut placer = Placer::default();
     let mut run = Contiguous::after(cursor);
     let mut entries = 0;
     let (sql, params): (String, Vec<mysql_async::Value>) = match settled {
@@ -267,15 +270,18 @@ async fn read_range(
         };
         let local = matches!(row.as_ref(6), Some(mysql_async::Value::NULL))
             && matches!(row.as_ref(9), Some(mysql_async::Value::NULL));
-        let item = if local {
+        let mut item = if local {
             let op = match row.as_ref(4) {
                 Some(mysql_async::Value::Bytes(b)) => <[u8]>::first(b).copied().unwrap_or(b'U'),
                 _ => b'U',
             };
+            let row_id: Option<i64> = row.take(2).unwrap_or(None);
             Item {
                 rank,
+                turn: 0,
                 change_id,
-                row_id: row.take(2).unwrap_or(None),
+                row_id,
+                at: row_id.unwrap_or(i64::MAX),
                 row_key: row.take(3).unwrap_or_default(),
                 op,
                 wall_us: row.get(5).unwrap_or(0),
@@ -287,6 +293,7 @@ async fn read_range(
         if item.origin() != Some(peer) && item.via() != Some(peer) {
             entries += 1;
         }
+        placer.place(&mut item);
         sorter.push(item)?;
     }
     drop(result);

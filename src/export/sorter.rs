@@ -3,7 +3,15 @@
 //! The log is read in position order, but a bundle carries changes table by table
 //! (parents first) and, within a table, row by row in local id order (the order rows
 //! were written, which compresses like a dump) with each row's entries adjacent for
-//! coalescing. [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
+//! coalescing. A row is an identity, and an identity can change local id within the
+//! range: deleted and made again (same uuid, new id). [`Placer`] keeps each identity's
+//! entries together: an identity deleted in the range sorts, from then on, where its
+//! deleted entries did; and of the identities that held one local id in turn (an
+//! identity change is a delete of the old one and an insert of the new), each sorts
+//! after the ones deleted there before it, so a tombstone precedes what replaced it.
+//! Only deletes are remembered (a 64-bit hash of the identity each), not every row;
+//! two identities whose hashes collide could still be split as before (odds 2^-64 a pair).
+//! [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
 //! to [`RUN_ENTRIES`] at a time; a larger range spills sorted runs to temporary files
 //! and merges them (with the last run, still in memory), so a month's backlog sorts in
 //! the same memory as an hour's.
@@ -14,6 +22,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, Write};
 use std::path::Path;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::Version;
@@ -27,7 +36,13 @@ pub const RUN_ENTRIES: usize = 250_000;
 pub struct Item {
     /// The table's rank in bundle order.
     pub rank: u32,
+    /// Among identities sorted at the same local id, this one's turn ([`Placer`]).
+    pub turn: u32,
+    /// The row's local id when the entry was written: the row read for the change.
     pub row_id: Option<i64>,
+    /// The local id the entry sorts at: `row_id` (`i64::MAX` when none), or where its
+    /// identity's entries sort when it had another local id earlier in the range.
+    pub at: i64,
     pub row_key: String,
     /// Its position.
     pub change_id: u64,
@@ -60,7 +75,9 @@ impl Item {
         });
         Item {
             rank,
+            turn: 0,
             row_id: e.row_id,
+            at: e.row_id.unwrap_or(i64::MAX),
             row_key: e.row_key,
             change_id: e.change_id,
             op: e.op.as_bytes().first().copied().unwrap_or(b'U'),
@@ -69,13 +86,8 @@ impl Item {
         }
     }
 
-    fn key(&self) -> (u32, i64, &str, u64) {
-        (
-            self.rank,
-            self.row_id.unwrap_or(i64::MAX),
-            &self.row_key,
-            self.change_id,
-        )
+    fn key(&self) -> (u32, i64, u32, &str, u64) {
+        (self.rank, self.at, self.turn, &self.row_key, self.change_id)
     }
 
     /// The change's version: stored, or (a local change) computed from the entry.
@@ -104,6 +116,49 @@ impl Item {
     pub fn is_local(&self) -> bool {
         self.origin().is_none()
     }
+}
+
+/// Places entries, read in position order, so that each identity's entries sort
+/// together (see the module's documentation). Its memory grows with the deletes in the
+/// range, not with its entries: deletes are rare.
+#[derive(Debug, Default)]
+pub struct Placer {
+    /// Identities deleted so far, by a 64-bit hash of (rank, identity): where their
+    /// entries sort.
+    deleted: FxHashMap<u64, (i64, u32)>,
+    /// (rank, local id) where identities were deleted: how many.
+    vacated: FxHashMap<(u32, i64), u32>,
+}
+
+impl Placer {
+    /// Sets where `item` sorts (`at`, `turn`); items must come in position order.
+    pub fn place(&mut self, item: &mut Item) {
+        let delete = item.op == b'D';
+        let hash = (delete || !self.deleted.is_empty()).then(|| identity_hash(item));
+        let (at, turn) = hash
+            .and_then(|h| self.deleted.get(&h).copied())
+            .unwrap_or_else(|| match item.row_id {
+                Some(id) => (id, self.vacated.get(&(item.rank, id)).copied().unwrap_or(0)),
+                None => (i64::MAX, 0),
+            });
+        item.at = at;
+        item.turn = turn;
+        if let Some(h) = hash.filter(|_| delete) {
+            self.deleted.insert(h, (at, turn));
+            if let Some(id) = item.row_id {
+                *self.vacated.entry((item.rank, id)).or_default() += 1;
+            }
+        }
+    }
+}
+
+fn identity_hash(item: &Item) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: well spread, and the same in every run.
+    let mut h = std::hash::DefaultHasher::new();
+    item.rank.hash(&mut h);
+    item.row_key.hash(&mut h);
+    h.finish()
 }
 
 /// Errors of the spill files.
@@ -304,7 +359,9 @@ mod tests {
     fn item(rank: u32, change_id: u64, row_id: Option<i64>, key: &str) -> Item {
         Item {
             rank,
+            turn: 0,
             row_id,
+            at: row_id.unwrap_or(i64::MAX),
             row_key: key.into(),
             change_id,
             op: b'U',
@@ -357,6 +414,64 @@ mod tests {
         want.sort();
         let want: Vec<(u32, u64)> = want.into_iter().map(|(r, _, c)| (r, c)).collect();
         assert_eq!(got, want);
+    }
+
+    /// (change_id, row_id, key, op) in position order, placed, then sorted.
+    fn placed(limit: usize, log: &[(u64, i64, &str, u8)]) -> Vec<(u64, Option<i64>)> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Sorter::with_limit(dir.path(), limit);
+        let mut p = Placer::default();
+        for &(at, row, key, op) in log {
+            let mut i = item(0, at, Some(row), key);
+            i.op = op;
+            p.place(&mut i);
+            s.push(i).unwrap();
+        }
+        s.finish()
+            .unwrap()
+            .map(|i| i.map(|i| (i.change_id, i.row_id)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_identity_made_again_under_a_new_id_sorts_with_its_earlier_entries() {
+        // Issue 4: x (id 3) deleted and made again (id 5) after y (id 4) changed.
+        let log = [
+            (1, 4, "y", b'U'),
+            (2, 3, "x", b'D'),
+            (3, 5, "x", b'I'),
+            (4, 5, "x", b'U'),
+            (5, 6, "z", b'I'),
+        ];
+        for limit in [1, 2, 1000] {
+            assert_eq!(
+                placed(limit, &log),
+                [
+                    (2, Some(3)),
+                    (3, Some(5)),
+                    (4, Some(5)),
+                    (1, Some(4)),
+                    (5, Some(6))
+                ],
+                "runs of {limit}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tombstone_sorts_before_the_identity_that_replaced_it_at_its_id() {
+        // Row 7 changes identity "m" to "a", and back; "a" sorts after "m" anyway.
+        let log = [
+            (1, 7, "m", b'U'),
+            (2, 7, "m", b'D'),
+            (3, 7, "a", b'I'),
+            (4, 7, "a", b'D'),
+            (5, 7, "m", b'I'),
+            (6, 7, "q", b'U'),
+        ];
+        let got: Vec<u64> = placed(1000, &log).into_iter().map(|(c, _)| c).collect();
+        // "m" (all of it), then "a", then "q": each identity once, in turn.
+        assert_eq!(got, [1, 2, 5, 3, 4, 6]);
     }
 
     fn entry(origin: Option<&str>, version: Option<Version>, op: &str) -> LogEntry {
