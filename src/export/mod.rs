@@ -28,7 +28,8 @@
 //!    or deletes (if not): the outbox never holds two different bundles with one number.
 //!
 //! Memory stays bounded whatever the backlog: the sort spills to disk (the placer keeps
-//! a hash per delete in the range, not per entry), rows are read a batch at a time, the reference cache has a ceiling and the sealing queue is bounded.
+//! a hash per delete in the range, not per entry), rows are read a batch at a time, the
+//! reference cache has a ceiling and the sealing queue is bounded.
 //! Entries stay in the log until every peer that must receive them has acknowledged
 //! them ([`crate::state::prune`]).
 
