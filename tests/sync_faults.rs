@@ -264,3 +264,75 @@ fn killing_the_server_mid_import_leaves_all_or_nothing() {
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
+
+/// Issue 4: a deleted row whose key is not an integer (`role.role`, a natural key) was
+/// never checked for rows still referring to it. A role synced to site-b gets a
+/// `user_role` row there; site-a deletes the role. The import must fail naming
+/// `user_role.role`, apply nothing and keep the bundle; once the referring row is gone
+/// it applies.
+#[test]
+fn deleting_a_role_a_user_here_still_has_fails_the_bundle() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    block_on(async {
+        let mut db = conn(c.url("site-a")).await;
+        db.query_drop(
+            "INSERT INTO role (role, description, uuid) \
+             VALUES ('Temp', 'a role soon deleted', 'dddddddd-0000-4000-8000-000000000001')",
+        )
+        .await
+        .unwrap();
+    });
+    c.carry("site-a", "site-b");
+    let roles = |site: &str| -> u64 {
+        block_on(async {
+            let mut db = conn(c.url(site)).await;
+            db.query_first("SELECT COUNT(*) FROM role WHERE role = 'Temp'")
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    assert_eq!(roles("site-b"), 1, "the role reached site-b");
+    block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.query_drop("INSERT INTO user_role (user_id, role) VALUES (1, 'Temp')")
+            .await
+            .unwrap();
+        let mut db = conn(c.url("site-a")).await;
+        db.query_drop("DELETE FROM role WHERE role = 'Temp'")
+            .await
+            .unwrap();
+    });
+    let before = c.verify("site-b");
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("site-a").ok(&["export"]);
+    c.node("site-a").ok(&["send", stick]);
+    c.node("site-b").ok(&["receive", stick]);
+    let (code, out, err) = c.node("site-b").run(&["import"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains(
+            "a bundle from site-a deletes role rows that user_role.role here still refers to"
+        ),
+        "{out}{err}"
+    );
+    assert_eq!(
+        c.verify("site-b"),
+        before,
+        "nothing of the bundle was applied"
+    );
+    assert_eq!(roles("site-b"), 1, "the role is still there");
+    let status = c.node("site-b").json(&["status", "--json"]);
+    assert_eq!(status["peers"][0]["last_received_seq"], 1, "{status}");
+
+    // The operator re-points the user; the bundle waiting in the inbox then applies.
+    block_on(async {
+        let mut db = conn(c.url("site-b")).await;
+        db.query_drop("DELETE FROM user_role WHERE user_id = 1 AND role = 'Temp'")
+            .await
+            .unwrap();
+    });
+    let r = c.node("site-b").json(&["import", "--json"]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(roles("site-b"), 0, "the role is deleted at site-b");
+}

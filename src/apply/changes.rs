@@ -157,7 +157,9 @@ pub struct Applier<'a> {
     fixups: Vec<Fixup>,
     /// The rows (table, key text) that `fixups` fill in.
     fixup_rows: HashSet<(String, String)>,
-    deleted: BTreeMap<String, Vec<i64>>,
+    /// What the rows this bundle deleted held in each column a foreign key refers to,
+    /// by (table, column): checked at the end (`Applier::check_deletes`).
+    deleted: BTreeMap<(String, String), Vec<MyValue>>,
     now_us: i64,
     /// When the sender sealed the bundle (its clock), for the skew check.
     pub created_us: i64,
@@ -589,7 +591,8 @@ impl<'a> Applier<'a> {
 
         self.timings.unique += lap(&mut clock);
         // 4. Write.
-        for (i, key, local_id) in &deletes {
+        self.note_deletes(conn, &table, synced, &deletes).await?;
+        for (i, key, _) in &deletes {
             let cond = key_condition(&synced.identity);
             conn.exec_drop(
                 format!("DELETE FROM {} WHERE {cond}", ident(&table)),
@@ -597,9 +600,6 @@ impl<'a> Applier<'a> {
             )
             .await
             .map_err(DbError::query(format!("deleting a {table} row")))?;
-            if let Some(id) = local_id {
-                self.deleted.entry(table.clone()).or_default().push(*id);
-            }
             self.ids.forget(&table, &row_keys[*i]);
             self.stats.deleted += 1;
         }

@@ -397,23 +397,123 @@ impl<'a> Applier<'a> {
         Ok(())
     }
 
-    /// No row may still refer to a row this bundle deleted.
+    /// Notes, before rows are deleted, what they hold in every column that a
+    /// (single-column) foreign key of any table refers to: the local id, an identity
+    /// column (a natural key such as `role.role`) or another column, read here. The
+    /// values are checked at the end of the bundle by [`Applier::check_deletes`].
+    pub(super) async fn note_deletes(
+        &mut self,
+        conn: &mut Conn,
+        table: &str,
+        synced: &SyncedTable,
+        deletes: &[(usize, KeyValues, Option<i64>)],
+    ) -> Result<(), ImportError> {
+        if deletes.is_empty() {
+            return Ok(());
+        }
+        let schema = self.schema;
+        let mut referenced: Vec<&str> = schema
+            .tables
+            .values()
+            .flat_map(|t| &t.foreign_keys)
+            .filter(|fk| fk.ref_table == table && fk.columns.len() == 1)
+            .map(|fk| fk.ref_columns[0].as_str())
+            .collect();
+        referenced.sort_unstable();
+        referenced.dedup();
+        let id_cols = synced.identity.columns();
+        let int_pk = self.resolver().int_pk(table);
+        // Columns whose values are not known without reading the rows.
+        let mut read: Vec<&str> = Vec::new();
+        for column in referenced {
+            let known: Option<Vec<MyValue>> = match id_cols.iter().position(|c| *c == column) {
+                Some(p) => Some(deletes.iter().map(|(_, k, _)| k[p].clone()).collect()),
+                None if int_pk.as_deref() == Some(column) => deletes
+                    .iter()
+                    .map(|(_, _, id)| id.map(MyValue::Int))
+                    .collect(),
+                None => None,
+            };
+            match known {
+                Some(values) => self
+                    .deleted
+                    .entry((table.to_string(), column.to_string()))
+                    .or_default()
+                    .extend(values),
+                None => read.push(column),
+            }
+        }
+        if read.is_empty() {
+            return Ok(());
+        }
+        let tuple = match id_cols.as_slice() {
+            [one] => ident(one),
+            many => format!(
+                "({})",
+                many.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let one = match id_cols.len() {
+            1 => "?".to_string(),
+            n => format!("({})", vec!["?"; n].join(", ")),
+        };
+        let select = read.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+        for chunk in deletes.chunks(500) {
+            let rows: Vec<mysql_async::Row> = conn
+                .exec(
+                    format!(
+                        "SELECT {select} FROM {} WHERE {tuple} IN ({})",
+                        ident(table),
+                        vec![one.as_str(); chunk.len()].join(", ")
+                    ),
+                    chunk
+                        .iter()
+                        .flat_map(|(_, k, _)| k.iter().cloned())
+                        .collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(DbError::query(format!(
+                    "reading the {table} rows to delete"
+                )))?;
+            for row in rows {
+                let values: Vec<MyValue> = row.unwrap();
+                for (column, v) in read.iter().zip(values) {
+                    if v != MyValue::NULL {
+                        self.deleted
+                            .entry((table.to_string(), column.to_string()))
+                            .or_default()
+                            .push(v);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// No remaining row may refer to a row this bundle deleted: for each foreign key to
+    /// a column whose deleted values were noted ([`Applier::note_deletes`]), no row of
+    /// the referring table may hold one of them unless a row with that value exists
+    /// again (a natural key deleted and made anew).
     pub(super) async fn check_deletes(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
         let deleted = std::mem::take(&mut self.deleted);
-        for (table, ids) in deleted {
+        for ((table, column), values) in deleted {
             for child in self.schema.tables.values() {
                 for fk in &child.foreign_keys {
-                    if fk.ref_table != table || fk.columns.len() != 1 {
+                    if fk.ref_table != table || fk.columns.len() != 1 || fk.ref_columns[0] != column
+                    {
                         continue;
                     }
-                    for chunk in ids.chunks(500) {
+                    for chunk in values.chunks(500) {
                         let n: Option<u64> = conn
                             .exec_first(
                                 format!(
-                                    "SELECT COUNT(*) FROM {} WHERE {} IN ({})",
+                                    "SELECT COUNT(*) FROM {} AS c WHERE c.{col} IN ({}) \
+                                     AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE p.{} = c.{col})",
                                     ident(&child.name),
-                                    ident(&fk.columns[0]),
-                                    vec!["?"; chunk.len()].join(", ")
+                                    vec!["?"; chunk.len()].join(", "),
+                                    ident(&table),
+                                    ident(&column),
+                                    col = ident(&fk.columns[0]),
                                 ),
                                 chunk.to_vec(),
                             )
