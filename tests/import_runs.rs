@@ -5,25 +5,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::{block_on, conn, Cluster, Source};
 use mysql_async::prelude::*;
 
 const LOCATION: &str = "cccccccc-0000-4000-8000-000000000001";
 const VISIT: &str = "cccccccc-0000-4000-8000-000000000002";
-
-/// The bundles in `from`'s outbox for `to`, in sequence order.
-fn outbox(c: &Cluster, from: &str, to: &str) -> Vec<PathBuf> {
-    let dir = c.node(from).dir.path().join("outbox").join(to);
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
-        .collect();
-    v.sort();
-    v
-}
 
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -139,7 +127,7 @@ fn a_corrupt_later_bundle_of_a_run_is_the_one_quarantined() {
     common::generate(c.url("site-a"), 6, 1, 1, 1);
     c.node("site-a").ok(&["export"]);
     // Bundle 1 is not yet acknowledged: it is still in the outbox.
-    let files = outbox(&c, "site-a", "site-b")[1..].to_vec();
+    let files = c.outbox("site-a", "site-b")[1..].to_vec();
     assert_eq!(files.len(), 2, "{files:?}");
     let inbox = c.node("site-b").dir.path().join("inbox");
     for f in &files {

@@ -8,17 +8,12 @@ mod common;
 
 use common::{Cluster, Source};
 
+/// The file names in `n`'s outbox for `peer`.
 fn outbox(c: &Cluster, n: &str, peer: &str) -> Vec<String> {
-    let d = c.node(n).dir.path().join("outbox").join(peer);
-    let mut v: Vec<String> = std::fs::read_dir(&d)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    c.outbox(n, peer)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Issue 4: a heartbeat has the horizon of the bundle before it, whose ack must not

@@ -5,23 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{block_on, conn, Cluster, Source};
 use mysql_async::prelude::*;
-
-/// The bundles in `from`'s outbox for `to`, in sequence order.
-fn outbox(c: &Cluster, from: &str, to: &str) -> Vec<PathBuf> {
-    let dir = c.node(from).dir.path().join("outbox").join(to);
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
-        .collect();
-    v.sort();
-    v
-}
 
 fn import(c: &Cluster, node: &str, file: &std::path::Path) -> serde_json::Value {
     c.node(node)
@@ -35,7 +22,7 @@ fn reverse_order_duplicates_and_held_bundles_all_converge() {
         common::generate(c.url("site-a"), 300 + round, 3, 1, 4);
         c.node("site-a").ok(&["export"]);
     }
-    let files = outbox(&c, "site-a", "site-b");
+    let files = c.outbox("site-a", "site-b");
     assert_eq!(files.len(), 5);
 
     // Reverse order: 3 and 2 are held, naming the missing bundle; 1 releases them.
@@ -191,7 +178,7 @@ fn killing_the_server_mid_import_leaves_all_or_nothing() {
     let mut c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     common::generate(c.url("site-a"), 77, 600, 1, 4);
     c.node("site-a").ok(&["export"]);
-    let file = outbox(&c, "site-a", "site-b").remove(0);
+    let file = c.outbox("site-a", "site-b").remove(0);
     let before = c.verify("site-b");
     let b = c.index("site-b");
     let url = c.url("site-b").to_string();

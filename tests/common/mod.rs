@@ -225,6 +225,21 @@ impl Cluster {
         self.node(to).json(&["import", "--json"])
     }
 
+    /// The bundle files in `from`'s outbox for `to` (its own and any it relays), in
+    /// name order: by sender, then sequence.
+    pub fn outbox(&self, from: &str, to: &str) -> Vec<PathBuf> {
+        let dir = self.node(from).dir.path().join("outbox").join(to);
+        let mut v: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(d) => d
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "bundle"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort();
+        v
+    }
+
     /// `ferry verify --json` output of a node.
     pub fn verify(&self, name: &str) -> String {
         self.node(name).ok(&["verify", "--json"])
