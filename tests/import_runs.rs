@@ -10,8 +10,8 @@ use std::path::Path;
 use common::{block_on, conn, Cluster, Source};
 use mysql_async::prelude::*;
 
-const LOCATION: &str = "cccccccc-0000-4000-8000-000000000001";
-const VISIT: &str = "cccccccc-0000-4000-8000-000000000002";
+const LOCATION: &str = common::UNSENT_LOCATION;
+const VISIT: &str = common::VISIT_TO_UNSENT;
 
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -53,25 +53,7 @@ fn visit_location(url: &str) -> Option<String> {
 fn stuck_visit(c: &Cluster) {
     common::generate(c.url("site-a"), 5, 1, 1, 4);
     c.carry("site-a", "site-b");
-    c.node("site-a").ok(&["tables", "disable", "location"]);
-    sql(
-        c.url("site-a"),
-        &format!(
-            "INSERT INTO location (name, creator, date_created, retired, uuid) \
-             VALUES ('annex', 1, '2024-01-01', 0, '{LOCATION}')"
-        ),
-    );
-    sql(
-        c.url("site-a"),
-        &format!(
-            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, \
-             date_created, voided, uuid) \
-             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
-             (SELECT location_id FROM location WHERE uuid = '{LOCATION}'), 1, '2024-01-02', 0, \
-             '{VISIT}' FROM visit_type"
-        ),
-    );
-    c.node("site-a").ok(&["tables", "enable", "location"]);
+    common::visit_to_an_unsent_location(c, "site-a");
     c.node("site-a").ok(&["export"]);
 }
 
@@ -100,13 +82,7 @@ fn a_later_bundle_of_a_run_keeps_its_reference_over_an_earlier_fixup() {
     assert!(at_a.is_some() && at_a.as_deref() != Some(LOCATION));
 
     let r = c.carry("site-a", "site-b");
-    let seqs: Vec<u64> = r["applied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![2, 3], "{r}");
+    assert_eq!(common::applied_seqs(&r), vec![2, 3], "{r}");
     assert_eq!(
         visit_location(c.url("site-b")),
         at_a,
@@ -183,12 +159,6 @@ fn a_corrupt_later_bundle_of_a_run_is_the_one_quarantined() {
         &format!("UPDATE location SET description = 'now synced' WHERE uuid = '{LOCATION}'"),
     );
     let r = c.carry("site-a", "site-b");
-    let seqs: Vec<u64> = r["applied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![2, 3, 4], "{r}");
+    assert_eq!(common::applied_seqs(&r), vec![2, 3, 4], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }

@@ -41,13 +41,7 @@ fn reverse_order_duplicates_and_held_bundles_all_converge() {
         "{status}"
     );
     let r = import(&c, "site-b", &files[0]);
-    let seqs: Vec<u64> = r["applied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![1, 2, 3], "{r}");
+    assert_eq!(common::applied_seqs(&r), vec![1, 2, 3], "{r}");
 
     // A duplicate is a no-op that says so, and changes nothing.
     let before = c.verify("site-b");
@@ -70,25 +64,7 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
     c.carry("site-a", "site-b");
     // A location created at site-a while location capture was off there, and a visit
     // (captured) that refers to it.
-    c.node("site-a").ok(&["tables", "disable", "location"]);
-    block_on(async {
-        let mut db = conn(c.url("site-a")).await;
-        db.query_drop(
-            "INSERT INTO location (name, creator, date_created, retired, uuid) \
-             VALUES ('annex', 1, '2024-01-01', 0, 'cccccccc-0000-4000-8000-000000000001')",
-        )
-        .await
-        .unwrap();
-        db.query_drop(
-            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, date_created, voided, uuid) \
-             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
-             (SELECT location_id FROM location WHERE name = 'annex'), 1, '2024-01-02', 0, \
-             'cccccccc-0000-4000-8000-000000000002' FROM visit_type",
-        )
-        .await
-        .unwrap();
-    });
-    c.node("site-a").ok(&["tables", "enable", "location"]);
+    common::visit_to_an_unsent_location(&c, "site-a");
     let before = c.verify("site-b");
     let stick = c.stick.path().to_str().unwrap();
     c.node("site-a").ok(&["export"]);
@@ -121,13 +97,7 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
             .unwrap();
     });
     let r = c.carry("site-a", "site-b");
-    let seqs: Vec<u64> = r["applied"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["seq"].as_u64().unwrap())
-        .collect();
-    assert_eq!(seqs, vec![2, 3], "{r}");
+    assert_eq!(common::applied_seqs(&r), vec![2, 3], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
 

@@ -246,6 +246,47 @@ impl Cluster {
     }
 }
 
+/// The uuid of the location [`visit_to_an_unsent_location`] creates.
+pub const UNSENT_LOCATION: &str = "cccccccc-0000-4000-8000-000000000001";
+/// The uuid of the visit [`visit_to_an_unsent_location`] creates.
+pub const VISIT_TO_UNSENT: &str = "cccccccc-0000-4000-8000-000000000002";
+
+/// At `from`: a location made while location capture was off there (so no bundle
+/// carries it), and a visit (captured) that refers to it. Capture is on again after.
+pub fn visit_to_an_unsent_location(c: &Cluster, from: &str) {
+    c.node(from).ok(&["tables", "disable", "location"]);
+    block_on(async {
+        use mysql_async::prelude::Queryable;
+        let mut db = conn(c.url(from)).await;
+        db.query_drop(format!(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) \
+             VALUES ('annex', 1, '2024-01-01', 0, '{UNSENT_LOCATION}')"
+        ))
+        .await
+        .unwrap();
+        db.query_drop(format!(
+            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, \
+             date_created, voided, uuid) \
+             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
+             (SELECT location_id FROM location WHERE uuid = '{UNSENT_LOCATION}'), 1, \
+             '2024-01-02', 0, '{VISIT_TO_UNSENT}' FROM visit_type"
+        ))
+        .await
+        .unwrap();
+    });
+    c.node(from).ok(&["tables", "enable", "location"]);
+}
+
+/// The sequence numbers an `import --json` report says it applied, in order.
+pub fn applied_seqs(report: &serde_json::Value) -> Vec<u64> {
+    report["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["seq"].as_u64().unwrap())
+        .collect()
+}
+
 /// Writes the generator's clinic workload into `url` (seeded, so reproducible).
 pub fn generate(
     url: &str,
