@@ -158,6 +158,54 @@ pub async fn applied(conn: &mut Conn) -> Result<BTreeMap<String, u64>, DbError> 
     Ok(rows.into_iter().collect())
 }
 
+/// The ack vector a bundle sealed from the log range (`cursor`, `horizon`] may claim,
+/// read inside the export's snapshot (without this node's own entry).
+///
+/// `ferry_applied` in the snapshot can be ahead of the range: an import that committed
+/// after the horizon was taken (or, without the barrier, after a gap the range stops
+/// at) raised it, but its forwarded entries lie above the horizon and are not in the
+/// bundle. Claiming that raise would tell the recipient it holds changes it was never
+/// sent (issue 4). Every such import left entries above the horizon, visible in the
+/// snapshot, tagged with their origin. For each such origin the claim falls back to
+/// what the range itself proves: the greatest `origin_seq` among its entries in the
+/// range (all the origin's changes up to that were applied here, and logged, no later
+/// than the entry that carries it). An origin with no entry in the range is left out,
+/// which claims nothing new (the recipient keeps the greatest claim it had).
+pub async fn applied_upto(
+    conn: &mut Conn,
+    cursor: u64,
+    horizon: u64,
+) -> Result<BTreeMap<String, u64>, DbError> {
+    let mut acks = applied(conn).await?;
+    let ahead: Vec<String> = conn
+        .exec(
+            "SELECT DISTINCT origin FROM ferry_change WHERE change_id > ? AND origin IS NOT NULL",
+            (horizon,),
+        )
+        .await
+        .map_err(DbError::query("reading the log past the export horizon"))?;
+    for origin in ahead {
+        let held: Option<u64> = conn
+            .exec_first(
+                "SELECT MAX(origin_seq) FROM ferry_change \
+                 WHERE change_id > ? AND change_id <= ? AND origin = ?",
+                (cursor, horizon, &origin),
+            )
+            .await
+            .map_err(DbError::query("reading the log's forwarded entries"))?
+            .flatten();
+        match (held, acks.get(&origin).copied()) {
+            (Some(h), Some(a)) => {
+                acks.insert(origin, h.min(a));
+            }
+            _ => {
+                acks.remove(&origin);
+            }
+        }
+    }
+    Ok(acks)
+}
+
 /// Raises this node's ack vector to at least `acks` (ignoring its own entry).
 pub async fn merge_applied(
     conn: &mut Conn,
@@ -281,6 +329,7 @@ pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64,
     let cond = format!("change_id <= {below} AND {}", conds.join(" AND "));
     let floors = Floors::load(conn).await?;
     let mut after = 0u64;
+    let mut pruned = 0;
     loop {
         let rows: Vec<mysql_async::Row> = conn
             .exec(
@@ -311,14 +360,21 @@ pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64,
             })
             .collect();
         settle(conn, &settled).await?;
+        // By position, not by the range: a range delete locks the entry after its end,
+        // which an open transaction may still hold (a capture trigger's entry), and
+        // then waits for that transaction; pruning must not wait for OpenMRS (issue 4).
+        let ids: Vec<String> = entries.iter().map(|e| e.change_id.to_string()).collect();
+        conn.query_drop(format!(
+            "DELETE FROM ferry_change WHERE change_id IN ({})",
+            ids.join(",")
+        ))
+        .await
+        .map_err(DbError::query("pruning the change log"))?;
+        pruned += conn.affected_rows();
         if entries.len() < PRUNE_BATCH {
             break;
         }
     }
-    conn.query_drop(format!("DELETE FROM ferry_change WHERE {cond}"))
-        .await
-        .map_err(DbError::query("pruning the change log"))?;
-    let pruned = conn.affected_rows();
     // Floors before the one in force at the oldest remaining entry are done with.
     let oldest: Option<Option<u64>> = conn
         .query_first("SELECT MIN(change_id) FROM ferry_change")

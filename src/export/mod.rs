@@ -366,7 +366,7 @@ async fn export_peer(
                 let reading_schema = Instant::now();
                 let schema = Schema::read(fetch, &database).await?;
                 let schema_s = reading_schema.elapsed().as_secs_f64();
-                let mut acks = state::applied(fetch).await?;
+                let mut acks = state::applied_upto(fetch, ps.out_cursor, horizon).await?;
                 acks.insert(node.name().to_string(), horizon);
                 let recipient_key = node
                     .peers

@@ -1,0 +1,97 @@
+//! Acknowledgements against real MariaDB (issue 4 §4): a bundle's ack vector claims
+//! no more than the bundle and the ones before it hold.
+
+mod common;
+
+use std::sync::mpsc;
+
+use common::{Cluster, Source};
+use mysql_async::prelude::Queryable;
+
+/// `node`'s ack vector entry for `origin` (the greatest position of `origin`'s changes
+/// it claims to hold).
+fn claimed(c: &Cluster, node: &str, origin: &str) -> Option<u64> {
+    common::block_on(async {
+        let mut db = common::conn(c.url(node)).await;
+        db.exec_first("SELECT seq FROM ferry_applied WHERE origin = ?", (origin,))
+            .await
+            .unwrap()
+    })
+}
+
+/// Holds a transaction open at `url` that has written a change-log entry, until the
+/// returned sender is dropped (then rolls it back). Export cannot take the log's
+/// barrier meanwhile, and its range stops at the entry's position.
+fn hold_a_log_gap(url: &str) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let url = url.to_string();
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || {
+        common::block_on(async move {
+            let mut db = common::conn(&url).await;
+            db.query_drop("START TRANSACTION").await.unwrap();
+            db.query_drop(
+                "INSERT INTO ferry_change (table_name, row_key, op, wall_us) \
+                 VALUES ('ferry_test_gap', 'gap', 'U', 0)",
+            )
+            .await
+            .unwrap();
+            held_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+            db.query_drop("ROLLBACK").await.unwrap();
+        })
+    });
+    held_rx.recv().unwrap();
+    (release_tx, holder)
+}
+
+/// Issue 4: export read the ack vector inside its snapshot, which starts after the
+/// horizon. An import that committed past the horizon was claimed although its
+/// forwarded entries were not in the bundle, so the recipient claimed to hold changes
+/// it had never been sent (and passed the claim on).
+///
+/// The same scenario held a second fault: pruning deleted the log by range, which
+/// locks the entry after the range, so the hub's import waited for the open
+/// transaction and then failed, after its bundle had committed.
+#[test]
+fn a_bundle_does_not_acknowledge_an_import_whose_changes_it_does_not_carry() {
+    let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    // s1 -> hub -> s2: s2 holds s1's first changes and says so.
+    common::generate(c.url("s1"), 1, 2, 1, 2);
+    c.carry("s1", "hub");
+    c.carry("hub", "s2");
+    let first = claimed(&c, "s2", "s1").expect("s2 acknowledges s1's first changes");
+    assert_eq!(claimed(&c, "hub", "s1"), Some(first));
+
+    // An open transaction at the hub leaves a gap in its log; s1's next changes are
+    // imported at the hub past that gap.
+    let (release, holder) = hold_a_log_gap(c.url("hub"));
+    common::generate(c.url("s1"), 2, 2, 1, 2);
+    c.node("s1").ok(&["export"]);
+    c.node("s1").ok(&["send", stick]);
+    c.node("hub").ok(&["receive", stick]);
+    let r = c.node("hub").json(&["import", "--json"]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    let second = claimed(&c, "hub", "s1").unwrap();
+    assert!(second > first, "{second} > {first}");
+
+    // The hub's bundle to s2 stops at the gap: it carries none of s1's second
+    // changes, so it must not claim them.
+    let e = c
+        .node("hub")
+        .json(&["export", "--peer", "s2", "--heartbeat", "--json"]);
+    assert_eq!(e[0]["changes"], 0, "{e}");
+    c.node("hub").ok(&["send", stick]);
+    c.node("s2").ok(&["receive", stick]);
+    c.node("s2").ok(&["import"]);
+    assert_eq!(claimed(&c, "s2", "s1"), Some(first));
+
+    // Once the gap closes, the changes travel and so does the claim.
+    drop(release);
+    holder.join().unwrap();
+    let r = c.carry("hub", "s2");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(claimed(&c, "s2", "s1"), Some(second));
+    assert_eq!(c.verify("hub"), c.verify("s2"));
+}
