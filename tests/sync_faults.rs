@@ -1,7 +1,7 @@
 //! Sync under bad delivery and failure, on real MariaDB: bundles out of order,
-//! duplicated and held back; a reference to a row nobody sent; an import that finds
-//! another one running; the importing server killed with `kill -9` in the middle of a
-//! large bundle.
+//! duplicated and held back; a reference to a row nobody sent, and one to a row another
+//! sender's bundle brings; an import that finds another one running; the importing
+//! server killed with `kill -9` in the middle of a large bundle.
 
 mod common;
 
@@ -292,4 +292,118 @@ fn deleting_a_role_a_user_here_still_has_fails_the_bundle() {
     let r = c.node("site-b").json(&["import", "--json"]);
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(roles("site-b"), 0, "the role is deleted at site-b");
+}
+
+/// Issue 4: `import` applied the inbox sender by sender in name order, so a bundle that
+/// refers to a row only another sender's bundle (waiting in the same inbox) brings
+/// failed with a missing reference, stayed in the inbox, and the operator had to import
+/// again. Here the hub, a-site and b-site all peer with each other, and a-site has
+/// location switched off. b-site makes a location, which reaches a-site directly; a-site
+/// makes a visit there (its bundle 1) and more (bundle 2), and neither bundle carries
+/// the location. Both senders' bundles reach the hub together: one import applies
+/// b-site's bundle and then both of a-site's, and reports no failure.
+#[test]
+fn a_bundle_needing_a_row_another_sender_brings_applies_in_the_same_import() {
+    let c = Cluster::star(&["hub", "a-site", "b-site"], &Source::Fixture);
+    let key = |n: &str| c.node(n).ok(&["key"]).trim().to_string();
+    c.node("a-site")
+        .ok(&["peer", "add", "b-site", &key("b-site")]);
+    c.node("b-site")
+        .ok(&["peer", "add", "a-site", &key("a-site")]);
+    c.node("a-site").ok(&["tables", "disable", "location"]);
+    let stick = c.stick.path().to_str().unwrap();
+    let sql = |site: &str, stmt: String| {
+        block_on(async {
+            let mut db = conn(c.url(site)).await;
+            db.query_drop(stmt).await.unwrap();
+        })
+    };
+
+    // b-site's location reaches a-site directly.
+    sql(
+        "b-site",
+        format!(
+            "INSERT INTO location (name, creator, date_created, retired, uuid) \
+             VALUES ('annex', 1, '2024-01-01', 0, '{}')",
+            common::UNSENT_LOCATION
+        ),
+    );
+    c.node("b-site").ok(&["export"]);
+    c.node("b-site").ok(&["send", stick]);
+    c.node("a-site").ok(&["receive", stick]);
+    let r = c.node("a-site").json(&["import", "--json"]);
+    assert_eq!(common::applied_seqs(&r), vec![1], "{r}");
+
+    // a-site: a patient and a visit at the location (bundle 1), then more (bundle 2). The
+    // generator leaves locations alone: a-site's edits of them would not be synced.
+    let generate = |seed: u64| {
+        block_on(async {
+            let mut db = conn(c.url("a-site")).await;
+            let opts = ferry::dev::gen::GenOptions {
+                seed,
+                patients: 1,
+                visits_per_patient: 1,
+                encounters_per_visit: 1,
+                obs_per_encounter: 1,
+                retire_metadata: false,
+                ..Default::default()
+            };
+            ferry::dev::gen::generate(&mut db, &opts).await.unwrap();
+        })
+    };
+    generate(11);
+    sql(
+        "a-site",
+        format!(
+            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, \
+             date_created, voided, uuid) \
+             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
+             (SELECT location_id FROM location WHERE uuid = '{}'), 1, '2024-01-02', 0, '{}' \
+             FROM visit_type",
+            common::UNSENT_LOCATION,
+            common::VISIT_TO_UNSENT
+        ),
+    );
+    c.node("a-site").ok(&["export"]);
+    generate(12);
+    c.node("a-site").ok(&["export"]);
+    c.node("a-site").ok(&["send", stick]);
+    c.node("hub").ok(&["receive", stick]);
+    let names = |from: &str| -> Vec<String> {
+        c.outbox(from, "hub")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    let (from_a, from_b) = (names("a-site"), names("b-site"));
+    assert_eq!(
+        (from_a.len(), from_b.len()),
+        (2, 1),
+        "{from_a:?} {from_b:?}"
+    );
+
+    let (code, out, err) = c.node("hub").run(&["import", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let applied: Vec<(&str, u64)> = r["applied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["sender"].as_str().unwrap(), a["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        applied,
+        [("b-site", 1), ("a-site", 1), ("a-site", 2)],
+        "{r}"
+    );
+    assert_eq!(r["failed"], serde_json::json!([]), "{r}");
+    assert_eq!(r["held"], serde_json::json!([]), "{r}");
+    assert_eq!(r["refused"], serde_json::json!([]), "{r}");
+    let inbox = c.node("hub").dir.path().join("inbox");
+    for f in from_a.iter().chain(&from_b) {
+        assert!(!inbox.join(f).exists(), "{f} is still in the hub's inbox");
+    }
+    // Verify leaves out tables switched off, so a-site compares with location on again.
+    c.node("a-site").ok(&["tables", "enable", "location"]);
+    assert_eq!(c.verify("hub"), c.verify("a-site"));
 }

@@ -1,7 +1,8 @@
 //! Import: verifying bundles and applying them atomically, once, in order.
 //!
 //! [`import`] takes explicit files (verified, then copied into the inbox) and everything
-//! waiting in the inbox, and walks each sender's bundles in sequence order:
+//! waiting in the inbox, and walks each sender's bundles in sequence order, sender by
+//! sender in name order:
 //! - a bundle whose number was applied before is a duplicate if the ledger holds the
 //!   same hash (it is removed, nothing else happens) and is refused otherwise;
 //! - the next bundle in the sequence is opened (signature, hashes, decryption) and
@@ -13,8 +14,12 @@
 //! A bundle that fails verification goes to quarantine with the reason beside it; one
 //! that fails to apply (a missing reference, say) stays in the inbox with the error
 //! reported, so it applies once the cause is fixed. Where bundles were tried together,
-//! only the one that failed verification goes to quarantine. Apply never sees a
-//! transport: it reads files from the inbox only.
+//! only the one that failed verification goes to quarantine. A sender whose next bundle
+//! refers to a row that is not here yet is tried again after the others, because
+//! another sender's bundle in the same inbox may bring that row: passes over such
+//! senders repeat as long as the last one applied a bundle, and only the last pass's
+//! failures are reported. Apply never sees a transport: it reads files from the inbox
+//! only.
 
 // Import errors carry the names an operator needs (table, row, column, target, sender);
 // they are returned once per bundle, so their size does not matter.
@@ -170,9 +175,33 @@ impl ImportReport {
     pub fn has_problems(&self) -> bool {
         !self.refused.is_empty() || !self.failed.is_empty()
     }
+
+    /// Moves `other`'s entries to the end of this report's.
+    fn append(&mut self, mut other: ImportReport) {
+        self.applied.append(&mut other.applied);
+        self.duplicates.append(&mut other.duplicates);
+        self.held.append(&mut other.held);
+        self.refused.append(&mut other.refused);
+        self.failed.append(&mut other.failed);
+    }
+}
+
+/// How one sender's bundles fared in a pass of an import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SenderOutcome {
+    /// It applied what it could, or stopped for a reason that no other sender's bundle
+    /// removes.
+    Done,
+    /// Its next bundle refers to a row that is not here (a missing reference): another
+    /// sender's bundle may bring it.
+    MissingReference,
 }
 
 /// Imports the given files (or, with none, whatever waits in the inbox).
+///
+/// Senders go in name order. One whose next bundle fails for a missing reference is
+/// tried again after a pass that applied any bundle, so a row another sender brings in
+/// the same import is there for it.
 pub async fn import(
     conn: &mut Conn,
     node: &NodeContext,
@@ -222,7 +251,8 @@ pub async fn import(
 /// The named lock imports take (per database).
 pub const IMPORT_LOCK: &str = "ferry-import-";
 
-/// Applies each sender's bundles and prunes what every peer has acknowledged.
+/// Applies each sender's bundles, in passes while senders stopped on a missing reference
+/// and the pass before applied something, and prunes what every peer has acknowledged.
 async fn import_locked(
     conn: &mut Conn,
     node: &NodeContext,
@@ -230,9 +260,42 @@ async fn import_locked(
     fresh: &mut FreshTables,
     report: &mut ImportReport,
 ) -> Result<(), ImportError> {
-    for (sender, mut files) in by_sender {
-        files.sort();
-        import_sender(conn, node, &sender, files, fresh, report).await?;
+    let mut senders = by_sender;
+    loop {
+        let applied_before = report.applied.len();
+        // Senders stopped on a missing reference, with their failures and held bundles:
+        // reported only if the sender is not tried again (a retry reports its own).
+        let mut blocked: Vec<(String, ImportReport)> = Vec::new();
+        for (sender, mut files) in senders {
+            files.sort();
+            let mut own = ImportReport::default();
+            let outcome = import_sender(conn, node, &sender, files, fresh, &mut own).await?;
+            if outcome == SenderOutcome::MissingReference {
+                let stopped = ImportReport {
+                    failed: std::mem::take(&mut own.failed),
+                    held: std::mem::take(&mut own.held),
+                    ..ImportReport::default()
+                };
+                blocked.push((sender, stopped));
+            }
+            report.append(own);
+        }
+        if blocked.is_empty() || report.applied.len() == applied_before {
+            for (_, stopped) in blocked {
+                report.append(stopped);
+            }
+            break;
+        }
+        // Their bundles as the inbox holds them now (the applied ones are gone).
+        senders = BTreeMap::new();
+        for (name, path) in node.dirs.inbox_bundles()? {
+            if name.recipient == node.name() && blocked.iter().any(|(s, _)| *s == name.sender) {
+                senders
+                    .entry(name.sender.clone())
+                    .or_default()
+                    .push((name, path));
+            }
+        }
     }
     // Acknowledged bundles leave the outbox; acknowledged changes leave the log.
     let mut peer_acks = Vec::new();
@@ -326,6 +389,7 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Applies one sender's bundles from the next in its sequence on, as far as they go.
 async fn import_sender(
     conn: &mut Conn,
     node: &NodeContext,
@@ -333,7 +397,8 @@ async fn import_sender(
     files: Vec<(BundleName, PathBuf)>,
     fresh: &mut FreshTables,
     report: &mut ImportReport,
-) -> Result<(), ImportError> {
+) -> Result<SenderOutcome, ImportError> {
+    let mut stopped = SenderOutcome::Done;
     let mut ps = state::peer(conn, sender, false).await?;
     let mut next: Vec<(BundleName, PathBuf)> = Vec::new();
     for (name, path) in files {
@@ -409,6 +474,13 @@ async fn import_sender(
         // run (it failed to open, say), the ones before it stay in the inbox, the first
         // reported with the error it failed with alone.
         let culprit = i + failed.at;
+        let first_failed_with = match &first_error {
+            Some(e) if failed.at > 0 => e,
+            _ => &failed.error,
+        };
+        if matches!(first_failed_with, ImportError::MissingReference(_)) {
+            stopped = SenderOutcome::MissingReference;
+        }
         if failed.at > 0 {
             if let Some(e) = first_error.take() {
                 report.failed.push(Problem {
@@ -442,7 +514,7 @@ async fn import_sender(
             held,
         });
     }
-    Ok(())
+    Ok(stopped)
 }
 
 /// Why a run of bundles failed to apply.
