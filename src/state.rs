@@ -13,7 +13,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
-use crate::capture::versions::{settle, Floors, LogEntry, Settle, FLOOR_MARKER};
+use crate::capture::versions::{settle, Floors, LogEntry, Settle, MARKER};
 use crate::db::DbError;
 
 /// What this node knows of one peer.
@@ -271,10 +271,13 @@ pub async fn ledger_put(
 /// positions, twice) under which the peer has applied that bundle. The peer's ack is the
 /// horizon of the last bundle from here it applied, and bundles apply in order. So a
 /// bundle whose horizon is below the ack was applied, and so was the one that moved the
-/// horizon to the ack. A heartbeat (a bundle that did not move the horizon) with the
-/// ack's horizon was not necessarily applied: it waits for the ack of a later bundle,
-/// instead of leaving the outbox before it was ever carried (issue 4). Rows from before
-/// `prev_cursor` existed count as having moved the horizon.
+/// horizon to the ack. A bundle that did not move the horizon with the ack's horizon
+/// was not necessarily applied: it waits for the ack of a later bundle, instead of
+/// leaving the outbox before it was ever carried (issue 4). A heartbeat takes a log
+/// position of its own to move the horizon ([`crate::capture::versions::mark_position`]);
+/// only when the export could not reach it (a transaction open on the log) does it
+/// wait like that. Rows from before `prev_cursor` existed count as having moved the
+/// horizon.
 pub const ACKNOWLEDGED_BUNDLE: &str = "(cursor_seq < ? OR (cursor_seq = ? \
      AND (prev_cursor IS NULL OR prev_cursor < cursor_seq)))";
 
@@ -349,7 +352,7 @@ pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64,
         after = entries[last].change_id;
         let settled: Vec<Settle> = entries
             .iter()
-            .filter(|e| e.op != FLOOR_MARKER)
+            .filter(|e| e.op != MARKER)
             .map(|e| Settle {
                 table: e.table.clone(),
                 row_key: e.row_key.clone(),
@@ -401,7 +404,7 @@ pub async fn pending_for(
 ) -> Result<(u64, Option<i64>), DbError> {
     let row: Option<(u64, Option<i64>)> = conn
         .query_first(format!(
-            "SELECT COUNT(*), MIN(wall_us) FROM ferry_change WHERE op <> '{FLOOR_MARKER}' AND NOT {}",
+            "SELECT COUNT(*), MIN(wall_us) FROM ferry_change WHERE op <> '{MARKER}' AND NOT {}",
             done_for(me, peer, acks, "change_id")
         ))
         .await

@@ -16,10 +16,10 @@ fn outbox(c: &Cluster, n: &str, peer: &str) -> Vec<String> {
         .collect()
 }
 
-/// Issue 4: a heartbeat has the horizon of the bundle before it, whose ack must not
-/// count as the heartbeat's.
+/// Issue 4: the ack of the bundle before a heartbeat must not count as the heartbeat's
+/// (it had that bundle's horizon, and left the outbox before it was ever carried).
 #[test]
-fn a_heartbeat_stays_in_the_outbox_until_a_later_bundle_is_acknowledged() {
+fn a_heartbeat_stays_in_the_outbox_until_it_is_acknowledged() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     let stick = c.stick.path().to_str().unwrap();
     common::generate(c.url("site-a"), 1, 2, 1, 2);
@@ -48,6 +48,30 @@ fn a_heartbeat_stays_in_the_outbox_until_a_later_bundle_is_acknowledged() {
     // Once site-b acknowledges #3, both leave site-a's outbox.
     c.carry_with("site-b", "site-a", &["--heartbeat"]);
     assert_eq!(outbox(&c, "site-a", "site-b"), Vec::<String>::new());
+}
+
+/// Issue 4: a node with nothing new sends heartbeats to carry its acknowledgements. A
+/// heartbeat had the horizon of the bundle before it, so no ack could prove it applied
+/// until a later bundle moved the horizon: an idle node's heartbeats piled up in its
+/// outbox. Each now takes a log position of its own, and leaves once acknowledged.
+#[test]
+fn an_idle_nodes_heartbeats_leave_the_outbox_once_acknowledged() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    common::generate(c.url("site-a"), 1, 2, 1, 2);
+    c.carry("site-a", "site-b");
+    c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    assert_eq!(outbox(&c, "site-a", "site-b"), Vec::<String>::new());
+    for seq in [2, 3] {
+        // Nothing new at site-a: a heartbeat, applied at site-b, acknowledged back.
+        let r = c.carry_with("site-a", "site-b", &["--heartbeat"]);
+        assert_eq!(common::applied_seqs(&r), vec![seq], "{r}");
+        c.carry_with("site-b", "site-a", &["--heartbeat"]);
+        assert_eq!(outbox(&c, "site-a", "site-b"), Vec::<String>::new());
+        let status = c.node("site-a").json(&["status", "--json"]);
+        assert_eq!(status["peers"][0]["unacknowledged_bundles"], 0, "{status}");
+        assert_eq!(status["peers"][0]["unacknowledged_changes"], 0, "{status}");
+    }
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
 
 /// Issue 4: a relay's outbox folder for a node also holds what it relays to that node

@@ -20,7 +20,8 @@
 //! - `ferry_applied`: this node's ack vector (per origin, the highest position applied).
 //! - `ferry_outbox`: every bundle sealed and not yet acknowledged, with the change-log
 //!   horizon it covers and the one before it (a peer acknowledges a bundle that moved
-//!   the horizon by acking it, and one that did not, a heartbeat, by acking a later one).
+//!   the horizon by acking it, and one that did not by acking a later one; a heartbeat
+//!   takes a marker position to move it).
 //! - `ferry_ledger`: every bundle applied (sender, seq, hash), written in the bundle's
 //!   own transaction: the once-only guarantee.
 //! - `ferry_conflict`: every concurrent overwrite and unique collision resolved here,

@@ -34,8 +34,10 @@ use serde::{Deserialize, Serialize};
 use crate::bundle::{Op, Version};
 use crate::db::{push_bytes_literal, DbError};
 
-/// The operation letter of a floor marker entry (its table name is empty).
-pub const FLOOR_MARKER: &str = "F";
+/// The operation letter of a marker entry: no row change, only a position (its table
+/// name is empty, so export, pruning and status pass over it). A version floor starts
+/// at one ([`raise_floor`]); a heartbeat takes one ([`mark_position`]).
+pub const MARKER: &str = "F";
 
 /// From position `from` on, local versions exceed (`wall_us`, `counter`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +129,20 @@ pub async fn last_position(conn: &mut Conn) -> Result<u64, DbError> {
     Ok(next.flatten().unwrap_or(1).saturating_sub(1))
 }
 
+/// Takes a log position with a marker entry (autocommit). A heartbeat does, so that it
+/// moves the export horizon like any other bundle: the peer's ack of that horizon then
+/// proves the heartbeat applied, and it leaves the outbox. Without its own position, a
+/// heartbeat could only leave with the ack of a later bundle that moved the horizon, so
+/// an idle node's heartbeats piled up (issue 4).
+pub async fn mark_position(conn: &mut Conn, wall_us: i64) -> Result<(), DbError> {
+    conn.exec_drop(
+        "INSERT INTO ferry_change (table_name, row_key, op, wall_us) VALUES ('', '', ?, ?)",
+        (MARKER, wall_us),
+    )
+    .await
+    .map_err(DbError::query("marking a position in the change log"))
+}
+
 /// After an import saw versions up to `seen`: makes later local versions greater, by a
 /// marker entry (whose position starts the new floor) and a floor record. Inside the
 /// import's transaction; nothing happens when the newest floor is already as high.
@@ -146,7 +162,7 @@ pub async fn raise_floor(conn: &mut Conn, seen: &Version) -> Result<(), DbError>
     conn.exec_drop(
         "INSERT INTO ferry_change (table_name, row_key, op, wall_us, version_wall, version_counter) \
          VALUES ('', '', ?, ?, ?, ?)",
-        (FLOOR_MARKER, seen.wall_us, seen.wall_us, seen.counter),
+        (MARKER, seen.wall_us, seen.wall_us, seen.counter),
     )
     .await
     .map_err(DbError::query("marking the version floor"))?;
@@ -402,7 +418,7 @@ pub async fn all_heads(
     }
     let rows: Vec<Row> = conn
         .query(format!(
-            "SELECT {} FROM ferry_change WHERE op <> '{FLOOR_MARKER}' ORDER BY change_id",
+            "SELECT {} FROM ferry_change WHERE op <> '{MARKER}' ORDER BY change_id",
             LogEntry::COLUMNS
         ))
         .await

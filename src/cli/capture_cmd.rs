@@ -211,7 +211,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
                 "SELECT COALESCE(SUM(origin IS NULL), 0), COALESCE(SUM(origin IS NOT NULL), 0), \
                  MIN(wall_us) FROM {} WHERE op <> '{}'",
                 bookkeeping::CHANGE_TABLE,
-                capture::versions::FLOOR_MARKER
+                capture::versions::MARKER
             ))
             .await?
             .unwrap_or((0, 0, None));

@@ -1,9 +1,9 @@
 //! Export: sealing, for each peer, every captured change the peer does not hold yet
 //! into the next bundle of that (sender, peer) sequence.
 //!
-//! Export writes nothing to the log: an entry's position and version follow from the
-//! entry itself ([`crate::capture::versions`]). One export of one peer runs in four
-//! steps:
+//! Export writes nothing to the log (but a heartbeat's marker, which only takes a
+//! position): an entry's position and version follow from the entry itself
+//! ([`crate::capture::versions`]). One export of one peer runs in four steps:
 //! 1. **Horizon** ([`horizon`]): the position up to which no entry can still appear.
 //! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot,
 //!    and sort it into bundle order ([`sorter`]): by table (parents first,
@@ -148,11 +148,14 @@ pub async fn export(
     } else {
         peers.to_vec()
     };
+    if let Some(p) = names.iter().find(|p| node.config.peer(p).is_none()) {
+        return Err(ExportError::UnknownPeer { peer: p.clone() });
+    }
+    if opts.heartbeat {
+        crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
+    }
     let mut out = Vec::new();
     for p in names {
-        if node.config.peer(&p).is_none() {
-            return Err(ExportError::UnknownPeer { peer: p });
-        }
         out.push(export_peer(conn, fetch, node, &p, opts).await?);
     }
     Ok(out)
