@@ -118,3 +118,40 @@ fn a_relay_keeps_the_bundles_it_carries_for_others_when_its_own_are_acknowledged
         vec!["ferry.s1.s2.0000000000000001.bundle".to_string()]
     );
 }
+
+/// Issue 4: in a mesh, a node can hold another's changes before it applied that node's
+/// own bundles (a hub forwarded them). Its ack of the other's positions then counted
+/// as proof that those bundles were applied, and the sender deleted them from its
+/// outbox before they were ever carried: the recipient waited for them forever.
+#[test]
+fn a_bundle_stays_in_the_outbox_when_its_changes_reached_the_peer_another_way() {
+    let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
+    let key = |n: &str| c.node(n).ok(&["key"]).trim().to_string();
+    c.node("s1").ok(&["peer", "add", "s2", &key("s2")]);
+    c.node("s2").ok(&["peer", "add", "s1", &key("s1")]);
+    let import = |n: &str, file: &std::path::Path| {
+        c.node(n)
+            .json(&["import", file.to_str().unwrap(), "--json"])
+    };
+    // s1's changes go to the hub and, forwarded, to s2; s1's own bundle to s2 waits.
+    common::generate(c.url("s1"), 1, 2, 1, 2);
+    c.node("s1").ok(&["export"]);
+    let direct = c.outbox("s1", "s2");
+    assert_eq!(direct.len(), 1);
+    import("hub", &c.outbox("s1", "hub")[0]);
+    c.node("hub").ok(&["export", "--peer", "s2"]);
+    let r = import("s2", &c.outbox("hub", "s2")[0]);
+    assert_eq!(common::applied_seqs(&r), vec![1], "{r}");
+    // s2 acknowledges to s1: s1's bundle to s2 was not applied, so it stays.
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);
+    import("s1", &c.outbox("s2", "s1")[0]);
+    assert_eq!(c.outbox("s1", "s2"), direct);
+    // Once s2 applies it and says so, it goes.
+    let r = import("s2", &direct[0]);
+    assert_eq!(common::applied_seqs(&r), vec![1], "{r}");
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);
+    import("s1", c.outbox("s2", "s1").last().unwrap());
+    assert_eq!(c.outbox("s1", "s2"), Vec::<std::path::PathBuf>::new());
+    assert_eq!(c.verify("s1"), c.verify("s2"));
+    assert_eq!(c.verify("hub"), c.verify("s2"));
+}

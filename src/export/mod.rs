@@ -370,6 +370,14 @@ async fn export_peer(
                 let schema = Schema::read(fetch, &database).await?;
                 let schema_s = reading_schema.elapsed().as_secs_f64();
                 let mut acks = state::applied_upto(fetch, ps.out_cursor, horizon).await?;
+                // The peer reads its own entry as proof of which of its bundles were
+                // applied here (they leave its outbox). In a mesh its changes can arrive
+                // by another node first, so that entry is the horizon of the last bundle
+                // from the peer itself applied here, not all this node holds (issue 4).
+                match ps.acks.get(peer) {
+                    Some(&direct) => acks.insert(peer.to_string(), direct),
+                    None => acks.remove(peer),
+                };
                 acks.insert(node.name().to_string(), horizon);
                 let recipient_key = node
                     .peers
