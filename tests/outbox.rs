@@ -1,8 +1,10 @@
 //! Outbox pruning against real MariaDB: a bundle leaves the outbox only once its
-//! recipient has applied it (issue 4 §4). Both tests are regressions found in review:
-//! a heartbeat left the outbox before it was ever carried, and a relay deleted the
-//! bundles it carried for others when its own were acknowledged. Either left the
-//! recipient waiting for a bundle that no longer existed anywhere.
+//! recipient has applied it, and then it does leave (issue 4 §4). Each test is a
+//! regression found in review: a heartbeat left the outbox before it was ever carried;
+//! an idle node's heartbeats piled up; a relay deleted the bundles it carried for
+//! others when its own were acknowledged, and kept the ones it relayed forever; in a
+//! mesh, a node's ack of changes it got another way deleted bundles it never applied.
+//! A recipient waiting for a bundle that no longer exists anywhere is stuck for good.
 
 mod common;
 
@@ -154,4 +156,69 @@ fn a_bundle_stays_in_the_outbox_when_its_changes_reached_the_peer_another_way() 
     assert_eq!(c.outbox("s1", "s2"), Vec::<std::path::PathBuf>::new());
     assert_eq!(c.verify("s1"), c.verify("s2"));
     assert_eq!(c.verify("hub"), c.verify("s2"));
+}
+
+/// Issue 4: a relay kept every bundle it relayed, forever. A bundle from the recipient
+/// back to the sender, which the relay carries too, tells how far the recipient applied
+/// the sender's bundles: the relayed ones before that go.
+#[test]
+fn a_relay_drops_what_it_relayed_once_the_recipient_shows_it_applied_it() {
+    let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    let key = |n: &str| c.node(n).ok(&["key"]).trim().to_string();
+    c.node("s1").ok(&["peer", "add", "s2", &key("s2")]);
+    c.node("s2").ok(&["peer", "add", "s1", &key("s1")]);
+    let mut hub = ferry::config::Config::load(&c.node("hub").config).unwrap();
+    hub.relay_for = vec!["s1".into(), "s2".into()];
+    hub.save(true).unwrap();
+    let relay = |from: &str| {
+        c.node(from).ok(&["send", stick]);
+        c.node("hub").json(&["receive", stick, "--json"])
+    };
+    let deliver = |to: &str| {
+        c.node("hub").ok(&["send", stick]);
+        c.node(to).ok(&["receive", stick]);
+        c.node(to).json(&["import", "--json"])
+    };
+    // s1 -> s2 #1 and #2 reach the hub, which relays them to s2.
+    for seed in [1, 2] {
+        common::generate(c.url("s1"), seed, 2, 1, 2);
+        c.node("s1").ok(&["export", "--peer", "s2"]);
+        assert_eq!(relay("s1")["relayed"].as_array().unwrap().len(), 1);
+    }
+    let r = deliver("s2");
+    assert_eq!(common::applied_seqs(&r), vec![1, 2], "{r}");
+    // s2 -> s1 goes through the hub too: it shows s2 applied #2, so #1 goes.
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);
+    let r = relay("s2");
+    assert_eq!(
+        r["pruned"],
+        serde_json::json!(["ferry.s1.s2.0000000000000001.bundle"]),
+        "{r}"
+    );
+    assert_eq!(
+        outbox(&c, "hub", "s2"),
+        vec!["ferry.s1.s2.0000000000000002.bundle".to_string()]
+    );
+    // The one that moved the horizon to the ack stays until a later one is applied.
+    common::generate(c.url("s1"), 3, 2, 1, 2);
+    c.node("s1").ok(&["export", "--peer", "s2"]);
+    relay("s1");
+    let r = deliver("s2");
+    assert_eq!(common::applied_seqs(&r), vec![3], "{r}");
+    c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);
+    let r = relay("s2");
+    assert_eq!(
+        r["pruned"],
+        serde_json::json!(["ferry.s1.s2.0000000000000002.bundle"]),
+        "{r}"
+    );
+    assert_eq!(
+        outbox(&c, "hub", "s2"),
+        vec!["ferry.s1.s2.0000000000000003.bundle".to_string()]
+    );
+    // s1 gets s2's bundles through the hub, and both hold the same.
+    let r = deliver("s1");
+    assert_eq!(common::applied_seqs(&r), vec![1, 2], "{r}");
+    assert_eq!(c.verify("s1"), c.verify("s2"));
 }

@@ -154,6 +154,11 @@ pub fn receive(config_path: &Path, args: CarryArgs, out: &Output) -> anyhow::Res
         for f in &report.relayed {
             out.line(format!("relayed  {f}"));
         }
+        for f in &report.pruned {
+            out.line(format!(
+                "pruned   {f} (relayed earlier; its recipient applied it)"
+            ));
+        }
         for r in &report.refused {
             out.line(format!(
                 "REFUSED  {}: {}\n         (copy in {})",

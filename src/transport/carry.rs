@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::atomic;
 use super::state::{copy_atomic, file_sha256, io_error, list_bundles, StateDirs, TransportError};
-use crate::bundle::{open_named, verify_named, BundleError, BundleName, NodeKeys, Peers};
+use crate::bundle::{open_named, verify_named, BundleError, BundleName, Header, NodeKeys, Peers};
 
 /// The ledger's file name in the state directory.
 pub const LEDGER_FILE: &str = "carried.ledger";
@@ -144,6 +144,9 @@ pub struct ReceiveReport {
     pub left: Vec<String>,
     /// Refused files (copied to quarantine, left on the carrier).
     pub refused: Vec<Refused>,
+    /// Bundles this node relayed earlier, deleted from its outbox because their
+    /// recipient has applied them (see [`StateDirs::prune_relayed`]).
+    pub pruned: Vec<String>,
 }
 
 /// Takes the bundles in `src` that are addressed to this node (into the inbox) or to a
@@ -158,6 +161,9 @@ pub fn receive(
     let bundles = list_bundles(src)?;
     bar.set_length(bundles.len() as u64);
     let mut report = ReceiveReport::default();
+    // Per (sender, recipient) of a relayed bundle: the recipient's entry of its acks,
+    // the horizon of the last bundle from the recipient that the sender applied.
+    let mut applied: BTreeMap<(String, String), u64> = BTreeMap::new();
     for (name, path) in bundles {
         bar.inc(1);
         let file = name.file_name();
@@ -199,12 +205,18 @@ pub fn receive(
         let tmp = atomic::temp_path(&target);
         copy_to_temp(&path, &tmp)?;
         match check(&tmp, &file, &name, own, rx) {
-            Ok(()) => {
+            Ok(header) => {
                 atomic::publish(&tmp, &target).map_err(io_error("publish", &target))?;
                 remove_source(&path)?;
                 if own {
                     report.received.push(file);
                 } else {
+                    if let Some(&(_, a)) = header.acks.iter().find(|(n, _)| *n == name.recipient) {
+                        let seen = applied
+                            .entry((name.sender.clone(), name.recipient.clone()))
+                            .or_default();
+                        *seen = (*seen).max(a);
+                    }
                     report.relayed.push(file);
                 }
             }
@@ -228,6 +240,12 @@ pub fn receive(
             }
         }
     }
+    // A bundle from X to Y says how far X applied Y's bundles: the ones this node
+    // relayed from Y to X up to there can go.
+    for ((x, y), upto) in applied {
+        let pruned = state.prune_relayed(&x, &y, upto, rx.peers)?;
+        report.pruned.extend(pruned);
+    }
     Ok(report)
 }
 
@@ -247,14 +265,15 @@ fn remove_source(path: &Path) -> Result<(), TransportError> {
 }
 
 /// Verifies the copy: the signed header must match the file name; our own bundles are
-/// decrypted and read to the end, relayed ones checked without decryption.
+/// decrypted and read to the end, relayed ones checked without decryption. Returns the
+/// header.
 fn check(
     tmp: &Path,
     file: &str,
     name: &BundleName,
     own: bool,
     rx: &Receiver,
-) -> Result<(), BundleError> {
+) -> Result<Header, BundleError> {
     let header = if own {
         let mut reader = open_named(tmp, file, rx.me, rx.keys, rx.peers)?;
         while reader.next_change()?.is_some() {}
@@ -269,5 +288,5 @@ fn check(
             actual: format!("{} → {} #{}", header.sender, header.recipient, header.seq),
         });
     }
-    Ok(())
+    Ok(header)
 }

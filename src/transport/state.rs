@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::atomic;
-use crate::bundle::BundleName;
+use crate::bundle::{verify_header, BundleName, Peers};
 
 /// Errors of the bundle directories and of carrying bundles.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +140,44 @@ impl StateDirs {
             atomic::sync_dir(&dir).map_err(io_error("sync", &dir))?;
         }
         Ok(n)
+    }
+
+    /// Deletes from `outbox/<recipient>/` the bundles relayed there from `sender` that
+    /// `recipient` has applied: those whose horizon (the sender's own entry of their
+    /// acks) is below `applied`, the horizon of the last bundle from `sender` that
+    /// `recipient` applied (its entry in the acks of a bundle from `recipient` to
+    /// `sender`, which this relay carried). Horizons grow along a sequence and bundles
+    /// apply in order, so each of those came before the last one applied. The one at
+    /// `applied` stays (a bundle that did not move the horizon may share it) until a
+    /// later one is applied. A relayed bundle whose header does not verify stays.
+    /// Without this, a relay kept every bundle it ever relayed (issue 4). Returns the
+    /// names deleted.
+    pub fn prune_relayed(
+        &self,
+        recipient: &str,
+        sender: &str,
+        applied: u64,
+        peers: &Peers,
+    ) -> Result<Vec<String>, TransportError> {
+        let mut gone = Vec::new();
+        for (name, path) in self.outbox_bundles(recipient)? {
+            if name.sender != sender {
+                continue;
+            }
+            let Ok(v) = verify_header(&path, peers) else {
+                continue;
+            };
+            let horizon = v.header.acks.iter().find(|(n, _)| n == sender);
+            if horizon.is_some_and(|&(_, h)| h < applied) {
+                fs::remove_file(&path).map_err(io_error("delete", &path))?;
+                gone.push(name.file_name());
+            }
+        }
+        if !gone.is_empty() {
+            let dir = self.outbox(recipient);
+            atomic::sync_dir(&dir).map_err(io_error("sync", &dir))?;
+        }
+        Ok(gone)
     }
 
     /// Copies a refused file into `quarantine/` with a `.reason.txt` beside it. A file
