@@ -126,7 +126,10 @@ pub async fn record_out(
     .map_err(DbError::query(format!("recording the bundle for {peer}")))
 }
 
-/// Records an applied bundle from a peer, with the peer's ack vector.
+/// Records an applied bundle from a peer, with the peer's ack vector merged into the
+/// one recorded before (the greater claim per origin): what a node holds never goes
+/// back, and a bundle may claim less than an earlier one, or leave an origin out
+/// ([`applied_upto`]).
 pub async fn record_in(
     conn: &mut Conn,
     peer: &str,
@@ -135,6 +138,19 @@ pub async fn record_in(
     at_us: i64,
     acks: &BTreeMap<String, u64>,
 ) -> Result<(), DbError> {
+    let stored: Option<Option<String>> = conn
+        .exec_first("SELECT acks FROM ferry_peer WHERE peer = ?", (peer,))
+        .await
+        .map_err(DbError::query(format!("reading the acks of {peer}")))?;
+    let mut merged: BTreeMap<String, u64> = stored
+        .flatten()
+        .and_then(|a| serde_json::from_str(&a).ok())
+        .unwrap_or_default();
+    for (origin, seq) in acks {
+        let held = merged.entry(origin.clone()).or_default();
+        *held = (*held).max(*seq);
+    }
+    let acks = &merged;
     conn.exec_drop(
         "UPDATE ferry_peer SET in_seq = ?, in_hash = ?, in_at = ?, acks = ? WHERE peer = ?",
         (
@@ -163,33 +179,37 @@ pub async fn applied(conn: &mut Conn) -> Result<BTreeMap<String, u64>, DbError> 
 ///
 /// `ferry_applied` in the snapshot can be ahead of the range: an import that committed
 /// after the horizon was taken (or, without the barrier, after a gap the range stops
-/// at) raised it, but its forwarded entries lie above the horizon and are not in the
-/// bundle. Claiming that raise would tell the recipient it holds changes it was never
-/// sent (issue 4). Every such import left entries above the horizon, visible in the
-/// snapshot, tagged with their origin. For each such origin the claim falls back to
-/// what the range itself proves: the greatest `origin_seq` among its entries in the
-/// range (all the origin's changes up to that were applied here, and logged, no later
-/// than the entry that carries it). An origin with no entry in the range is left out,
-/// which claims nothing new (the recipient keeps the greatest claim it had).
+/// at, which can also split one import's entries across the horizon) raised it, but
+/// its forwarded entries are not all in the bundle. Claiming that raise would tell the
+/// recipient it holds changes it was never sent (issue 4). Every such import left
+/// entries above the horizon, visible in the snapshot, tagged with their origin and
+/// the claim it raised (`origin_seq`, one tag per import). For each such origin the
+/// claim falls back to what the range itself proves: the greatest tag among its
+/// entries in the range below the smallest tag above the horizon (every change of that
+/// origin up to it was applied here, and logged, within the range or before it). An
+/// origin with no such entry is left out, which claims nothing new: the recipient keeps
+/// the greatest claim it had ([`merge_applied`], [`record_in`]).
 pub async fn applied_upto(
     conn: &mut Conn,
     cursor: u64,
     horizon: u64,
 ) -> Result<BTreeMap<String, u64>, DbError> {
     let mut acks = applied(conn).await?;
-    let ahead: Vec<String> = conn
+    let ahead: Vec<(String, u64)> = conn
         .exec(
-            "SELECT DISTINCT origin FROM ferry_change WHERE change_id > ? AND origin IS NOT NULL",
+            "SELECT origin, MIN(origin_seq) FROM ferry_change \
+             WHERE change_id > ? AND origin IS NOT NULL AND origin_seq IS NOT NULL \
+             GROUP BY origin",
             (horizon,),
         )
         .await
         .map_err(DbError::query("reading the log past the export horizon"))?;
-    for origin in ahead {
+    for (origin, first_ahead) in ahead {
         let held: Option<u64> = conn
             .exec_first(
                 "SELECT MAX(origin_seq) FROM ferry_change \
-                 WHERE change_id > ? AND change_id <= ? AND origin = ?",
-                (cursor, horizon, &origin),
+                 WHERE change_id > ? AND change_id <= ? AND origin = ? AND origin_seq < ?",
+                (cursor, horizon, &origin, first_ahead),
             )
             .await
             .map_err(DbError::query("reading the log's forwarded entries"))?
@@ -366,10 +386,13 @@ pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64,
         // By position, not by the range: a range delete locks the entry after its end,
         // which an open transaction may still hold (a capture trigger's entry), and
         // then waits for that transaction; pruning must not wait for OpenMRS (issue 4).
+        // The LIMIT keeps the plan on the primary key: for a list covering most of the
+        // table MariaDB scans it whole, and waits on the same entry.
         let ids: Vec<String> = entries.iter().map(|e| e.change_id.to_string()).collect();
         conn.query_drop(format!(
-            "DELETE FROM ferry_change WHERE change_id IN ({})",
-            ids.join(",")
+            "DELETE FROM ferry_change WHERE change_id IN ({}) LIMIT {}",
+            ids.join(","),
+            ids.len()
         ))
         .await
         .map_err(DbError::query("pruning the change log"))?;

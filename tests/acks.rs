@@ -95,3 +95,61 @@ fn a_bundle_does_not_acknowledge_an_import_whose_changes_it_does_not_carry() {
     assert_eq!(claimed(&c, "s2", "s1"), Some(second));
     assert_eq!(c.verify("hub"), c.verify("s2"));
 }
+
+/// Issue 4: the same, when the bundle does carry an earlier import of that origin: the
+/// claim is the one that earlier import made, not the later one's.
+#[test]
+fn a_bundle_acknowledges_the_imports_it_carries_and_not_a_later_one() {
+    let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    let to_hub = || {
+        c.node("s1").ok(&["export"]);
+        c.node("s1").ok(&["send", stick]);
+        c.node("hub").ok(&["receive", stick]);
+        let r = c.node("hub").json(&["import", "--json"]);
+        assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+        claimed(&c, "hub", "s1").unwrap()
+    };
+    common::generate(c.url("s1"), 1, 2, 1, 2);
+    let first = to_hub();
+    // s1's second changes are imported past a gap; the first ones lie before it.
+    let (release, holder) = hold_a_log_gap(c.url("hub"));
+    common::generate(c.url("s1"), 2, 2, 1, 2);
+    let second = to_hub();
+    assert!(second > first, "{second} > {first}");
+    let e = c.node("hub").json(&["export", "--peer", "s2", "--json"]);
+    assert!(e[0]["changes"].as_u64().unwrap() > 0, "{e}");
+    c.node("hub").ok(&["send", stick]);
+    c.node("s2").ok(&["receive", stick]);
+    c.node("s2").ok(&["import"]);
+    assert_eq!(claimed(&c, "s2", "s1"), Some(first));
+    drop(release);
+    holder.join().unwrap();
+    c.carry("hub", "s2");
+    assert_eq!(claimed(&c, "s2", "s1"), Some(second));
+    assert_eq!(c.verify("hub"), c.verify("s2"));
+}
+
+/// Issue 4: pruning the log must not wait for an open transaction, also when it deletes
+/// nearly all of the log (MariaDB then plans a delete by a list of positions as a scan
+/// of the whole table, which meets the open transaction's entry).
+#[test]
+fn pruning_nearly_the_whole_log_does_not_wait_for_an_open_transaction() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    common::generate(c.url("site-a"), 1, 3, 2, 3);
+    c.carry("site-a", "site-b");
+    let (release, holder) = hold_a_log_gap(c.url("site-a"));
+    // site-b acknowledges everything: site-a's import prunes its whole log but the gap.
+    let r = c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    let left: u64 = common::block_on(async {
+        let mut db = common::conn(c.url("site-a")).await;
+        db.query_first("SELECT COUNT(*) FROM ferry_change")
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert!(left <= 2, "{left} log entries left");
+    drop(release);
+    holder.join().unwrap();
+}

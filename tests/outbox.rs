@@ -188,7 +188,13 @@ fn a_relay_drops_what_it_relayed_once_the_recipient_shows_it_applied_it() {
     }
     let r = deliver("s2");
     assert_eq!(common::applied_seqs(&r), vec![1, 2], "{r}");
-    // s2 -> s1 goes through the hub too: it shows s2 applied #2, so #1 goes.
+    // #3 reaches the hub, not yet s2.
+    common::generate(c.url("s1"), 3, 2, 1, 2);
+    c.node("s1").ok(&["export", "--peer", "s2"]);
+    relay("s1");
+    // s2 -> s1 goes through the hub too: it shows s2 applied #2, so #1 goes. #2 (the
+    // one that moved the horizon to the ack) stays until a later one is applied, and
+    // #3, not applied yet, stays.
     c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);
     let r = relay("s2");
     assert_eq!(
@@ -198,12 +204,11 @@ fn a_relay_drops_what_it_relayed_once_the_recipient_shows_it_applied_it() {
     );
     assert_eq!(
         outbox(&c, "hub", "s2"),
-        vec!["ferry.s1.s2.0000000000000002.bundle".to_string()]
+        vec![
+            "ferry.s1.s2.0000000000000002.bundle".to_string(),
+            "ferry.s1.s2.0000000000000003.bundle".to_string()
+        ]
     );
-    // The one that moved the horizon to the ack stays until a later one is applied.
-    common::generate(c.url("s1"), 3, 2, 1, 2);
-    c.node("s1").ok(&["export", "--peer", "s2"]);
-    relay("s1");
     let r = deliver("s2");
     assert_eq!(common::applied_seqs(&r), vec![3], "{r}");
     c.node("s2").ok(&["export", "--heartbeat", "--peer", "s1"]);

@@ -16,10 +16,10 @@
 //! reported, so it applies once the cause is fixed. Where bundles were tried together,
 //! only the one that failed verification goes to quarantine. A sender whose next bundle
 //! refers to a row that is not here yet is tried again after the others, because
-//! another sender's bundle in the same inbox may bring that row: passes over such
-//! senders repeat as long as the last one applied a bundle, and only the last pass's
-//! failures are reported. Apply never sees a transport: it reads files from the inbox
-//! only.
+//! another sender's bundle in the same inbox may bring that row: it is tried again
+//! after a pass in which another sender applied a bundle, and a sender tried again
+//! reports only its last try's failure. Apply never sees a transport: it reads files
+//! from the inbox only.
 
 // Import errors carry the names an operator needs (table, row, column, target, sender);
 // they are returned once per bundle, so their size does not matter.
@@ -200,8 +200,8 @@ enum SenderOutcome {
 /// Imports the given files (or, with none, whatever waits in the inbox).
 ///
 /// Senders go in name order. One whose next bundle fails for a missing reference is
-/// tried again after a pass that applied any bundle, so a row another sender brings in
-/// the same import is there for it.
+/// tried again after a pass in which another sender applied a bundle, so a row another
+/// sender brings in the same import is there for it.
 pub async fn import(
     conn: &mut Conn,
     node: &NodeContext,
@@ -262,14 +262,18 @@ async fn import_locked(
 ) -> Result<(), ImportError> {
     let mut senders = by_sender;
     loop {
-        let applied_before = report.applied.len();
         // Senders stopped on a missing reference, with their failures and held bundles:
         // reported only if the sender is not tried again (a retry reports its own).
         let mut blocked: Vec<(String, ImportReport)> = Vec::new();
+        // Senders that applied a bundle in this pass.
+        let mut progressed: Vec<String> = Vec::new();
         for (sender, mut files) in senders {
             files.sort();
             let mut own = ImportReport::default();
             let outcome = import_sender(conn, node, &sender, files, fresh, &mut own).await?;
+            if !own.applied.is_empty() {
+                progressed.push(sender.clone());
+            }
             if outcome == SenderOutcome::MissingReference {
                 let stopped = ImportReport {
                     failed: std::mem::take(&mut own.failed),
@@ -280,12 +284,18 @@ async fn import_locked(
             }
             report.append(own);
         }
-        if blocked.is_empty() || report.applied.len() == applied_before {
-            for (_, stopped) in blocked {
-                report.append(stopped);
-            }
+        // Only a row another sender brought can unblock a sender: one tried again after
+        // only its own bundles applied would fail the same way.
+        let (retry, stuck): (Vec<_>, Vec<_>) = blocked
+            .into_iter()
+            .partition(|(s, _)| progressed.iter().any(|p| p != s));
+        for (_, stopped) in stuck {
+            report.append(stopped);
+        }
+        if retry.is_empty() {
             break;
         }
+        let blocked = retry;
         // Their bundles as the inbox holds them now (the applied ones are gone).
         senders = BTreeMap::new();
         for (name, path) in node.dirs.inbox_bundles()? {
@@ -474,10 +484,8 @@ async fn import_sender(
         // run (it failed to open, say), the ones before it stay in the inbox, the first
         // reported with the error it failed with alone.
         let culprit = i + failed.at;
-        let first_failed_with = match &first_error {
-            Some(e) if failed.at > 0 => e,
-            _ => &failed.error,
-        };
+        // The first bundle's own error when it was tried alone first.
+        let first_failed_with = first_error.as_ref().unwrap_or(&failed.error);
         if matches!(first_failed_with, ImportError::MissingReference(_)) {
             stopped = SenderOutcome::MissingReference;
         }

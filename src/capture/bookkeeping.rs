@@ -163,8 +163,9 @@ pub const MIGRATIONS: &[&str] = &[
     "ALTER TABLE ferry_row ADD COLUMN at_change BIGINT UNSIGNED NOT NULL DEFAULT 0, \
        ADD COLUMN via VARCHAR(64) NULL",
     "DELETE FROM ferry_meta WHERE name IN ('seq', 'hlc')",
-    // 20: the export cursor before each outbox bundle, so that a heartbeat (which does
-    // not move it) is not taken as acknowledged by the ack of the bundle before it.
+    // 20: the export cursor before each outbox bundle, so that a bundle that did not
+    // move it (a heartbeat that could not reach its marker) is not taken as
+    // acknowledged by the ack of the bundle before it.
     "ALTER TABLE ferry_outbox ADD COLUMN prev_cursor BIGINT UNSIGNED NULL",
 ];
 

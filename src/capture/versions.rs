@@ -185,7 +185,7 @@ pub struct LogEntry {
     pub table: String,
     pub row_id: Option<i64>,
     pub row_key: String,
-    /// `I`, `U`, `D` (or `F` for a floor marker).
+    /// `I`, `U`, `D` (or `F` for a marker entry: [`MARKER`]).
     pub op: String,
     pub wall_us: i64,
     /// The node the change came from; `None` for a local change.

@@ -151,9 +151,6 @@ pub async fn export(
     if let Some(p) = names.iter().find(|p| node.config.peer(p).is_none()) {
         return Err(ExportError::UnknownPeer { peer: p.clone() });
     }
-    if opts.heartbeat {
-        crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
-    }
     let mut out = Vec::new();
     for p in names {
         out.push(export_peer(conn, fetch, node, &p, opts).await?);
@@ -270,7 +267,7 @@ async fn read_range(
             _ => None,
         };
         let Some(rank) = rank else {
-            continue; // a floor marker, or a table not synced (or switched off)
+            continue; // a marker, or a table not synced (or switched off)
         };
         let local = matches!(row.as_ref(6), Some(mysql_async::Value::NULL))
             && matches!(row.as_ref(9), Some(mysql_async::Value::NULL));
@@ -340,6 +337,9 @@ async fn export_peer(
                 bytes: 0,
                 entries: 0,
             };
+            if opts.heartbeat {
+                crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
+            }
             let settled = horizon::barrier(conn).await?;
             let enabled = enabled_tables(conn).await?;
             let tables: Vec<String> = plan

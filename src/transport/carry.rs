@@ -7,7 +7,9 @@
 //! directory: one `<file name> <sha256 hex>` line per carried bundle) so a bundle is
 //! carried once. `receive` only considers names that parse as bundle names (temporary
 //! files never do) and refuses truncated or otherwise defective files: a copy with the
-//! reason goes to quarantine and the original stays on the carrier.
+//! reason goes to quarantine and the original stays on the carrier. On a relay,
+//! `receive` also deletes from the outbox the bundles it relayed earlier that a bundle
+//! it now relays back shows applied ([`StateDirs::prune_relayed`]).
 
 use std::collections::BTreeMap;
 use std::fs;
