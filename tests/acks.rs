@@ -19,30 +19,49 @@ fn claimed(c: &Cluster, node: &str, origin: &str) -> Option<u64> {
     })
 }
 
-/// Holds a transaction open at `url` that has written a change-log entry, until the
-/// returned sender is dropped (then rolls it back). Export cannot take the log's
-/// barrier meanwhile, and its range stops at the entry's position.
-fn hold_a_log_gap(url: &str) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
-    let url = url.to_string();
-    let (held_tx, held_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let holder = std::thread::spawn(move || {
-        common::block_on(async move {
-            let mut db = common::conn(&url).await;
-            db.query_drop("START TRANSACTION").await.unwrap();
-            db.query_drop(
-                "INSERT INTO ferry_change (table_name, row_key, op, wall_us) \
-                 VALUES ('ferry_test_gap', 'gap', 'U', 0)",
-            )
-            .await
-            .unwrap();
-            held_tx.send(()).unwrap();
-            let _ = release_rx.recv();
-            db.query_drop("ROLLBACK").await.unwrap();
-        })
-    });
-    held_rx.recv().unwrap();
-    (release_tx, holder)
+/// A transaction held open at a node that has written a change-log entry, until
+/// dropped (then rolled back). Export cannot take the log's barrier meanwhile, and its
+/// range stops at the entry's position.
+struct LogGap {
+    release: Option<mpsc::Sender<()>>,
+    holder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogGap {
+    fn hold(url: &str) -> LogGap {
+        let url = url.to_string();
+        let (held_tx, held_rx) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            common::block_on(async move {
+                let mut db = common::conn(&url).await;
+                db.query_drop("START TRANSACTION").await.unwrap();
+                db.query_drop(
+                    "INSERT INTO ferry_change (table_name, row_key, op, wall_us) \
+                     VALUES ('ferry_test_gap', 'gap', 'U', 0)",
+                )
+                .await
+                .unwrap();
+                held_tx.send(()).unwrap();
+                let _ = release_rx.recv();
+                db.query_drop("ROLLBACK").await.unwrap();
+            })
+        });
+        held_rx.recv().unwrap();
+        LogGap {
+            release: Some(release),
+            holder: Some(holder),
+        }
+    }
+}
+
+impl Drop for LogGap {
+    fn drop(&mut self) {
+        drop(self.release.take());
+        if let Some(h) = self.holder.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 /// Issue 4: export read the ack vector inside its snapshot, which starts after the
@@ -56,7 +75,6 @@ fn hold_a_log_gap(url: &str) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) 
 #[test]
 fn a_bundle_does_not_acknowledge_an_import_whose_changes_it_does_not_carry() {
     let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
-    let stick = c.stick.path().to_str().unwrap();
     // s1 -> hub -> s2: s2 holds s1's first changes and says so.
     common::generate(c.url("s1"), 1, 2, 1, 2);
     c.carry("s1", "hub");
@@ -66,30 +84,21 @@ fn a_bundle_does_not_acknowledge_an_import_whose_changes_it_does_not_carry() {
 
     // An open transaction at the hub leaves a gap in its log; s1's next changes are
     // imported at the hub past that gap.
-    let (release, holder) = hold_a_log_gap(c.url("hub"));
+    let gap = LogGap::hold(c.url("hub"));
     common::generate(c.url("s1"), 2, 2, 1, 2);
-    c.node("s1").ok(&["export"]);
-    c.node("s1").ok(&["send", stick]);
-    c.node("hub").ok(&["receive", stick]);
-    let r = c.node("hub").json(&["import", "--json"]);
+    let r = c.carry("s1", "hub");
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     let second = claimed(&c, "hub", "s1").unwrap();
     assert!(second > first, "{second} > {first}");
 
     // The hub's bundle to s2 stops at the gap: it carries none of s1's second
     // changes, so it must not claim them.
-    let e = c
-        .node("hub")
-        .json(&["export", "--peer", "s2", "--heartbeat", "--json"]);
-    assert_eq!(e[0]["changes"], 0, "{e}");
-    c.node("hub").ok(&["send", stick]);
-    c.node("s2").ok(&["receive", stick]);
-    c.node("s2").ok(&["import"]);
+    let r = c.carry_with("hub", "s2", &["--peer", "s2", "--heartbeat"]);
+    assert_eq!(r["applied"][0]["changes"], 0, "{r}");
     assert_eq!(claimed(&c, "s2", "s1"), Some(first));
 
     // Once the gap closes, the changes travel and so does the claim.
-    drop(release);
-    holder.join().unwrap();
+    drop(gap);
     let r = c.carry("hub", "s2");
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
     assert_eq!(claimed(&c, "s2", "s1"), Some(second));
@@ -101,30 +110,22 @@ fn a_bundle_does_not_acknowledge_an_import_whose_changes_it_does_not_carry() {
 #[test]
 fn a_bundle_acknowledges_the_imports_it_carries_and_not_a_later_one() {
     let c = Cluster::star(&["hub", "s1", "s2"], &Source::Fixture);
-    let stick = c.stick.path().to_str().unwrap();
     let to_hub = || {
-        c.node("s1").ok(&["export"]);
-        c.node("s1").ok(&["send", stick]);
-        c.node("hub").ok(&["receive", stick]);
-        let r = c.node("hub").json(&["import", "--json"]);
+        let r = c.carry("s1", "hub");
         assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
         claimed(&c, "hub", "s1").unwrap()
     };
     common::generate(c.url("s1"), 1, 2, 1, 2);
     let first = to_hub();
     // s1's second changes are imported past a gap; the first ones lie before it.
-    let (release, holder) = hold_a_log_gap(c.url("hub"));
+    let gap = LogGap::hold(c.url("hub"));
     common::generate(c.url("s1"), 2, 2, 1, 2);
     let second = to_hub();
     assert!(second > first, "{second} > {first}");
-    let e = c.node("hub").json(&["export", "--peer", "s2", "--json"]);
-    assert!(e[0]["changes"].as_u64().unwrap() > 0, "{e}");
-    c.node("hub").ok(&["send", stick]);
-    c.node("s2").ok(&["receive", stick]);
-    c.node("s2").ok(&["import"]);
+    let r = c.carry_with("hub", "s2", &["--peer", "s2"]);
+    assert!(r["applied"][0]["changes"].as_u64().unwrap() > 0, "{r}");
     assert_eq!(claimed(&c, "s2", "s1"), Some(first));
-    drop(release);
-    holder.join().unwrap();
+    drop(gap);
     c.carry("hub", "s2");
     assert_eq!(claimed(&c, "s2", "s1"), Some(second));
     assert_eq!(c.verify("hub"), c.verify("s2"));
@@ -138,7 +139,7 @@ fn pruning_nearly_the_whole_log_does_not_wait_for_an_open_transaction() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     common::generate(c.url("site-a"), 1, 3, 2, 3);
     c.carry("site-a", "site-b");
-    let (release, holder) = hold_a_log_gap(c.url("site-a"));
+    let gap = LogGap::hold(c.url("site-a"));
     // site-b acknowledges everything: site-a's import prunes its whole log but the gap.
     let r = c.carry_with("site-b", "site-a", &["--heartbeat"]);
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
@@ -150,6 +151,5 @@ fn pruning_nearly_the_whole_log_does_not_wait_for_an_open_transaction() {
             .unwrap()
     });
     assert!(left <= 2, "{left} log entries left");
-    drop(release);
-    holder.join().unwrap();
+    drop(gap);
 }
