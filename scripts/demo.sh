@@ -20,7 +20,9 @@ trap cleanup EXIT
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
-# start_site NAME: a private MariaDB with the fixture loaded, and a node config for it.
+# start_site NAME: a private MariaDB with the fixture loaded, and a node config for it;
+# sets site_url. (Not called as $(start_site ...): in that subshell the server would
+# not be added to sites, and the cleanup would leave it running.)
 start_site() {
   local name=$1
   mkdir -p "$work/$name"
@@ -34,14 +36,16 @@ start_site() {
   done
   "$ferry_bin" --config "$work/$name/ferry.toml" init \
     --db "mysql://root@127.0.0.1:$port/openmrs" --node "$name" >/dev/null
-  echo "mysql://root@127.0.0.1:$port/openmrs"
+  site_url="mysql://root@127.0.0.1:$port/openmrs"
 }
 
 ferry_at() { local site=$1; shift; show "$ferry_bin" --config "$work/$site/ferry.toml" "$@"; }
 
 say "two clinics, each with its own private MariaDB and the OpenMRS fixture"
-url_a=$(start_site clinic-a)
-url_b=$(start_site clinic-b)
+start_site clinic-a
+url_a=$site_url
+start_site clinic-b
+url_b=$site_url
 echo "clinic-a: $url_a"
 echo "clinic-b: $url_b"
 
