@@ -252,7 +252,8 @@ pub async fn import(
 pub const IMPORT_LOCK: &str = "ferry-import-";
 
 /// Applies each sender's bundles, in passes while senders stopped on a missing reference
-/// and the pass before applied something, and prunes what every peer has acknowledged.
+/// and another sender applied something in the pass before, and prunes what every peer
+/// has acknowledged.
 async fn import_locked(
     conn: &mut Conn,
     node: &NodeContext,
