@@ -305,3 +305,34 @@ fn world_readable_key_is_refused() {
     assert_eq!(code, 1);
     assert!(err.contains("readable by other users"), "{err}");
 }
+
+/// Issue 4: `ferry init --force` (which an invalid config's error recommends, and an
+/// operator uses to change the database URL) rewrote the config without its peers:
+/// export then said "no peers configured" and exited 0. It now keeps them.
+#[test]
+fn init_force_keeps_the_peers() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = setup(root.path());
+    let a = &nodes[0];
+    let before = Config::load(&a.config).unwrap();
+    assert!(!before.peers.is_empty());
+    let out = a.ok(&[
+        "init",
+        "--db",
+        "mysql://root@127.0.0.1:3307/openmrs",
+        "--node",
+        a.name,
+        "--force",
+    ]);
+    let kept = format!("kept {} peer(s)", before.peers.len());
+    assert!(out.contains(&kept), "{out}");
+    let after = Config::load(&a.config).unwrap();
+    assert_eq!(after.database, "mysql://root@127.0.0.1:3307/openmrs");
+    let peers = |c: &Config| -> Vec<(String, String)> {
+        c.peers
+            .iter()
+            .map(|p| (p.name.clone(), p.public_key.clone()))
+            .collect()
+    };
+    assert_eq!(peers(&after), peers(&before));
+}

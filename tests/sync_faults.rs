@@ -1,7 +1,8 @@
 //! Sync under bad delivery and failure, on real MariaDB: bundles out of order,
 //! duplicated and held back; a reference to a row nobody sent, and one to a row another
 //! sender's bundle brings; an import that finds another one running; the importing
-//! server killed with `kill -9` in the middle of a large bundle.
+//! server killed with `kill -9` in the middle of a large bundle; a second config
+//! naming another node on a node's database.
 
 mod common;
 
@@ -406,4 +407,36 @@ fn a_bundle_needing_a_row_another_sender_brings_applies_in_the_same_import() {
     // Verify leaves out tables switched off, so a-site compares with location on again.
     c.node("a-site").ok(&["tables", "enable", "location"]);
     assert_eq!(c.verify("hub"), c.verify("a-site"));
+}
+
+/// Issue 4: a second config naming another node on site-a's database (a copied config,
+/// or `init --force` with a mistyped name) sealed bundles from site-a's log under its
+/// own name and took site-a's bundle numbers: site-b then waited forever for a number
+/// site-a never sealed. Such a config is now refused before it does anything.
+#[test]
+fn a_config_naming_another_node_on_a_nodes_database_is_refused() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    common::generate(c.url("site-a"), 1, 2, 1, 2);
+    c.carry("site-a", "site-b");
+    let other = common::Node::new("site-c", c.url("site-a"));
+    let key_b = c.node("site-b").ok(&["key"]).trim().to_string();
+    other.ok(&["peer", "add", "site-b", &key_b]);
+    for args in [
+        &["export", "--heartbeat"][..],
+        &["import"][..],
+        &["setup"][..],
+    ] {
+        let (code, out, err) = other.run(args);
+        assert_eq!(code, 1, "ferry {args:?}: {out}{err}");
+        assert!(
+            err.contains("this database is node site-a's, but the config names node site-c")
+                && err.contains("hint:"),
+            "{err}"
+        );
+    }
+    // site-a's sequence is intact: its next bundle applies at site-b.
+    common::generate(c.url("site-a"), 2, 2, 1, 2);
+    let r = c.carry("site-a", "site-b");
+    assert_eq!(common::applied_seqs(&r), vec![2], "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }

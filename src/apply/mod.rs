@@ -207,6 +207,7 @@ pub async fn import(
     node: &NodeContext,
     files: &[PathBuf],
 ) -> Result<ImportReport, ImportError> {
+    crate::capture::bookkeeping::check_node(conn, node.name()).await?;
     let mut report = ImportReport::default();
     for f in expand(files)? {
         if let Err(e) = take_into_inbox(node, &f) {

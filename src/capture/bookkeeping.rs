@@ -229,6 +229,23 @@ pub async fn set_meta(conn: &mut Conn, name: &str, value: &str) -> Result<(), Db
     .map_err(DbError::query(format!("writing {name} to ferry_meta")))
 }
 
+/// Refuses a node name other than the one `ferry setup` recorded in this database: two
+/// configs naming different nodes on one database would seal bundles under both names
+/// from one log, and one sequence number could go to both (a gap the recipient waits
+/// on forever). A database with no name recorded yet passes.
+pub async fn check_node(conn: &mut Conn, node: &str) -> Result<(), super::CaptureError> {
+    if !installed(conn).await? {
+        return Ok(());
+    }
+    match get_meta(conn, "node").await? {
+        Some(recorded) if recorded != node => Err(super::CaptureError::OtherNode {
+            recorded,
+            config: node.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Names of every ferry table and trigger in the current database.
 pub async fn ferry_objects(conn: &mut Conn) -> Result<(Vec<String>, Vec<String>), DbError> {
     let tables: Vec<String> = conn

@@ -36,4 +36,6 @@ pub enum CaptureError {
     Drifted { table: String, state: &'static str },
     #[error("ferry's bookkeeping is damaged: {0}\nhint: run `ferry setup` to repair it")]
     Corrupt(String),
+    #[error("this database is node {recorded}'s, but the config names node {config}\nhint: nothing was done; a database belongs to one node, whose bundle numbers it keeps. Use {recorded}'s config with it, or point this config at its own database")]
+    OtherNode { recorded: String, config: String },
 }

@@ -20,14 +20,40 @@ pub struct InitArgs {
     /// This node's name, unique among the nodes that sync (a-z, 0-9, '-', '_').
     #[arg(long, value_name = "NAME")]
     pub node: String,
-    /// Overwrite an existing config file.
+    /// Overwrite an existing config file: its database and node name change, and its
+    /// peers and other settings are kept (when it can still be read).
     #[arg(long)]
     pub force: bool,
 }
 
 /// `ferry init`: writes the config file.
 pub fn init(path: &Path, args: InitArgs, out: &Output) -> anyhow::Result<()> {
-    let config = Config::new(path, &args.node, &args.db)?;
+    let mut config = Config::new(path, &args.node, &args.db)?;
+    if args.force && path.exists() {
+        // Rewriting the database URL or node name must not silently forget the peers.
+        match Config::load(path) {
+            Ok(old) => {
+                config = Config {
+                    node: config.node,
+                    database: config.database,
+                    ..old
+                };
+                config.validate()?;
+                if !config.peers.is_empty() {
+                    out.line(format!(
+                        "kept {} peer(s) of {}",
+                        config.peers.len(),
+                        path.display()
+                    ));
+                }
+            }
+            Err(e) => out.line(format!(
+                "warning: the old config could not be read, so its peers are not kept ({})
+                 hint: add them again with `ferry peer add NAME KEY`",
+                e.to_string().lines().next().unwrap_or_default()
+            )),
+        }
+    }
     config.save(args.force)?;
     let public = super::bundle_cmd::ensure_keys(&config)?;
     out.line(format!(
@@ -111,6 +137,7 @@ pub async fn plan(config: &Config, args: PlanArgs, out: &Output) -> anyhow::Resu
 /// `ferry setup`.
 pub async fn setup(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Result<()> {
     let (mut conn, database) = connect(config).await?;
+    bookkeeping::check_node(&mut conn, &config.node).await?;
     let offset_us = config.clock_offset_seconds.saturating_mul(1_000_000);
     let report = capture::setup::setup(&mut conn, &database, offset_us).await?;
     bookkeeping::set_meta(&mut conn, "node", &config.node).await?;

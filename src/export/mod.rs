@@ -151,6 +151,7 @@ pub async fn export(
     if let Some(p) = names.iter().find(|p| node.config.peer(p).is_none()) {
         return Err(ExportError::UnknownPeer { peer: p.clone() });
     }
+    crate::capture::bookkeeping::check_node(conn, node.name()).await?;
     let mut out = Vec::new();
     for p in names {
         out.push(export_peer(conn, fetch, node, &p, opts).await?);
