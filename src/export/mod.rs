@@ -51,7 +51,7 @@ use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::drift::{self, DriftItem};
-use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
+use crate::capture::setup::{installed_clock_offset, stored_plan};
 use crate::capture::versions::{Floors, LogEntry};
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
@@ -212,7 +212,7 @@ struct Range {
     sorter: Sorter,
     /// The horizon: every entry up to it was read.
     horizon: u64,
-    /// Entries of synced, enabled tables in the range that did not come from the peer.
+    /// Entries of synced tables in the range that did not come from the peer.
     entries: u64,
 }
 
@@ -268,7 +268,7 @@ async fn read_range(
             _ => None,
         };
         let Some(rank) = rank else {
-            continue; // a marker, or a table not synced (or switched off)
+            continue; // a marker, or a table not synced
         };
         let local = matches!(row.as_ref(6), Some(mysql_async::Value::NULL))
             && matches!(row.as_ref(9), Some(mysql_async::Value::NULL));
@@ -342,12 +342,10 @@ async fn export_peer(
                 crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
             }
             let settled = horizon::barrier(conn).await?;
-            let enabled = enabled_tables(conn).await?;
-            let tables: Vec<String> = plan
-                .apply_order()
-                .into_iter()
-                .filter(|t| enabled.get(t).copied().unwrap_or(true))
-                .collect();
+            // Every synced table, switched off or not: switching a table off stops its
+            // capture, and what was captured before still goes out. Leaving it out
+            // moved the cursor past it, and those changes were lost (issue 4).
+            let tables: Vec<String> = plan.apply_order();
             // Looked up for every log entry read: FxHash.
             let ranks: FxHashMap<String, u32> = tables
                 .iter()
