@@ -4,7 +4,8 @@
 //! an idle node's heartbeats piled up; a relay deleted the bundles it carried for
 //! others when its own were acknowledged, and kept the ones it relayed forever; in a
 //! mesh, a node's ack of changes it got another way deleted bundles it never applied.
-//! A recipient waiting for a bundle that no longer exists anywhere is stuck for good.
+//! A recipient waiting for a bundle that no longer exists anywhere is stuck for good;
+//! one whose copy was damaged or lost on the way gets it again with `send --again`.
 
 mod common;
 
@@ -218,4 +219,62 @@ fn a_relay_drops_what_it_relayed_once_the_recipient_shows_it_applied_it() {
     let r = deliver("s1");
     assert_eq!(common::applied_seqs(&r), vec![1, 2], "{r}");
     assert_eq!(c.verify("s1"), c.verify("s2"));
+}
+
+/// Issue 4: `send` carries a bundle once (its ledger says so), so when the stick copy
+/// was truncated or the stick lost, plain `send` copied nothing again, not even to a new
+/// empty stick, while the receiver refused the torn copy and waited for it: the operator
+/// had no ferry command to recover. `send --again` copies every bundle still in the
+/// outbox (unacknowledged), replacing a damaged copy and leaving an identical one alone.
+#[test]
+fn send_again_recopies_unacknowledged_bundles_onto_a_damaged_or_new_carrier() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let stick = c.stick.path().to_str().unwrap();
+    let (a, b) = (c.node("site-a"), c.node("site-b"));
+    common::generate(c.url("site-a"), 1, 2, 1, 2);
+    a.ok(&["export"]);
+    let r = a.json(&["send", stick, "--json"]);
+    let file = "ferry.site-a.site-b.0000000000000001.bundle";
+    assert_eq!(r["copied"], serde_json::json!([file]), "{r}");
+    // The stick copy is torn: site-b refuses it and names the command that recovers.
+    let on_stick = c.stick.path().join(file);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&on_stick)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let (code, out, err) = b.run(&["receive", stick, "--json"]);
+    assert_eq!(code, 1, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["refused"][0]["kind"], "truncated", "{r}");
+    let reason = r["refused"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("run `ferry send --again DIR`"), "{reason}");
+    // Plain send still copies nothing: the ledger says it was carried.
+    let r = a.json(&["send", stick, "--json"]);
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    // send --again replaces the torn copy; a second run finds it intact and skips it.
+    let r = a.json(&["send", "--again", stick, "--json"]);
+    assert_eq!(r["copied"], serde_json::json!([file]), "{r}");
+    let outbox_copy = &c.outbox("site-a", "site-b")[0];
+    assert_eq!(
+        std::fs::read(&on_stick).unwrap(),
+        std::fs::read(outbox_copy).unwrap()
+    );
+    let r = a.json(&["send", "--again", stick, "--json"]);
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    assert_eq!(r["skipped"], serde_json::json!([file]), "{r}");
+    // A lost stick: a new empty one gets the unacknowledged bundle with --again only.
+    let new_stick = tempfile::tempdir().unwrap();
+    let fresh = new_stick.path().to_str().unwrap();
+    let r = a.json(&["send", fresh, "--json"]);
+    assert_eq!(r["copied"], serde_json::json!([]), "{r}");
+    let r = a.json(&["send", "--again", fresh, "--json"]);
+    assert_eq!(r["copied"], serde_json::json!([file]), "{r}");
+    // site-b takes the good copy and converges with site-a.
+    let r = b.json(&["receive", stick, "--json"]);
+    assert_eq!(r["received"], serde_json::json!([file]), "{r}");
+    let r = b.json(&["import", "--json"]);
+    assert_eq!(common::applied_seqs(&r), vec![1], "{r}");
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }

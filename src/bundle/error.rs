@@ -15,13 +15,13 @@ pub enum BundleError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file} is truncated (got {got} of {expected} bytes)\nhint: copy it again from the sender's outbox")]
+    #[error("{file} is truncated (got {got} of {expected} bytes)\nhint: copy it again from the sender's outbox (on the sender, run `ferry send --again DIR`)")]
     Truncated {
         file: String,
         got: u64,
         expected: u64,
     },
-    #[error("{file} has {extra} extra bytes after the end of the bundle\nhint: copy it again from the sender's outbox; if it repeats, the copy tool or medium is adding data")]
+    #[error("{file} has {extra} extra bytes after the end of the bundle\nhint: copy it again from the sender's outbox (on the sender, run `ferry send --again DIR`); if it repeats, the copy tool or medium is adding data")]
     ExtraBytes { file: String, extra: u64 },
     #[error("{file} is not a ferry bundle (bad magic)\nhint: only put files written by `ferry` into an inbox or on a carrier")]
     BadMagic { file: String },
@@ -52,7 +52,7 @@ pub enum BundleError {
         name: String,
         expected: &'static str,
     },
-    #[error("{file} has a malformed tar member header ({why})\nhint: the file is damaged; copy it again from the sender's outbox")]
+    #[error("{file} has a malformed tar member header ({why})\nhint: the file is damaged; copy it again from the sender's outbox (on the sender, run `ferry send --again DIR`)")]
     MalformedTar { file: String, why: String },
     #[error("{file} has a malformed bundle header ({why})\nhint: the file is damaged or not written by ferry; ask the sender for the bundle again")]
     MalformedHeader { file: String, why: String },
@@ -79,7 +79,7 @@ pub enum BundleError {
     },
     #[error("{file} has a bad signature for sender {sender:?}\nhint: the file was tampered with, or the key configured for {sender} is wrong; compare it with `ferry key` on {sender}")]
     BadSignature { file: String, sender: String },
-    #[error("{file} body does not match the hash its signed header states (hash mismatch)\nhint: the file was damaged in transit; copy it again from the sender's outbox")]
+    #[error("{file} body does not match the hash its signed header states (hash mismatch)\nhint: the file was damaged in transit; copy it again from the sender's outbox (on the sender, run `ferry send --again DIR`)")]
     HashMismatch { file: String },
     #[error("{file} body decompresses beyond its stated limit of {limit} bytes (zip bomb guard)\nhint: the file was crafted or the sender is broken; do not retry it, report it to the sender's operator")]
     ZipBomb { file: String, limit: u64 },

@@ -37,6 +37,18 @@ pub struct CarryArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub carry: CarryArgs,
+    /// Copy every bundle still in the outbox (not yet acknowledged) again, even if it was
+    /// carried before; a damaged or different copy on DIR is replaced. Use it when a
+    /// carrier was damaged (the receiver refused a bundle as truncated or damaged) or
+    /// lost, or the receiver is waiting for a bundle that was carried.
+    #[arg(long)]
+    pub again: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Show a bundle's header; with this node's key, also its changes per table.
@@ -109,12 +121,13 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
     Ok(())
 }
 
-/// `ferry send DIR`.
-pub fn send(config_path: &Path, args: CarryArgs, out: &Output) -> anyhow::Result<()> {
+/// `ferry send [--again] DIR`.
+pub fn send(config_path: &Path, args: SendArgs, out: &Output) -> anyhow::Result<()> {
+    let SendArgs { carry: args, again } = args;
     let n = node(config_path)?;
     check_dir(&args.dir)?;
     let bar = out.progress(0, "sending");
-    let report = transport::send(&n.dirs, &args.dir, &bar)?;
+    let report = transport::send(&n.dirs, &args.dir, again, &bar)?;
     bar.finish_and_clear();
     if args.json {
         out.json(&report);
@@ -123,10 +136,11 @@ pub fn send(config_path: &Path, args: CarryArgs, out: &Output) -> anyhow::Result
             out.line(format!("copied  {f}"));
         }
         out.line(format!(
-            "{} bundle(s) copied to {}, {} already carried",
+            "{} bundle(s) copied to {}, {} already {}",
             report.copied.len(),
             args.dir.display(),
-            report.skipped.len()
+            report.skipped.len(),
+            if again { "there" } else { "carried" }
         ));
     }
     Ok(())

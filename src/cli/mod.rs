@@ -79,8 +79,9 @@ pub enum Command {
     /// Manage the nodes this node exchanges bundles with.
     #[command(subcommand)]
     Peer(bundle_cmd::PeerCommand),
-    /// Copy outbox bundles not yet carried onto a carrier directory (e.g. a USB stick).
-    Send(bundle_cmd::CarryArgs),
+    /// Copy outbox bundles not yet carried onto a carrier directory (e.g. a USB stick);
+    /// --again copies the unacknowledged ones again (after a damaged or lost carrier).
+    Send(bundle_cmd::SendArgs),
     /// Take the bundles for this node (and nodes it relays for) off a carrier directory.
     Receive(bundle_cmd::CarryArgs),
     /// Look at and check bundle files.

@@ -5,7 +5,9 @@
 //! Both keep the atomic discipline: every file is written under a temporary name,
 //! fsynced, checked, then renamed. `send` keeps a ledger (`carried.ledger` in the state
 //! directory: one `<file name> <sha256 hex>` line per carried bundle) so a bundle is
-//! carried once. `receive` only considers names that parse as bundle names (temporary
+//! carried once; `send` with `again` (for a damaged or lost carrier) ignores the ledger
+//! and copies every bundle still in the outbox, replacing any copy on the carrier that
+//! differs from it. `receive` only considers names that parse as bundle names (temporary
 //! files never do) and refuses truncated or otherwise defective files: a copy with the
 //! reason goes to quarantine and the original stays on the carrier. On a relay,
 //! `receive` also deletes from the outbox the bundles it relayed earlier that a bundle
@@ -29,16 +31,21 @@ pub const LEDGER_FILE: &str = "carried.ledger";
 /// What `send` did.
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct SendReport {
-    /// Bundles copied onto the carrier.
+    /// Bundles copied onto the carrier (including damaged or different copies there
+    /// that were replaced).
     pub copied: Vec<String>,
     /// Bundles already carried (in the ledger) or already on the carrier.
     pub skipped: Vec<String>,
 }
 
-/// Copies every outbox bundle not yet carried into `dest`.
+/// Copies every outbox bundle not yet carried into `dest`. With `again`, the ledger is
+/// ignored: every bundle still in the outbox (not yet acknowledged) is copied unless
+/// `dest` already holds an identical copy; a damaged or different copy there is
+/// replaced atomically. Use it when a carrier was damaged or lost.
 pub fn send(
     state: &StateDirs,
     dest: &Path,
+    again: bool,
     bar: &ProgressBar,
 ) -> Result<SendReport, TransportError> {
     let ledger_path = state.root().join(LEDGER_FILE);
@@ -51,7 +58,7 @@ pub fn send(
         let file = name.file_name();
         let hash = hex::encode(file_sha256(&path).map_err(io_error("read", &path))?);
         let target = dest.join(&file);
-        let carried = ledger.get(&file) == Some(&hash);
+        let carried = !again && ledger.get(&file) == Some(&hash);
         let present = !carried
             && target.is_file()
             && file_sha256(&target).ok().map(hex::encode).as_ref() == Some(&hash);
