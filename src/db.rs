@@ -12,7 +12,7 @@ use crate::config::ConfigError;
 /// Errors talking to the database.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to the database at {target}: {source}\nhint: check that MariaDB is running and that `database` in the config file is right")]
+    #[error("cannot connect to the database at {target}: {}\nhint: check that MariaDB is running and that `database` in the config file is right", root_cause(.source))]
     Connect {
         target: String,
         source: mysql_async::Error,
@@ -22,6 +22,21 @@ pub enum DbError {
         doing: String,
         source: mysql_async::Error,
     },
+}
+
+/// The innermost cause of a driver error, lowercased (the driver wraps an i/o error in
+/// two layers that each repeat "Input/output error").
+fn root_cause(e: &mysql_async::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => text,
+    }
 }
 
 impl DbError {

@@ -141,6 +141,10 @@ pub struct UsageError(pub String);
 fn format_error(e: &anyhow::Error) -> String {
     // Typed errors already carry their cause and hint; show the chain once.
     let mut text = e.to_string();
+    let root = e.root_cause().to_string().to_lowercase();
+    if text.to_lowercase().contains(&root) {
+        return text; // the message already names the innermost cause
+    }
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
         if !text.contains(&c) {
@@ -189,4 +193,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// Loads the config for a command that needs one.
 pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_error;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect: connection refused\nhint: start the server")]
+    struct Named {
+        source: std::io::Error,
+    }
+
+    fn refused() -> std::io::Error {
+        std::io::Error::other("Connection refused")
+    }
+
+    #[test]
+    fn a_message_that_names_its_root_cause_is_not_followed_by_the_chain() {
+        let e = anyhow::Error::new(Named { source: refused() });
+        assert_eq!(
+            format_error(&e),
+            "cannot connect: connection refused\nhint: start the server"
+        );
+    }
 }

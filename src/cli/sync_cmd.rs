@@ -78,7 +78,10 @@ pub async fn run_import(config: Config, args: ImportArgs, out: &Output) -> anyho
     if report.has_problems() {
         let n = report.refused.len() + report.failed.len();
         return Err(anyhow::anyhow!(
-            "{n} bundle(s) could not be applied (see above)"
+            "{n} bundle(s) could not be applied (see above)\n\
+             hint: each one's error above says what to do; refused files are in the \
+             quarantine folder with a .reason.txt, the others stay in the inbox and \
+             apply on the next import once the cause is fixed"
         ));
     }
     Ok(())
