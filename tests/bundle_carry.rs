@@ -289,6 +289,18 @@ fn bundle_verify_and_inspect_commands() {
     assert!(err.contains("is truncated"), "{err}");
     assert!(err.contains("hint: copy it again"), "{err}");
 
+    // Issue 4: a file named for another number than its header's said ok.
+    let renamed = root.path().join(file("clinic-a", "hub", 10));
+    std::fs::copy(&path, &renamed).unwrap();
+    let (code, _, err) = hub.ferry(&["bundle", "verify", renamed.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(
+            "is named for clinic-a → hub #10 but its signed header says clinic-a → hub #1"
+        ),
+        "{err}"
+    );
+
     let (code, _, err) = hub.ferry(&["peer", "add", "x", "not-a-key"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("does not start with ferry1:"), "{err}");

@@ -268,6 +268,25 @@ fn check_bundle(n: &NodeContext, file: &Path) -> Result<HeaderView, BundleError>
     Ok(v)
 }
 
+/// Refuses a file whose name is a bundle name other than the one its signed header
+/// gives (import and receive refuse it too; `verify` said ok).
+fn named_as_signed(file: &Path, v: HeaderView) -> Result<HeaderView, BundleError> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match bundle::BundleName::parse(&name) {
+        Some(n) if (n.sender != v.sender || n.recipient != v.recipient || n.seq != v.seq) => {
+            Err(BundleError::NameMismatch {
+                file: name,
+                named: format!("{} → {} #{}", n.sender, n.recipient, n.seq),
+                actual: format!("{} → {} #{}", v.sender, v.recipient, v.seq),
+            })
+        }
+        _ => Ok(v),
+    }
+}
+
 /// `ferry bundle ...`.
 pub fn bundle(config_path: &Path, cmd: BundleCommand, out: &Output) -> anyhow::Result<()> {
     let n = node(config_path)?;
@@ -309,7 +328,7 @@ pub fn bundle(config_path: &Path, cmd: BundleCommand, out: &Output) -> anyhow::R
             Ok(())
         }
         BundleCommand::Verify { file, json } => {
-            let result = check_bundle(&n, &file);
+            let result = check_bundle(&n, &file).and_then(|v| named_as_signed(&file, v));
             if json {
                 let value = match &result {
                     Ok(v) => {
