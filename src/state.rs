@@ -90,9 +90,7 @@ pub async fn peer(conn: &mut Conn, name: &str, lock: bool) -> Result<PeerState, 
         in_seq,
         in_hash: hash_from(in_hash),
         in_at,
-        acks: acks
-            .and_then(|a| serde_json::from_str(&a).ok())
-            .unwrap_or_default(),
+        acks: parse_acks(acks),
     })
 }
 
@@ -126,6 +124,13 @@ pub async fn record_out(
     .map_err(DbError::query(format!("recording the bundle for {peer}")))
 }
 
+/// A peer's ack vector as `ferry_peer.acks` stores it (JSON; empty when unset).
+fn parse_acks(stored: Option<String>) -> BTreeMap<String, u64> {
+    stored
+        .and_then(|a| serde_json::from_str(&a).ok())
+        .unwrap_or_default()
+}
+
 /// Records an applied bundle from a peer, with the peer's ack vector merged into the
 /// one recorded before (the greater claim per origin): what a node holds never goes
 /// back, and a bundle may claim less than an earlier one, or leave an origin out
@@ -142,10 +147,7 @@ pub async fn record_in(
         .exec_first("SELECT acks FROM ferry_peer WHERE peer = ?", (peer,))
         .await
         .map_err(DbError::query(format!("reading the acks of {peer}")))?;
-    let mut merged: BTreeMap<String, u64> = stored
-        .flatten()
-        .and_then(|a| serde_json::from_str(&a).ok())
-        .unwrap_or_default();
+    let mut merged = parse_acks(stored.flatten());
     for (origin, seq) in acks {
         let held = merged.entry(origin.clone()).or_default();
         *held = (*held).max(*seq);

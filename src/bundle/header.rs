@@ -73,6 +73,19 @@ impl Header {
         }
     }
 
+    /// Refuses a file whose name (`named`, parsed from `file`) is not the bundle this
+    /// signed header says it is: a renamed bundle would be taken for another number.
+    pub fn check_named(&self, file: &str, named: &BundleName) -> Result<(), BundleError> {
+        if self.name() == *named {
+            return Ok(());
+        }
+        Err(BundleError::NameMismatch {
+            file: file.into(),
+            named: format!("{} → {} #{}", named.sender, named.recipient, named.seq),
+            actual: format!("{} → {} #{}", self.sender, self.recipient, self.seq),
+        })
+    }
+
     /// The bytes of the `header` member.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(256);

@@ -250,8 +250,19 @@ fn view(file: &Path, h: &Header, hash: [u8; 32]) -> HeaderView {
 }
 
 /// Verifies `file` as completely as this node can; counts changes when it can decrypt.
-fn check_bundle(n: &NodeContext, file: &Path) -> Result<HeaderView, BundleError> {
+/// Verifies a bundle file (and decrypts it when it is for this node). With `named`, a
+/// file named for another bundle than its signed header says is refused, as import and
+/// receive refuse it (`verify` said ok before); `inspect` shows such a file.
+fn check_bundle(n: &NodeContext, file: &Path, named: bool) -> Result<HeaderView, BundleError> {
     let verified = bundle::verify_header(file, &n.peers)?;
+    let label = file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match bundle::BundleName::parse(&label) {
+        Some(name) if named => verified.header.check_named(&label, &name)?,
+        _ => {}
+    }
     let mut v = view(file, &verified.header, verified.hash);
     if verified.header.recipient == n.config.node {
         let mut reader = bundle::open(file, &n.config.node, &n.keys, &n.peers)?;
@@ -268,31 +279,12 @@ fn check_bundle(n: &NodeContext, file: &Path) -> Result<HeaderView, BundleError>
     Ok(v)
 }
 
-/// Refuses a file whose name is a bundle name other than the one its signed header
-/// gives (import and receive refuse it too; `verify` said ok).
-fn named_as_signed(file: &Path, v: HeaderView) -> Result<HeaderView, BundleError> {
-    let name = file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    match bundle::BundleName::parse(&name) {
-        Some(n) if (n.sender != v.sender || n.recipient != v.recipient || n.seq != v.seq) => {
-            Err(BundleError::NameMismatch {
-                file: name,
-                named: format!("{} → {} #{}", n.sender, n.recipient, n.seq),
-                actual: format!("{} → {} #{}", v.sender, v.recipient, v.seq),
-            })
-        }
-        _ => Ok(v),
-    }
-}
-
 /// `ferry bundle ...`.
 pub fn bundle(config_path: &Path, cmd: BundleCommand, out: &Output) -> anyhow::Result<()> {
     let n = node(config_path)?;
     match cmd {
         BundleCommand::Inspect { file, json } => {
-            let v = check_bundle(&n, &file)?;
+            let v = check_bundle(&n, &file, false)?;
             if json {
                 out.json(&v);
                 return Ok(());
@@ -328,7 +320,7 @@ pub fn bundle(config_path: &Path, cmd: BundleCommand, out: &Output) -> anyhow::R
             Ok(())
         }
         BundleCommand::Verify { file, json } => {
-            let result = check_bundle(&n, &file).and_then(|v| named_as_signed(&file, v));
+            let result = check_bundle(&n, &file, true);
             if json {
                 let value = match &result {
                     Ok(v) => {

@@ -290,12 +290,6 @@ fn check(
     } else {
         verify_named(tmp, file, rx.peers)?.header
     };
-    if header.name() != *name {
-        return Err(BundleError::NameMismatch {
-            file: file.into(),
-            named: format!("{} → {} #{}", name.sender, name.recipient, name.seq),
-            actual: format!("{} → {} #{}", header.sender, header.recipient, header.seq),
-        });
-    }
+    header.check_named(file, name)?;
     Ok(header)
 }
