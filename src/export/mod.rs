@@ -216,6 +216,17 @@ struct Range {
     entries: u64,
 }
 
+/// The columns of a local log entry: a local entry has no origin, and nothing else of
+/// [`LogEntry::COLUMNS`] (those columns hold the version, base and path of an entry an
+/// import logged, which always has an origin). Reading six columns fewer costs the
+/// server about a quarter less per entry, so the range is read with these until the
+/// first entry with an origin, and with [`LogEntry::COLUMNS`] from there on.
+const LOCAL_COLUMNS: &str = "change_id, table_name, row_id, row_key, op, wall_us, origin";
+
+/// Log entries read per query: the range is read in chunks so that switching to the
+/// wide columns wastes at most the rest of one chunk.
+const LOG_CHUNK: usize = 10_000;
+
 /// Reads the log after `cursor` (up to `settled` when the barrier gave it, else up to
 /// the end of the unbroken run) into a sorter, inside the snapshot of `fetch`.
 async fn read_range(
@@ -230,75 +241,101 @@ async fn read_range(
     let mut placer = Placer::default();
     let mut run = Contiguous::after(cursor);
     let mut entries = 0;
-    let (sql, params): (String, Vec<mysql_async::Value>) = match settled {
-        Some(h) => (
-            format!(
-                "SELECT {} FROM ferry_change WHERE change_id > ? AND change_id <= ? ORDER BY change_id",
-                LogEntry::COLUMNS
-            ),
-            vec![cursor.into(), h.into()],
-        ),
-        None => (
-            format!(
-                "SELECT {} FROM ferry_change WHERE change_id > ? ORDER BY change_id",
-                LogEntry::COLUMNS
-            ),
-            vec![cursor.into()],
-        ),
-    };
-    let mut result = fetch
-        .exec_iter(sql, params)
-        .await
-        .map_err(DbError::query("reading the change log"))?;
-    while let Some(mut row) = result
-        .next()
-        .await
-        .map_err(DbError::query("reading the change log"))?
-    {
-        let change_id: u64 = row.get(0).unwrap_or(0);
-        if settled.is_none() && !run.take(change_id) {
-            continue; // past a gap: the next export takes it
-        }
-        // Most entries are local and of a synced table: decide before decoding.
-        let rank = match row.as_ref(1) {
-            Some(mysql_async::Value::Bytes(t)) => std::str::from_utf8(t)
-                .ok()
-                .and_then(|t| ranks.get(t))
-                .copied(),
-            _ => None,
-        };
-        let Some(rank) = rank else {
-            continue; // a marker, or a table not synced
-        };
-        let local = matches!(row.as_ref(6), Some(mysql_async::Value::NULL))
-            && matches!(row.as_ref(9), Some(mysql_async::Value::NULL));
-        let mut item = if local {
-            let op = match row.as_ref(4) {
-                Some(mysql_async::Value::Bytes(b)) => <[u8]>::first(b).copied().unwrap_or(b'U'),
-                _ => b'U',
-            };
-            let row_id: Option<i64> = row.take(2).unwrap_or(None);
-            Item {
-                rank,
-                turn: 0,
-                change_id,
-                row_id,
-                at: row_id.unwrap_or(i64::MAX),
-                row_key: row.take(3).unwrap_or_default(),
-                op,
-                wall_us: row.get(5).unwrap_or(0),
-                stored: None,
-            }
+    // The last position read, and whether entries with an origin were met.
+    let mut after = cursor;
+    let mut wide = false;
+    loop {
+        let columns = if wide {
+            LogEntry::COLUMNS
         } else {
-            Item::of(rank, LogEntry::from_row(row))
+            LOCAL_COLUMNS
         };
-        if item.origin() != Some(peer) && item.via() != Some(peer) {
-            entries += 1;
+        let (sql, params): (String, Vec<mysql_async::Value>) = match settled {
+            Some(h) => (
+                format!(
+                    "SELECT {columns} FROM ferry_change WHERE change_id > ? AND change_id <= ? \
+                     ORDER BY change_id LIMIT {LOG_CHUNK}"
+                ),
+                vec![after.into(), h.into()],
+            ),
+            None => (
+                format!(
+                    "SELECT {columns} FROM ferry_change WHERE change_id > ? \
+                     ORDER BY change_id LIMIT {LOG_CHUNK}"
+                ),
+                vec![after.into()],
+            ),
+        };
+        let mut result = fetch
+            .exec_iter(sql, params)
+            .await
+            .map_err(DbError::query("reading the change log"))?;
+        let mut read = 0;
+        let mut more = true;
+        let mut switched = false;
+        while let Some(mut row) = result
+            .next()
+            .await
+            .map_err(DbError::query("reading the change log"))?
+        {
+            read += 1;
+            let origin_null = matches!(row.as_ref(6), Some(mysql_async::Value::NULL));
+            if !wide && !origin_null {
+                // An entry an import logged: read it and the rest with every column.
+                wide = true;
+                switched = true;
+                break;
+            }
+            let change_id: u64 = row.get(0).unwrap_or(0);
+            after = change_id;
+            if settled.is_none() && !run.take(change_id) {
+                more = false; // past a gap: the next export takes the rest
+                break;
+            }
+            // Most entries are local and of a synced table: decide before decoding.
+            let rank = match row.as_ref(1) {
+                Some(mysql_async::Value::Bytes(t)) => std::str::from_utf8(t)
+                    .ok()
+                    .and_then(|t| ranks.get(t))
+                    .copied(),
+                _ => None,
+            };
+            let Some(rank) = rank else {
+                continue; // a marker, or a table not synced
+            };
+            let local =
+                origin_null && (!wide || matches!(row.as_ref(9), Some(mysql_async::Value::NULL)));
+            let mut item = if local {
+                let op = match row.as_ref(4) {
+                    Some(mysql_async::Value::Bytes(b)) => <[u8]>::first(b).copied().unwrap_or(b'U'),
+                    _ => b'U',
+                };
+                let row_id: Option<i64> = row.take(2).unwrap_or(None);
+                Item {
+                    rank,
+                    turn: 0,
+                    change_id,
+                    row_id,
+                    at: row_id.unwrap_or(i64::MAX),
+                    row_key: row.take(3).unwrap_or_default(),
+                    op,
+                    wall_us: row.get(5).unwrap_or(0),
+                    stored: None,
+                }
+            } else {
+                Item::of(rank, LogEntry::from_row(row))
+            };
+            if item.origin() != Some(peer) && item.via() != Some(peer) {
+                entries += 1;
+            }
+            placer.place(&mut item);
+            sorter.push(item)?;
         }
-        placer.place(&mut item);
-        sorter.push(item)?;
+        drop(result);
+        if !switched && (!more || read < LOG_CHUNK) {
+            break;
+        }
     }
-    drop(result);
     Ok(Range {
         sorter,
         horizon: settled.unwrap_or(run.end),
