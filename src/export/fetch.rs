@@ -140,6 +140,44 @@ impl RowRef<'_> {
     }
 }
 
+/// What decoding remembers from one row to the next while the cache does not change
+/// (one pass over a batch): per carried column, the last local id it looked up and the
+/// answer. Rows written together refer to the same patient, encounter and user, so
+/// most references are answered without hashing.
+#[derive(Debug, Default)]
+pub struct Recall<'a> {
+    last: Vec<Option<(i64, Option<&'a str>)>>,
+}
+
+impl<'a> Recall<'a> {
+    fn get(&self, column: usize, raw: &MyValue) -> Option<Option<&'a str>> {
+        let key = local_int(raw)?;
+        match self.last.get(column) {
+            Some(Some((k, id))) if *k == key => Some(*id),
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, column: usize, raw: &MyValue, id: Option<&'a str>) {
+        let Some(key) = local_int(raw) else {
+            return;
+        };
+        if self.last.len() <= column {
+            self.last.resize(column + 1, None);
+        }
+        self.last[column] = Some((key, id));
+    }
+}
+
+/// An integer key as [`RawKey::Int`] holds it.
+fn local_int(raw: &MyValue) -> Option<i64> {
+    match raw {
+        MyValue::Int(i) => Some(*i),
+        MyValue::UInt(u) => Some(*u as i64),
+        _ => None,
+    }
+}
+
 /// One row read: its local id, identity (text and parts) and carried values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchedRow {
@@ -478,16 +516,16 @@ impl RowFetcher {
             let Some(id) = self.row_id_of(r) else {
                 continue;
             };
-            let k = RawKey::Int(id);
-            if cache.knows_recent(target, &k) {
-                continue;
-            }
-            let key = self.key_of(cache, r);
+            let key = match &self.ident {
+                Ident::Column(at) => text_at(r, *at),
+                Ident::Sql => text_at(r, 0),
+                // A subclass row's identity is its parent's, read from the cache.
+                Ident::Parent { .. } => Cow::Owned(self.key_of(cache, r).into_owned()),
+            };
             if key.is_empty() {
                 continue;
             }
-            let key = key.into_owned();
-            cache.insert(target, k, Some(key));
+            cache.learn(target, RawKey::Int(id), || Some(key.into_owned()));
         }
     }
 
@@ -514,20 +552,24 @@ impl RowFetcher {
     /// Decodes a row read by this fetcher, borrowing from it and from the cache (its
     /// references prepared: what the cache lacks counts as absent).
     pub fn decode<'a>(&self, cache: &'a RefCache, r: &'a Row) -> Result<RowRef<'a>, FetchError> {
-        self.decode_with(cache, r, true)
-            .map(|d| d.expect("a strict decode answers every lookup"))
-    }
-
-    /// Decodes a row, or `None` when the cache lacks something the row needs (an
-    /// identity or an attribute type's discriminator): then [`RowFetcher::prepare`]
-    /// the rows and decode again. Sealing decodes this way first, so that the
-    /// references of rows whose targets are all known are looked up once, not twice.
-    pub fn try_decode<'a>(
-        &self,
-        cache: &'a RefCache,
-        r: &'a Row,
-    ) -> Result<Option<RowRef<'a>>, FetchError> {
-        self.decode_with(cache, r, false)
+        let key = self.key_of(cache, r);
+        let mut values = Vec::with_capacity(self.carried.len());
+        self.decode_values(cache, r, true, &key, &mut Recall::default(), &mut values)?;
+        // One part is the text itself; several are parsed (owned).
+        let parts = self
+            .parts(&key)?
+            .into_iter()
+            .map(|p| match p {
+                Cow::Borrowed(_) => key.clone(),
+                owned => Cow::Owned(owned.into_owned()),
+            })
+            .collect();
+        Ok(RowRef {
+            row_id: self.row_id_of(r),
+            key,
+            parts,
+            values,
+        })
     }
 
     /// Whether [`RowFetcher::key_of`] needs the cache (a subclass row's identity is its
@@ -536,26 +578,13 @@ impl RowFetcher {
         matches!(self.ident, Ident::Parent { .. })
     }
 
-    /// Decodes a row; with `strict`, a lookup the cache cannot answer counts as a
-    /// missing row, else it makes the answer `None`.
-    fn decode_with<'a>(
-        &self,
-        cache: &'a RefCache,
-        r: &'a Row,
-        strict: bool,
-    ) -> Result<Option<RowRef<'a>>, FetchError> {
-        if let (false, Ident::Parent { at, target }) = (strict, &self.ident) {
-            if let Some(k) = r.as_ref(*at).and_then(RawKey::of) {
-                if cache.get(*target, &k).is_none() {
-                    return Ok(None);
-                }
-            }
-        }
-        let key = self.key_of(cache, r);
-        let parts: Vec<Cow<'a, str>> = if self.arity == 1 {
-            vec![key.clone()]
+    /// The parts of identity text `key` (one part: the text itself); an error when
+    /// one is empty or the text does not parse.
+    pub fn parts<'k>(&self, key: &'k str) -> Result<Vec<Cow<'k, str>>, FetchError> {
+        let parts: Vec<Cow<'k, str>> = if self.arity == 1 {
+            vec![Cow::Borrowed(key)]
         } else {
-            parse_identity(&key, self.arity)
+            parse_identity(key, self.arity)
                 .unwrap_or_default()
                 .into_iter()
                 .map(Cow::Owned)
@@ -564,13 +593,38 @@ impl RowFetcher {
         if parts.is_empty() || parts.iter().any(|p| p.is_empty()) {
             return Err(RowError::BadIdentity {
                 table: self.table.clone(),
-                key: key.into_owned(),
+                key: key.to_string(),
             }
             .into());
         }
-        let row_id = self.row_id_of(r);
-        let mut values = Vec::with_capacity(self.carried.len());
-        for (name, c) in self.columns.iter().zip(&self.carried) {
+        Ok(parts)
+    }
+
+    /// Decodes the carried values of row `r`, whose identity text is `key`, into
+    /// `values` (cleared first). With `strict`, a lookup the cache cannot answer counts
+    /// as a missing row; else the answer is false when the cache lacks something the
+    /// row needs (an identity or an attribute type's discriminator): then
+    /// [`RowFetcher::prepare`] the rows and decode again. Sealing decodes this way
+    /// first, so that the references of rows whose targets are all known are looked up
+    /// once, not twice. `recall` must be new whenever the cache has changed.
+    pub fn decode_values<'a>(
+        &self,
+        cache: &'a RefCache,
+        r: &'a Row,
+        strict: bool,
+        key: &str,
+        recall: &mut Recall<'a>,
+        values: &mut Vec<ValueRef<'a>>,
+    ) -> Result<bool, FetchError> {
+        values.clear();
+        if let (false, Ident::Parent { at, target }) = (strict, &self.ident) {
+            if let Some(k) = r.as_ref(*at).and_then(RawKey::of) {
+                if cache.get(*target, &k).is_none() {
+                    return Ok(false);
+                }
+            }
+        }
+        for (i, (name, c)) in self.columns.iter().zip(&self.carried).enumerate() {
             values.push(match c {
                 Carried::Plain { at, column, kind } => {
                     decode_as(&self.table, column, *kind, r.as_ref(*at))?
@@ -586,15 +640,19 @@ impl RowFetcher {
                                     _ => None,
                                 }
                                 .filter(|s| !s.is_empty()),
-                                Translate::Lookup(t) => {
-                                    let found = RawKey::of(v).and_then(|k| cache.get(*t, &k));
-                                    let Some(id) = answer(found, strict) else {
-                                        return Ok(None);
-                                    };
-                                    id
-                                }
+                                Translate::Lookup(t) => match recall.get(i, v) {
+                                    Some(id) => id,
+                                    None => {
+                                        let found = RawKey::of(v).and_then(|k| cache.get(*t, &k));
+                                        let Some(id) = answer(found, strict) else {
+                                            return Ok(false);
+                                        };
+                                        recall.put(i, v, id);
+                                        id
+                                    }
+                                },
                             };
-                            self.reference(&key, name, target, raw, id)?
+                            self.reference(key, name, target, raw, id)?
                         }
                     }
                 }
@@ -614,27 +672,22 @@ impl RowFetcher {
                             .and_then(RawKey::of)
                             .is_some_and(|k| cache.kind(*kind, &k).is_none())
                     {
-                        return Ok(None);
+                        return Ok(false);
                     }
                     match soft_target(cache, r, *at, *kind_at, *kind, targets) {
                         Some((table, target, id)) => {
                             let found = cache.get(target, &RawKey::Int(id));
                             let Some(found) = answer(found, strict) else {
-                                return Ok(None);
+                                return Ok(false);
                             };
-                            self.reference(&key, name, table, raw, found)?
+                            self.reference(key, name, table, raw, found)?
                         }
                         None => decode_as(&self.table, column, *plain, raw)?,
                     }
                 }
             });
         }
-        Ok(Some(RowRef {
-            row_id,
-            key,
-            parts,
-            values,
-        }))
+        Ok(true)
     }
 
     fn reference<'a>(

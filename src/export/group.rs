@@ -23,7 +23,7 @@ use mysql_async::{Conn, Row};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::Sender;
 
-use super::fetch::{Reads, RowFetcher};
+use super::fetch::{Reads, Recall, RowFetcher};
 use super::refs::RefCache;
 use super::sorter::{Item, SortError, Sorted};
 use super::{ExportError, Stages};
@@ -437,6 +437,10 @@ impl<'a> Sealer<'a> {
         let mut from = 0;
         loop {
             let cache = &self.cache;
+            // Per pass (the cache does not change during one): the values of the row
+            // being sealed, and the references recalled from the rows before it.
+            let mut values = Vec::new();
+            let mut recall = Recall::default();
             let by_key: HashMap<std::borrow::Cow<str>, &Row> = if fetcher.row_id.is_none() {
                 fetched
                     .iter()
@@ -498,23 +502,27 @@ impl<'a> Sealer<'a> {
                     let Some(row) = row else {
                         continue;
                     };
-                    let r = if prepared {
-                        fetcher.decode(cache, row)?
+                    // The row's identity text is the group's key (matched above).
+                    let key = g.key.as_str();
+                    if !fetcher.decode_values(
+                        cache,
+                        row,
+                        prepared,
+                        key,
+                        &mut recall,
+                        &mut values,
+                    )? {
+                        missed = Some(at);
+                        break;
+                    }
+                    let parts: Vec<std::borrow::Cow<str>>;
+                    let refs: Vec<&str>;
+                    let identity = if arity == 1 && !key.is_empty() {
+                        IdentityRef::One(key)
                     } else {
-                        match fetcher.try_decode(cache, row)? {
-                            Some(r) => r,
-                            None => {
-                                missed = Some(at);
-                                break;
-                            }
-                        }
-                    };
-                    let parts: Vec<&str>;
-                    let identity = if r.parts.len() == 1 {
-                        IdentityRef::One(&r.parts[0])
-                    } else {
-                        parts = r.parts.iter().map(|p| p.as_ref()).collect();
-                        IdentityRef::Parts(&parts)
+                        parts = fetcher.parts(key)?;
+                        refs = parts.iter().map(|p| p.as_ref()).collect();
+                        IdentityRef::Parts(&refs)
                     };
                     self.writer.push_ref(&ChangeRef {
                         table: &table,
@@ -527,7 +535,7 @@ impl<'a> Sealer<'a> {
                         version: &version,
                         base_version: base.as_ref(),
                         origin,
-                        values: &r.values,
+                        values: &values,
                     })?;
                 }
                 self.changes += 1;

@@ -79,13 +79,26 @@ impl Generations {
     }
 
     fn insert(&mut self, k: RawKey, v: Option<String>) {
+        self.make_room();
+        self.new.insert(k, v);
+    }
+
+    /// Remembers `k` in the newer generation unless it holds it already (one probe);
+    /// `identity` is made only when it is remembered.
+    fn learn(&mut self, k: RawKey, identity: impl FnOnce() -> Option<String>) {
+        self.make_room();
+        if let std::collections::hash_map::Entry::Vacant(e) = self.new.entry(k) {
+            e.insert(identity());
+        }
+    }
+
+    /// Drops the older generation when the newer is full; its table, already grown,
+    /// takes the new one (no rehashing, no fresh pages).
+    fn make_room(&mut self) {
         if self.new.len() >= CACHE_ENTRIES {
-            // The older generation goes; its table, already grown, takes the new one
-            // (no rehashing, no fresh pages).
             std::mem::swap(&mut self.old, &mut self.new);
             self.new.clear();
         }
-        self.new.insert(k, v);
     }
 
     fn contains(&self, k: &RawKey) -> bool {
@@ -129,15 +142,16 @@ impl RefCache {
         self.refs[target.0].get(key)
     }
 
-    /// Whether the newer generation of `target` holds `key` (one probe: a key only the
-    /// older one holds is worth remembering again, since the older goes first).
-    pub(super) fn knows_recent(&self, target: TargetId, key: &RawKey) -> bool {
-        self.refs[target.0].new.contains_key(key)
-    }
-
-    /// Remembers the identity of `key` in `target`.
-    pub(super) fn insert(&mut self, target: TargetId, key: RawKey, identity: Option<String>) {
-        self.refs[target.0].insert(key, identity);
+    /// Remembers the identity of `key` in `target` unless the newer generation holds it
+    /// (a key only the older one holds is worth remembering again, since the older goes
+    /// first); `identity` is made only then.
+    pub(super) fn learn(
+        &mut self,
+        target: TargetId,
+        key: RawKey,
+        identity: impl FnOnce() -> Option<String>,
+    ) {
+        self.refs[target.0].learn(key, identity);
     }
 
     pub(super) fn kind(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
