@@ -5,7 +5,9 @@
 //! a fresh database with the fixture schema (reload, import, reload: ABA). Peak RSS of
 //! each child comes from `wait4`. The bundle's size is compared with `zstd -3` of the
 //! dump. Targets: export >= 0.5x dump, import >= 0.5x reload, RSS <= 256 MB at 1M,
-//! bundle <= 1.3x the zstd'd dump.
+//! bundle <= 1.3x the zstd'd dump. Before each measured command the server is left to
+//! settle (history purged, no dirty pages, files synced: [`settle`]), so that no command
+//! pays for the background work of the one before it.
 //!
 //! Run: `cargo bench --bench sync`. FERRY_BENCH_MAX_CHANGES sets the large step
 //! (default 1000000; a value at or under 100000 runs that single step);
@@ -72,9 +74,12 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
     let dump_path = work.path().join("dump.sql");
     let dump_b = work.path().join("dump_b.sql");
 
-    // Export: dump, export, dump.
+    // Export: dump, export, dump, each on a settled server.
+    settle(server);
     let d1 = dump(server, &pair.src_db, &w.tables, &dump_path);
+    settle(server);
     let (export, out, export_stages) = pair.src.measured_json(&["export"]);
+    settle(server);
     let d2 = dump(server, &pair.src_db, &w.tables, &dump_b);
     assert_eq!(
         file_len(&dump_path),
@@ -111,10 +116,13 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
     let reload_b = format!("reload_b_{tag}");
     schema_only(server, &reload_a);
     schema_only(server, &reload_b);
+    settle(server);
     let r1 = reload(server, &reload_a, &dump_path);
+    settle(server);
     let (import, rep, import_stages) = pair
         .dst
         .measured_json(&["import", bundle.to_str().unwrap()]);
+    settle(server);
     let r2 = reload(server, &reload_b, &dump_path);
     let applied = &rep["applied"][0];
     let imported = applied["changes"].as_u64().unwrap_or(0);
@@ -175,6 +183,7 @@ fn export_ab(server: &MariaServer, pair: &Pair, other: &std::path::Path) {
                 std::fs::remove_file(b).unwrap();
             }
             run_sql_blocking(&server.server_url(), &reset).unwrap();
+            settle(server);
             let mut cmd = std::process::Command::new(&bin);
             cmd.arg("--config")
                 .arg(&pair.src.config)
