@@ -93,26 +93,33 @@ impl Floors {
     pub fn local_version(&self, position: u64, wall_us: i64, node: &str) -> Version {
         local_version(self.at(position), position, wall_us, node)
     }
+
+    /// The wall time and counter of that version (its node is this node's).
+    pub fn local_stamp(&self, position: u64, wall_us: i64) -> (i64, u32) {
+        local_stamp(self.at(position), position, wall_us)
+    }
 }
 
 /// A local change's version: its wall time when that is past the floor (the low bits of
 /// its position break ties within a microsecond), else the floor's reading with a
 /// counter that grows with the position.
 pub fn local_version(floor: Option<&Floor>, position: u64, wall_us: i64, node: &str) -> Version {
+    let (wall_us, counter) = local_stamp(floor, position, wall_us);
+    Version {
+        wall_us,
+        counter,
+        node: node.to_string(),
+    }
+}
+
+/// The wall time and counter of [`local_version`].
+pub fn local_stamp(floor: Option<&Floor>, position: u64, wall_us: i64) -> (i64, u32) {
     match floor {
         Some(f) if wall_us <= f.wall_us => {
             let steps = position.saturating_sub(f.from).min(u32::MAX as u64) as u32;
-            Version {
-                wall_us: f.wall_us,
-                counter: f.counter.saturating_add(steps),
-                node: node.to_string(),
-            }
+            (f.wall_us, f.counter.saturating_add(steps))
         }
-        _ => Version {
-            wall_us,
-            counter: position as u32,
-            node: node.to_string(),
-        },
+        _ => (wall_us, position as u32),
     }
 }
 

@@ -189,6 +189,8 @@ pub struct Sealer<'a> {
     tables: &'a [String],
     floors: &'a Floors,
     me: String,
+    /// The version of the local change being sealed (this node's; the stamp changes).
+    stamp: Version,
     peer: String,
     cursor: u64,
     writer: BundleWriter,
@@ -201,9 +203,10 @@ pub struct Sealer<'a> {
     cache: RefCache,
     stages: Stages,
     changes: u64,
-    /// Where sealed batches' rows go to be freed, on a thread of their own (a row
-    /// frees an allocation per value: work sealing need not wait for).
-    freer: std::sync::mpsc::SyncSender<Vec<Row>>,
+    /// Where sealed batches' rows and groups go to be freed, on a thread of their own
+    /// (a row frees an allocation per value, a group its key: work sealing need not
+    /// wait for).
+    freer: std::sync::mpsc::SyncSender<(Vec<Row>, Vec<Group>)>,
 }
 
 impl<'a> Sealer<'a> {
@@ -225,6 +228,11 @@ impl<'a> Sealer<'a> {
             tables,
             floors,
             me: me.to_string(),
+            stamp: Version {
+                wall_us: 0,
+                counter: 0,
+                node: me.to_string(),
+            },
             peer: peer.to_string(),
             cursor,
             writer,
@@ -457,24 +465,36 @@ impl<'a> Sealer<'a> {
                 // The base is what the first unseen change was made on: a forwarded change
                 // says so itself; a local one was made on what came before it here.
                 let mut base = if g.first.is_local() {
-                    g.known.clone()
+                    g.known.as_ref()
                 } else {
-                    g.first.base().cloned()
+                    g.first.base()
                 };
                 if let Some(h) = found.get(&g.key) {
                     let known_to_peer = h.position <= self.cursor
                         || h.via.as_deref() == Some(self.peer.as_str())
                         || h.origin.as_deref() == Some(self.peer.as_str());
                     if h.position <= g.first.change_id || known_to_peer {
-                        base = Some(h.version.clone());
+                        base = Some(&h.version);
                     }
                     if known_to_peer && h.position >= g.last().change_id {
                         // The peer's own version came after all of these entries.
                         continue;
                     }
                 }
-                let version = g.last().version(self.floors, &self.me);
-                let origin = g.last().origin().unwrap_or(&self.me);
+                // A local change's version is this node's: its stamp goes into a
+                // version kept for the purpose (no node name copied per change).
+                let last = g.last();
+                let version = match last.stored_version() {
+                    Some(v) => v,
+                    None => {
+                        let (wall_us, counter) =
+                            self.floors.local_stamp(last.change_id, last.wall_us);
+                        self.stamp.wall_us = wall_us;
+                        self.stamp.counter = counter;
+                        &self.stamp
+                    }
+                };
+                let origin = last.origin().unwrap_or(&self.me);
                 if g.last().op == b'D' {
                     let parts =
                         parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
@@ -485,8 +505,8 @@ impl<'a> Sealer<'a> {
                         table: &table,
                         identity: IdentityRef::Owned(&parts),
                         op: Op::Delete,
-                        version: &version,
-                        base_version: base.as_ref(),
+                        version,
+                        base_version: base,
                         origin,
                         values: &[],
                     })?;
@@ -532,8 +552,8 @@ impl<'a> Sealer<'a> {
                         } else {
                             Op::Update
                         },
-                        version: &version,
-                        base_version: base.as_ref(),
+                        version,
+                        base_version: base,
                         origin,
                         values: &values,
                     })?;
@@ -555,7 +575,7 @@ impl<'a> Sealer<'a> {
         }
         self.stages.fetching += started.elapsed();
         // Should the thread be gone, the rows are freed here.
-        let _ = self.freer.send(fetched);
+        let _ = self.freer.send((fetched, groups));
         Ok(())
     }
 }

@@ -92,10 +92,16 @@ impl Item {
 
     /// The change's version: stored, or (a local change) computed from the entry.
     pub fn version(&self, floors: &Floors, me: &str) -> Version {
-        match self.stored.as_ref().and_then(|s| s.version.as_ref()) {
+        match self.stored_version() {
             Some(v) => v.clone(),
             None => floors.local_version(self.change_id, self.wall_us, me),
         }
+    }
+
+    /// The version a forwarded change carries; `None` for a local change (its version
+    /// follows from the entry: [`Item::version`]).
+    pub fn stored_version(&self) -> Option<&Version> {
+        self.stored.as_ref().and_then(|s| s.version.as_ref())
     }
 
     /// The node the change came from; `None` for a local change.
