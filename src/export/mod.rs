@@ -5,8 +5,9 @@
 //! position): an entry's position and version follow from the entry itself
 //! ([`crate::capture::versions`]). One export of one peer runs in four steps:
 //! 1. **Horizon** ([`horizon`]): the position up to which no entry can still appear.
-//! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot,
-//!    and sort it into bundle order ([`sorter`]): by table (parents first,
+//! 2. **Read the range** (cursor, horizon] of the log inside one consistent snapshot
+//!    (in chunks; local entries with only the columns a local entry uses, until the
+//!    first entry an import logged), and sort it into bundle order ([`sorter`]): by table (parents first,
 //!    [`crate::schema::SyncPlan::apply_order`]), then by the row's local id (rows
 //!    compress best in the order they were written, as in a dump), then by position.
 //!    All entries of one identity sort together: one deleted and made again under a
