@@ -2,12 +2,14 @@
 //! picks the allocator: sealing and applying bundles allocate and free millions of
 //! small values, which mimalloc does several times faster than the system's).
 //!
-//! It also turns transparent huge pages off for the process before anything large is
-//! allocated. mimalloc asks for them where the kernel leaves it to the program
-//! (`madvise` mode, Debian's default); then every first touch of a 2 MiB region zeroes
-//! all of it. ferry's memory is short-lived and sparse, so that zeroing cost export and
-//! import a fifth of their time (`make bench`, 2026-12-03: export 0.72 s → 0.56 s and
-//! import 8.8 s → 7.0 s at 100k changes) and gained nothing measurable back.
+//! Transparent huge pages stay off: mimalloc is built without asking for them
+//! (`no_thp`), and the process turns them off before anything large is allocated
+//! (where the kernel gives them to every program). With them, every first touch of a
+//! 2 MiB region zeroed all of it: ferry's memory is short-lived and sparse, so that
+//! cost export and import a fifth of their time (`make bench`, 2026-12-03: export
+//! 0.72 s → 0.56 s and import 8.8 s → 7.0 s at 100k changes) and gained nothing
+//! measurable back. mimalloc's own request (`madvise(MADV_HUGEPAGE)` over the 1 GiB it
+//! reserves, before `main`) also cost each command about 15 ms of start-up.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
