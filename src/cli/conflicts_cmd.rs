@@ -198,24 +198,57 @@ fn show(c: &Conflict, out: &Output) {
     }
 }
 
-/// A stored value as people read it: `{"Text":"x"}` → `x`, `"Null"` → NULL.
+/// A stored value (its serde form, [`crate::apply::conflict::values_json`]) as people
+/// read it, the way the database prints it: text as itself, NULL, dates and times as
+/// `2026-12-04 10:00:00.250000`, bytes as hex, a reference as its identity.
 fn value_text(v: Option<&serde_json::Value>) -> String {
-    match v {
-        None => "-".into(),
-        Some(serde_json::Value::String(s)) if s == "Null" => "NULL".into(),
-        Some(serde_json::Value::Object(m)) if m.len() == 1 => {
-            let (_, inner) = m.iter().next().expect("one");
-            match inner {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Array(a) if a.iter().all(|p| p.is_string()) => a
-                    .iter()
-                    .map(|p| p.as_str().unwrap_or_default().to_string())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                other => other.to_string(),
-            }
+    use crate::bundle::Value;
+    let Some(v) = v else {
+        return "-".into();
+    };
+    let Ok(value) = serde_json::from_value::<Value>(v.clone()) else {
+        return v.to_string();
+    };
+    let frac = |micros: u32| {
+        if micros == 0 {
+            String::new()
+        } else {
+            format!(".{micros:06}")
         }
-        Some(other) => other.to_string(),
+    };
+    match value {
+        Value::Null => "NULL".into(),
+        Value::Int(i) => i.to_string(),
+        Value::UInt(u) => u.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Double(d) => d.to_string(),
+        Value::Decimal(s) | Value::Text(s) => s,
+        Value::Bytes(b) => format!("0x{}", hex::encode(b)),
+        Value::Date { year, month, day } => format!("{year:04}-{month:02}-{day:02}"),
+        Value::DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            micros,
+        } => format!(
+            "{year:04}-{month:02}-{day:02} {hour:02}:{minute:02}:{second:02}{}",
+            frac(micros)
+        ),
+        Value::Time {
+            negative,
+            hours,
+            minutes,
+            seconds,
+            micros,
+        } => format!(
+            "{}{hours:02}:{minutes:02}:{seconds:02}{}",
+            if negative { "-" } else { "" },
+            frac(micros)
+        ),
+        Value::Ref(id) => id.0.join(","),
     }
 }
 
@@ -260,5 +293,75 @@ mod tests {
         assert_eq!(value_text(Some(&serde_json::json!("Null"))), "NULL");
         let r = serde_json::json!({"Ref": ["abc"]});
         assert_eq!(value_text(Some(&r)), "abc");
+    }
+
+    /// Dates, times, numbers and bytes print as the database prints them, not as the
+    /// objects they are stored as (issue 4: `conflicts show` printed
+    /// `{"year":2026,...}`).
+    #[test]
+    fn every_kind_of_value_prints_as_the_database_prints_it() {
+        use crate::apply::conflict::values_json;
+        use crate::bundle::{Identity, Value};
+        let values = [
+            Value::DateTime {
+                year: 2026,
+                month: 12,
+                day: 4,
+                hour: 9,
+                minute: 5,
+                second: 7,
+                micros: 250_000,
+            },
+            Value::DateTime {
+                year: 0,
+                month: 0,
+                day: 0,
+                hour: 0,
+                minute: 0,
+                second: 0,
+                micros: 0,
+            },
+            Value::Date {
+                year: 1987,
+                month: 3,
+                day: 9,
+            },
+            Value::Time {
+                negative: true,
+                hours: 838,
+                minutes: 59,
+                seconds: 59,
+                micros: 0,
+            },
+            Value::Int(-3),
+            Value::UInt(7),
+            Value::Double(36.6),
+            Value::Decimal("12.50".into()),
+            Value::Bytes(vec![0, 0xab]),
+            Value::Ref(Identity(vec!["a".into(), "b".into()])),
+            Value::Null,
+            Value::Text(String::new()),
+        ];
+        let columns: Vec<String> = (0..values.len()).map(|i| format!("c{i}")).collect();
+        let json = values_json(&columns, &values);
+        let shown: Vec<String> = columns.iter().map(|c| value_text(json.get(c))).collect();
+        assert_eq!(
+            shown,
+            [
+                "2026-12-04 09:05:07.250000",
+                "0000-00-00 00:00:00",
+                "1987-03-09",
+                "-838:59:59",
+                "-3",
+                "7",
+                "36.6",
+                "12.50",
+                "0x00ab",
+                "a,b",
+                "NULL",
+                ""
+            ]
+        );
+        assert_eq!(value_text(None), "-");
     }
 }
