@@ -44,6 +44,19 @@ pub fn member_header(name: &str, size: u64) -> [u8; TAR_BLOCK] {
     b
 }
 
+/// Whether `start`, a file's first bytes (a whole block, or all the file has), can
+/// begin a bundle: its name field begins like a member's, or (a whole block) it carries
+/// the ustar magic. A damaged bundle keeps at least one of the two; other files have
+/// neither.
+fn begins_like_a_bundle(start: &[u8]) -> bool {
+    let named = MEMBERS.iter().any(|m| {
+        let like = member_header(m, 0);
+        let n = start.len().min(100);
+        start[..n] == like[..n]
+    });
+    named || (start.len() >= 263 && start[257..263] == *b"ustar\0")
+}
+
 fn put(field: &mut [u8], text: &str) {
     field.copy_from_slice(text.as_bytes());
 }
@@ -110,6 +123,14 @@ impl<R: Read> TarReader<R> {
         }
     }
 
+    /// A file that does not begin like a bundle (a note, a photo, a spreadsheet put
+    /// where bundles go) is not called damaged.
+    fn not_a_bundle(&self) -> BundleError {
+        BundleError::BadMagic {
+            file: self.file.clone(),
+        }
+    }
+
     fn malformed(&self, why: impl Into<String>) -> BundleError {
         BundleError::MalformedTar {
             file: self.file.clone(),
@@ -138,7 +159,19 @@ impl<R: Read> TarReader<R> {
     pub fn next_member(&mut self) -> Result<(&'static str, u64), BundleError> {
         let expected = MEMBERS[self.next];
         let mut block = [0u8; TAR_BLOCK];
+        if self.pos == 0 && self.file_len < TAR_BLOCK as u64 {
+            // Shorter than one block: a torn copy, or not a bundle at all.
+            let start = &mut block[..self.file_len as usize];
+            self.read_exact(start)?;
+            if !begins_like_a_bundle(start) {
+                return Err(self.not_a_bundle());
+            }
+            return Err(self.truncated(TAR_BLOCK as u64));
+        }
         self.read_exact(&mut block)?;
+        if self.pos == TAR_BLOCK as u64 && !begins_like_a_bundle(&block) {
+            return Err(self.not_a_bundle());
+        }
         if block.iter().all(|&b| b == 0) {
             return Err(self.malformed(format!(
                 "the archive ends where member {expected:?} must come"
@@ -357,6 +390,34 @@ mod tests {
         ));
         let r = TarReader::new(&b[..100], "f", 100).next_member_owned();
         assert!(matches!(r, Err(BundleError::Truncated { got: 100, .. })));
+    }
+
+    /// A file that is no bundle at all is named as such, not as a damaged one; a torn
+    /// copy of a bundle is still truncated (issue 4: `ferry import notes.txt` said the
+    /// note was truncated and should be copied again from the sender).
+    #[test]
+    fn a_file_that_does_not_begin_like_a_bundle_is_not_called_damaged() {
+        let not_a_bundle = |bytes: &[u8]| {
+            let r = TarReader::new(bytes, "f", bytes.len() as u64).next_member_owned();
+            matches!(r, Err(BundleError::BadMagic { .. }))
+        };
+        assert!(not_a_bundle(b"hello\n"));
+        assert!(not_a_bundle(&[b'%'; 4096]));
+        let mut pdf = b"%PDF-1.7\n".to_vec();
+        pdf.resize(3000, b' ');
+        assert!(not_a_bundle(&pdf));
+        // A bundle's first block, however torn or damaged, is not refused as no bundle.
+        let b = member_header("header", 40);
+        for cut in [0, 1, 6, 99, 300, 511] {
+            let r = TarReader::new(&b[..cut], "f", cut as u64).next_member_owned();
+            assert!(matches!(r, Err(BundleError::Truncated { .. })), "cut {cut}");
+        }
+        let mut damaged = b;
+        damaged[257..263].fill(b'x');
+        assert!(!not_a_bundle(&damaged));
+        let mut damaged = b;
+        damaged[..6].fill(b'x');
+        assert!(!not_a_bundle(&damaged));
     }
 
     impl<R: Read> TarReader<R> {
