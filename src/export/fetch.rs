@@ -516,16 +516,19 @@ impl RowFetcher {
             let Some(id) = self.row_id_of(r) else {
                 continue;
             };
+            let k = RawKey::Int(id);
             let key = match &self.ident {
                 Ident::Column(at) => text_at(r, *at),
                 Ident::Sql => text_at(r, 0),
-                // A subclass row's identity is its parent's, read from the cache.
+                // A subclass row's identity is its parent's, read from the cache: copied
+                // out of it only when the row is not known yet.
+                Ident::Parent { .. } if cache.knows_recent(target, &k) => continue,
                 Ident::Parent { .. } => Cow::Owned(self.key_of(cache, r).into_owned()),
             };
             if key.is_empty() {
                 continue;
             }
-            cache.learn(target, RawKey::Int(id), || Some(key.into_owned()));
+            cache.learn(target, k, || Some(key.into_owned()));
         }
     }
 

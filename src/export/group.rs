@@ -495,7 +495,7 @@ impl<'a> Sealer<'a> {
                     }
                 };
                 let origin = last.origin().unwrap_or(&self.me);
-                if g.last().op == b'D' {
+                if last.op == b'D' {
                     let parts =
                         parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
                             table: table.clone(),

@@ -142,6 +142,12 @@ impl RefCache {
         self.refs[target.0].get(key)
     }
 
+    /// Whether the newer generation of `target` holds `key` (a key only the older one
+    /// holds is worth remembering again, since the older goes first).
+    pub(super) fn knows_recent(&self, target: TargetId, key: &RawKey) -> bool {
+        self.refs[target.0].new.contains_key(key)
+    }
+
     /// Remembers the identity of `key` in `target` unless the newer generation holds it
     /// (a key only the older one holds is worth remembering again, since the older goes
     /// first); `identity` is made only then.
