@@ -352,6 +352,35 @@ mod tests {
         assert!(index.find(&IdentityRef::Parts(&["a", "bc"])).is_some());
     }
 
+    /// Long identities and composite ones are matched as exactly as short ones, also
+    /// after a long one's slot is taken by a short one and back.
+    #[test]
+    fn long_and_short_identities_share_the_ring() {
+        let mut index = SlotIndex::default();
+        let long = "x".repeat(200);
+        let longer = format!("{long}y");
+        index.put(&IdentityRef::One(&long));
+        index.put(&IdentityRef::Parts(&["a", ""]));
+        assert_eq!(index.find(&IdentityRef::One(&long)), Some(0));
+        assert_eq!(index.find(&IdentityRef::One(&longer)), None);
+        assert_eq!(index.find(&IdentityRef::Parts(&["a", ""])), Some(1));
+        assert_eq!(index.find(&IdentityRef::One("a")), None);
+        for i in 2..REF_SLOTS {
+            index.put(&IdentityRef::One(&format!("u-{i}")));
+        }
+        // Slot 0 goes to a short identity, then slot 0 of the next turn to a long one.
+        index.put(&IdentityRef::One("short"));
+        assert_eq!(index.find(&IdentityRef::One(&long)), None);
+        assert_eq!(index.find(&IdentityRef::One("short")), Some(0));
+        for i in 1..REF_SLOTS {
+            index.put(&IdentityRef::One(&format!("v-{i}")));
+        }
+        index.put(&IdentityRef::Parts(&[&longer, "z"]));
+        assert_eq!(index.find(&IdentityRef::One("short")), None);
+        assert_eq!(index.find(&IdentityRef::Parts(&[&longer, "z"])), Some(0));
+        assert_eq!(index.find(&IdentityRef::Parts(&[&longer])), None);
+    }
+
     /// Remembered slots always name what the reader's ring holds, across wraps of the
     /// ring, repeated identities and identities put again.
     #[test]

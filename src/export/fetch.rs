@@ -528,7 +528,7 @@ impl RowFetcher {
             if key.is_empty() {
                 continue;
             }
-            cache.learn(target, k, || Some(key.into_owned()));
+            cache.learn(target, k, &key);
         }
     }
 
@@ -545,7 +545,7 @@ impl RowFetcher {
                 .as_ref(*at)
                 .and_then(RawKey::of)
                 .and_then(|k| cache.get(*target, &k))
-                .and_then(|id| id.as_deref())
+                .flatten()
                 .map(Cow::Borrowed)
                 .unwrap_or_default(),
             Ident::Sql => text_at(r, 0),
@@ -717,9 +717,9 @@ impl RowFetcher {
 /// The cache's answer for a reference: the identity, or `Some(None)` for a row known
 /// absent; `None` when the cache does not know and the decode is not strict (a strict
 /// decode takes the unknown as absent).
-fn answer(found: Option<&Option<String>>, strict: bool) -> Option<Option<&str>> {
+fn answer(found: Option<Option<&str>>, strict: bool) -> Option<Option<&str>> {
     match found {
-        Some(id) => Some(id.as_deref()),
+        Some(id) => Some(id),
         None if strict => Some(None),
         None => None,
     }
@@ -740,7 +740,7 @@ fn soft_target<'a>(
         return None;
     }
     let k = r.as_ref(kind_at).and_then(RawKey::of)?;
-    let disc = cache.kind(kind, &k)?.as_ref()?;
+    let disc = cache.kind(kind, &k)??;
     let (table, target) = targets.get(disc)?;
     let id = match raw? {
         MyValue::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok()?,

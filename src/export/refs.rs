@@ -62,9 +62,120 @@ type Target = (String, String);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TargetId(usize);
 
-/// Identities by local key (hashed with FxHash: these keys are the database's own ids,
-/// and the map is hit for every reference of every row).
-type KeyMap = FxHashMap<RawKey, Option<String>>;
+/// Where a remembered identity's text lies in its generation's arena; `len` is
+/// [`Span::ABSENT`] for a key known to match no row.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
+impl Span {
+    const ABSENT: u32 = u32::MAX;
+}
+
+/// Identities by local key, one generation of one target (hashed with FxHash: these
+/// keys are the database's own ids, and the map is hit for every reference of every
+/// row). Integer keys, nearly all of them, have a map of their own; the identity texts
+/// lie end to end in one arena, so remembering an identity allocates nothing once the
+/// generation has grown, and dropping a generation frees no string one by one.
+#[derive(Debug, Default)]
+struct KeyMap {
+    ints: FxHashMap<i64, Span>,
+    texts: FxHashMap<Vec<u8>, Span>,
+    arena: String,
+}
+
+impl KeyMap {
+    fn len(&self) -> usize {
+        self.ints.len() + self.texts.len()
+    }
+
+    fn span(&self, k: &RawKey) -> Option<Span> {
+        match k {
+            RawKey::Int(i) => self.ints.get(i).copied(),
+            RawKey::Text(b) => self.texts.get(b).copied(),
+        }
+    }
+
+    fn text(&self, s: Span) -> Option<&str> {
+        (s.len != Span::ABSENT).then(|| &self.arena[s.at as usize..(s.at + s.len) as usize])
+    }
+
+    fn get(&self, k: &RawKey) -> Option<Option<&str>> {
+        self.span(k).map(|s| self.text(s))
+    }
+
+    fn contains(&self, k: &RawKey) -> bool {
+        self.span(k).is_some()
+    }
+
+    /// Appends `v` to the arena.
+    fn place(&mut self, v: Option<&str>) -> Span {
+        match v {
+            Some(t) => {
+                let at = self.arena.len() as u32;
+                self.arena.push_str(t);
+                Span {
+                    at,
+                    len: t.len() as u32,
+                }
+            }
+            None => Span {
+                at: 0,
+                len: Span::ABSENT,
+            },
+        }
+    }
+
+    fn insert(&mut self, k: RawKey, v: Option<&str>) {
+        let span = self.place(v);
+        match k {
+            RawKey::Int(i) => self.ints.insert(i, span),
+            RawKey::Text(b) => self.texts.insert(b, span),
+        };
+    }
+
+    /// Remembers `k` unless it is held already (one probe).
+    fn learn(&mut self, k: RawKey, v: &str) {
+        use std::collections::hash_map::Entry;
+        let at = self.arena.len() as u32;
+        let span = Span {
+            at,
+            len: v.len() as u32,
+        };
+        let vacant = match k {
+            RawKey::Int(i) => match self.ints.entry(i) {
+                Entry::Vacant(e) => {
+                    e.insert(span);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            },
+            RawKey::Text(b) => match self.texts.entry(b) {
+                Entry::Vacant(e) => {
+                    e.insert(span);
+                    true
+                }
+                Entry::Occupied(_) => false,
+            },
+        };
+        if vacant {
+            self.arena.push_str(v);
+        }
+    }
+
+    /// Forgets everything; the maps and the arena keep their capacity.
+    fn clear(&mut self) {
+        self.ints.clear();
+        self.texts.clear();
+        self.arena.clear();
+    }
+}
+
+/// Arena bytes a generation may hold before it is dropped like a full one (identities
+/// are short: a uuid is 36 bytes; this bounds a table of long natural keys).
+const ARENA_BYTES: usize = 64 << 20;
 
 /// Two generations of one target's identities.
 #[derive(Debug, Default)]
@@ -74,35 +185,32 @@ struct Generations {
 }
 
 impl Generations {
-    fn get(&self, k: &RawKey) -> Option<&Option<String>> {
+    fn get(&self, k: &RawKey) -> Option<Option<&str>> {
         self.new.get(k).or_else(|| self.old.get(k))
     }
 
-    fn insert(&mut self, k: RawKey, v: Option<String>) {
+    fn insert(&mut self, k: RawKey, v: Option<&str>) {
         self.make_room();
         self.new.insert(k, v);
     }
 
-    /// Remembers `k` in the newer generation unless it holds it already (one probe);
-    /// `identity` is made only when it is remembered.
-    fn learn(&mut self, k: RawKey, identity: impl FnOnce() -> Option<String>) {
+    /// Remembers `k` in the newer generation unless it holds it already (one probe).
+    fn learn(&mut self, k: RawKey, identity: &str) {
         self.make_room();
-        if let std::collections::hash_map::Entry::Vacant(e) = self.new.entry(k) {
-            e.insert(identity());
-        }
+        self.new.learn(k, identity);
     }
 
-    /// Drops the older generation when the newer is full; its table, already grown,
-    /// takes the new one (no rehashing, no fresh pages).
+    /// Drops the older generation when the newer is full; its maps and arena, already
+    /// grown, take the new one (no rehashing, no fresh pages).
     fn make_room(&mut self) {
-        if self.new.len() >= CACHE_ENTRIES {
+        if self.new.len() >= CACHE_ENTRIES || self.new.arena.len() >= ARENA_BYTES {
             std::mem::swap(&mut self.old, &mut self.new);
             self.new.clear();
         }
     }
 
     fn contains(&self, k: &RawKey) -> bool {
-        self.new.contains_key(k) || self.old.contains_key(k)
+        self.new.contains(k) || self.old.contains(k)
     }
 }
 
@@ -138,29 +246,26 @@ impl RefCache {
         id
     }
 
-    pub(super) fn get(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
+    /// The identity of `key` in `target`: `Some(None)` for a key known to match no
+    /// row, `None` when the cache does not know.
+    pub(super) fn get(&self, target: TargetId, key: &RawKey) -> Option<Option<&str>> {
         self.refs[target.0].get(key)
     }
 
     /// Whether the newer generation of `target` holds `key` (a key only the older one
     /// holds is worth remembering again, since the older goes first).
     pub(super) fn knows_recent(&self, target: TargetId, key: &RawKey) -> bool {
-        self.refs[target.0].new.contains_key(key)
+        self.refs[target.0].new.contains(key)
     }
 
     /// Remembers the identity of `key` in `target` unless the newer generation holds it
     /// (a key only the older one holds is worth remembering again, since the older goes
-    /// first); `identity` is made only then.
-    pub(super) fn learn(
-        &mut self,
-        target: TargetId,
-        key: RawKey,
-        identity: impl FnOnce() -> Option<String>,
-    ) {
+    /// first).
+    pub(super) fn learn(&mut self, target: TargetId, key: RawKey, identity: &str) {
         self.refs[target.0].learn(key, identity);
     }
 
-    pub(super) fn kind(&self, target: TargetId, key: &RawKey) -> Option<&Option<String>> {
+    pub(super) fn kind(&self, target: TargetId, key: &RawKey) -> Option<Option<&str>> {
         self.kinds[target.0].get(key)
     }
 
@@ -205,13 +310,13 @@ impl RefCache {
                         if let RawKey::Text(b) = &k {
                             folded.insert(fold(b), found.clone());
                         }
-                        map.insert(k, found);
+                        map.insert(k, found.as_deref());
                     }
                 }
                 for k in chunk {
                     if !map.contains(k) {
                         let found = match k {
-                            RawKey::Text(b) => folded.get(&fold(b)).cloned().flatten(),
+                            RawKey::Text(b) => folded.get(&fold(b)).and_then(|f| f.as_deref()),
                             RawKey::Int(_) => None,
                         };
                         map.insert(k.clone(), found);
@@ -251,7 +356,7 @@ impl RefCache {
                 let map = &mut self.kinds[id.0];
                 for (k, d) in rows {
                     if let Some(k) = RawKey::of(&k) {
-                        map.insert(k, d);
+                        map.insert(k, d.as_deref());
                     }
                 }
                 for k in chunk {
