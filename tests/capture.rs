@@ -234,15 +234,16 @@ fn disabling_a_table_stops_capture_and_enabling_resumes_it() {
     let status = node.json(&["status", "--json"]);
     assert_eq!(status["tables_disabled"].as_array().unwrap().len(), 0);
 
-    // A node-local or unknown table cannot be switched, with a hint.
+    // A node-local or unknown table cannot be switched, with a hint; naming one is a
+    // usage error, exit code 2 (issue 4: it exited 1, as if something had failed).
     let (code, _, err) = node.run(&["tables", "enable", "scratch_pad"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         err.contains("stays node-local: no primary key") && err.contains("hint:"),
         "{err}"
     );
     let (code, _, err) = node.run(&["tables", "disable", "no_such_table"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("no table named no_such_table"), "{err}");
 }
 

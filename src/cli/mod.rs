@@ -122,6 +122,12 @@ pub fn main() -> i32 {
                         | Some(crate::config::ConfigError::Exists { .. })
                         | Some(crate::config::ConfigError::NodeName { .. })
                         | Some(crate::config::ConfigError::DbUrl { .. })
+                )
+                // A table argument that names no table, or one ferry cannot switch.
+                || matches!(
+                    e.downcast_ref::<crate::capture::CaptureError>(),
+                    Some(crate::capture::CaptureError::UnknownTable { .. })
+                        | Some(crate::capture::CaptureError::LocalTable { .. })
                 ) {
                 EXIT_USAGE
             } else {
