@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::capture::versions::{settle, Floors, LogEntry, Settle, MARKER};
 use crate::db::DbError;
+use crate::transport::state::BlockedNote;
 
 /// What this node knows of one peer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -472,6 +473,9 @@ pub struct PeerStatus {
     pub held_bundles: Vec<u64>,
     /// The bundle they wait for, when some are held.
     pub waiting_for: Option<u64>,
+    /// The peer's next bundle when it is in the inbox and the last import failed to
+    /// apply it: its number, the error and since when.
+    pub blocked: Option<BlockedNote>,
 }
 
 /// The status of every configured peer.
@@ -480,6 +484,7 @@ pub async fn peer_status(
     me: &str,
     peers: &[String],
     inbox: &[crate::bundle::BundleName],
+    notes: &BTreeMap<String, BlockedNote>,
     now_us: i64,
 ) -> Result<Vec<PeerStatus>, DbError> {
     let mut out = Vec::new();
@@ -509,6 +514,10 @@ pub async fn peer_status(
             oldest_unacknowledged_s: oldest.map(|us| (now_us - us).max(0) / 1_000_000),
             waiting_for: (!held.is_empty() && !next_waiting).then_some(ps.in_seq + 1),
             held_bundles: held,
+            blocked: notes
+                .get(p)
+                .filter(|n| next_waiting && n.seq == ps.in_seq + 1)
+                .cloned(),
         });
     }
     Ok(out)

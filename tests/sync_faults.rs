@@ -88,6 +88,27 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
     );
     let status = c.node("site-b").json(&["status", "--json"]);
     assert_eq!(status["peers"][0]["last_received_seq"], 1, "{status}");
+    // Between imports, status says which bundle waits and why (issue 4: it showed
+    // nothing, as if all were well).
+    let blocked = &status["peers"][0]["blocked"];
+    assert_eq!(blocked["seq"], 2, "{status}");
+    assert!(
+        blocked["error"]
+            .as_str()
+            .unwrap()
+            .contains("location row cccccccc-0000-4000-8000-000000000001")
+            && blocked["error"]
+                .as_str()
+                .unwrap()
+                .contains("hint: check that location is enabled on site-a"),
+        "{status}"
+    );
+    let text = c.node("site-b").ok(&["status"]);
+    assert!(
+        text.contains("bundle 2 from site-a waits in the inbox: it failed to apply")
+            && text.contains("hint: check that location is enabled on site-a"),
+        "{text}"
+    );
 
     // The operator's fix at site-a: touch the row so that it is captured. Its bundle
     // comes after the stuck one; both apply together, in one transaction.
@@ -100,6 +121,8 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
     let r = c.carry("site-a", "site-b");
     assert_eq!(common::applied_seqs(&r), vec![2, 3], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
+    let status = c.node("site-b").json(&["status", "--json"]);
+    assert!(status["peers"][0]["blocked"].is_null(), "{status}");
 }
 
 /// Imports take turns (issue 4: skipping the version probe of rows new to a node relies

@@ -477,6 +477,7 @@ async fn import_sender(
                     report.applied.push(a);
                 }
                 ps = state::peer(conn, sender, false).await?;
+                node.dirs.clear_blocked(sender)?;
                 i += width;
                 continue;
             }
@@ -491,6 +492,9 @@ async fn import_sender(
         if matches!(first_failed_with, ImportError::MissingReference(_)) {
             stopped = SenderOutcome::MissingReference;
         }
+        // Why the first bundle, which stays in the inbox unless it is quarantined below,
+        // did not apply.
+        let why = first_failed_with.to_string();
         if failed.at > 0 {
             if let Some(e) = first_error.take() {
                 report.failed.push(Problem {
@@ -513,6 +517,13 @@ async fn import_sender(
                 error: failed.error.to_string(),
                 quarantined: None,
             });
+        }
+        if failed.error.file_is_bad() && culprit == i {
+            node.dirs.clear_blocked(sender)?; // it left the inbox
+        } else {
+            // The first bundle stays in the inbox; `ferry status` tells why.
+            node.dirs
+                .note_blocked(sender, ps.in_seq + 1, &why, node.clock.now_us())?;
         }
         break; // later bundles of this sender wait for the first one
     }

@@ -332,7 +332,11 @@ async fn peer_status(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    Ok(crate::state::peer_status(conn, &config.node, &peers, &inbox, now_us()).await?)
+    let notes = peers
+        .iter()
+        .filter_map(|p| Some((p.clone(), dirs.blocked(p)?)))
+        .collect();
+    Ok(crate::state::peer_status(conn, &config.node, &peers, &inbox, &notes, now_us()).await?)
 }
 
 fn print_peer(p: &crate::state::PeerStatus) -> String {
@@ -361,6 +365,20 @@ fn print_peer(p: &crate::state::PeerStatus) -> String {
             "; waiting for bundle {w} from {} (holding {:?})",
             p.peer, p.held_bundles
         ));
+    }
+    if let Some(b) = &p.blocked {
+        // The error's first line names the defect; the hint says what to do.
+        let mut lines = b.error.lines();
+        let what = lines.next().unwrap_or_default();
+        line.push_str(&format!(
+            "\n          bundle {} from {} waits in the inbox: it failed to apply ({} s ago): {what}",
+            b.seq,
+            p.peer,
+            (now_us() - b.since_us).max(0) / 1_000_000
+        ));
+        for more in lines {
+            line.push_str(&format!("\n          {more}"));
+        }
     }
     line
 }

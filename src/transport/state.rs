@@ -5,6 +5,10 @@
 //!
 //! Files appear under a bundle name only through [`super::atomic`] publication,
 //! so a reader never sees a partial bundle under its final name.
+//!
+//! `blocked/<sender>.json` notes why a sender's next bundle, waiting in the inbox,
+//! failed to apply ([`BlockedNote`]), so that `ferry status` can say so between
+//! imports; the import that applies a bundle of that sender removes it.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -24,6 +28,17 @@ pub enum TransportError {
         path: PathBuf,
         source: io::Error,
     },
+}
+
+/// Why a sender's next bundle waits in the inbox: the last import tried it and failed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BlockedNote {
+    /// The bundle's sequence number.
+    pub seq: u64,
+    /// The error it failed with (its hint included).
+    pub error: String,
+    /// When it first failed with that sequence number (Unix microseconds).
+    pub since_us: i64,
 }
 
 /// Shorthand for a [`TransportError::Io`].
@@ -81,6 +96,55 @@ impl StateDirs {
     /// `quarantine/`.
     pub fn quarantine(&self) -> PathBuf {
         self.root.join("quarantine")
+    }
+
+    /// `blocked/`.
+    pub fn blocked_dir(&self) -> PathBuf {
+        self.root.join("blocked")
+    }
+
+    fn blocked_path(&self, sender: &str) -> PathBuf {
+        self.blocked_dir().join(format!("{sender}.json"))
+    }
+
+    /// Notes that bundle `seq` of `sender` failed with `error` (the first failure's time
+    /// is kept while the same bundle keeps failing).
+    pub fn note_blocked(
+        &self,
+        sender: &str,
+        seq: u64,
+        error: &str,
+        now_us: i64,
+    ) -> Result<(), TransportError> {
+        let since_us = match self.blocked(sender) {
+            Some(old) if old.seq == seq => old.since_us,
+            _ => now_us,
+        };
+        let note = BlockedNote {
+            seq,
+            error: error.to_string(),
+            since_us,
+        };
+        let dir = self.blocked_dir();
+        fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+        let path = self.blocked_path(sender);
+        let text = serde_json::to_vec_pretty(&note).expect("a note serializes");
+        atomic::write_file(&path, |f| f.write_all(&text)).map_err(io_error("write", &path))
+    }
+
+    /// The note on `sender`'s blocked bundle, if any (an unreadable note counts as none).
+    pub fn blocked(&self, sender: &str) -> Option<BlockedNote> {
+        let text = fs::read(self.blocked_path(sender)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Removes the note on `sender` (a bundle of it applied).
+    pub fn clear_blocked(&self, sender: &str) -> Result<(), TransportError> {
+        let path = self.blocked_path(sender);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", &path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Where the bundle `name` goes in the outbox (the directory is created).
@@ -266,6 +330,28 @@ pub fn copy_atomic(src: &Path, dest: &Path) -> Result<(), TransportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_note_keeps_its_first_time_per_bundle_and_goes_when_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = StateDirs::new(dir.path());
+        assert_eq!(dirs.blocked("clinic-b"), None);
+        dirs.note_blocked("clinic-b", 7, "first\nhint: x", 100)
+            .unwrap();
+        dirs.note_blocked("clinic-b", 7, "again\nhint: y", 200)
+            .unwrap();
+        let note = dirs.blocked("clinic-b").unwrap();
+        assert_eq!(
+            (note.seq, note.since_us, note.error.as_str()),
+            (7, 100, "again\nhint: y")
+        );
+        dirs.note_blocked("clinic-b", 8, "next", 300).unwrap();
+        assert_eq!(dirs.blocked("clinic-b").unwrap().since_us, 300);
+        assert_eq!(dirs.blocked("clinic-c"), None);
+        dirs.clear_blocked("clinic-b").unwrap();
+        dirs.clear_blocked("clinic-b").unwrap();
+        assert_eq!(dirs.blocked("clinic-b"), None);
+    }
 
     fn name(peer: &str, seq: u64) -> BundleName {
         BundleName {
