@@ -71,8 +71,32 @@ fn phase1_person_insert_update_delete_both_ways() {
                 .await
                 .unwrap();
         });
-        c.carry(from, to);
+        let r = c.carry(from, to);
         assert_eq!(block_on(person(c.url(to), uuid)), None);
+        assert_eq!(r["applied"][0]["stats"]["deleted"], 1, "{r}");
+        // A person made and deleted between two exports travels as one delete of a row
+        // the other side never had, and the import counts it (issue 4: its counts left
+        // such deletes out, so they did not add up to the bundle's changes).
+        let brief = uuid.replace("-00000000000", "-10000000000");
+        block_on(async {
+            let mut db = conn(c.url(from)).await;
+            db.exec_drop(
+                "INSERT INTO person (gender, creator, date_created, voided, uuid) \
+                 VALUES ('F', 1, '2024-01-02 08:00:00', 0, ?)",
+                (&brief,),
+            )
+            .await
+            .unwrap();
+            db.exec_drop("DELETE FROM person WHERE uuid = ?", (&brief,))
+                .await
+                .unwrap();
+        });
+        let r = c.carry(from, to);
+        let applied = &r["applied"][0];
+        assert_eq!(applied["changes"], 1, "{r}");
+        assert_eq!(applied["stats"]["already_gone"], 1, "{r}");
+        assert_eq!(applied["stats"]["deleted"], 0, "{r}");
+        assert_eq!(block_on(person(c.url(to), &brief)), None);
     }
     // Nothing echoes back: the receiving side has nothing new to export to the sender.
     let out = c.node("site-a").json(&["export", "--json"]);

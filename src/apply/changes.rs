@@ -100,6 +100,9 @@ pub struct ApplyStats {
     pub inserted: u64,
     pub updated: u64,
     pub deleted: u64,
+    /// Deletes of rows this node does not hold: only their tombstones are recorded (so
+    /// that an older insert arriving later stays deleted).
+    pub already_gone: u64,
     /// Changes older than (or equal to) what this node holds.
     pub skipped: u64,
     /// Conflicts recorded (concurrent versions and unique collisions).
@@ -121,6 +124,7 @@ impl ApplyStats {
             inserted: self.inserted - before.inserted,
             updated: self.updated - before.updated,
             deleted: self.deleted - before.deleted,
+            already_gone: self.already_gone - before.already_gone,
             skipped: self.skipped - before.skipped,
             conflicts: self.conflicts - before.conflicts,
             per_table,
@@ -534,7 +538,9 @@ impl<'a> Applier<'a> {
             let row = key.as_ref().and_then(|k| existing.get(&key_text(k)));
             match (c.op, key, row) {
                 (Op::Delete, Some(k), Some(r)) => deletes.push((i, k, r.local_id)),
-                (Op::Delete, _, None) | (Op::Delete, None, _) => {} // already gone: tombstone only
+                (Op::Delete, _, None) | (Op::Delete, None, _) => {
+                    self.stats.already_gone += 1; // a tombstone only
+                }
                 (_, Some(k), Some(r)) => updates.push((i, k, r.local_id)),
                 (_, Some(k), None) => inserts.push((i, k)),
                 (_, None, _) => {

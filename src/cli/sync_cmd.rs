@@ -90,8 +90,15 @@ pub async fn run_import(config: Config, args: ImportArgs, out: &Output) -> anyho
 fn print_report(r: &ImportReport, out: &Output) {
     for a in &r.applied {
         out.line(format!(
-            "applied bundle {} from {}: {} changes ({} inserted, {} updated, {} deleted, {} already newer here)",
-            a.seq, a.sender, a.changes, a.stats.inserted, a.stats.updated, a.stats.deleted, a.stats.skipped
+            "applied bundle {} from {}: {} changes ({} inserted, {} updated, {} deleted, {} deletes of rows not here, {} already newer here)",
+            a.seq,
+            a.sender,
+            a.changes,
+            a.stats.inserted,
+            a.stats.updated,
+            a.stats.deleted,
+            a.stats.already_gone,
+            a.stats.skipped
         ));
     }
     for d in &r.duplicates {
