@@ -198,6 +198,9 @@ fn reset_peer(server: &MariaServer, pair: &Pair) {
     for b in pair.src.outbox_bundles() {
         std::fs::remove_file(b).unwrap();
     }
+    // The state directory's record of bundle numbers goes back with the database's
+    // (else export refuses a database behind it, as it must after a restore).
+    let _ = std::fs::remove_file(pair.src.dir.path().join("sequences.json"));
     let reset = format!(
         "UPDATE `{db}`.ferry_peer SET out_seq = 0, out_hash = NULL, out_cursor = 0, out_at = NULL; \
          DELETE FROM `{db}`.ferry_outbox",

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::capture::versions::{settle, Floors, LogEntry, Settle, MARKER};
 use crate::db::DbError;
+use crate::transport::sequences::Sequences;
 use crate::transport::state::BlockedNote;
 
 /// What this node knows of one peer.
@@ -476,6 +477,10 @@ pub struct PeerStatus {
     /// The peer's next bundle when it is in the inbox and the last import failed to
     /// apply it: its number, the error and since when.
     pub blocked: Option<BlockedNote>,
+    /// When the database's bundle numbers for the peer are behind the state
+    /// directory's record (a database restored from a backup): the error export and
+    /// import stop with.
+    pub behind_record: Option<String>,
 }
 
 /// The status of every configured peer.
@@ -485,6 +490,7 @@ pub async fn peer_status(
     peers: &[String],
     inbox: &[crate::bundle::BundleName],
     notes: &BTreeMap<String, BlockedNote>,
+    record: &Sequences,
     now_us: i64,
 ) -> Result<Vec<PeerStatus>, DbError> {
     let mut out = Vec::new();
@@ -518,6 +524,10 @@ pub async fn peer_status(
                 .get(p)
                 .filter(|n| next_waiting && n.seq == ps.in_seq + 1)
                 .cloned(),
+            behind_record: record
+                .check(p, ps.out_seq, ps.in_seq)
+                .err()
+                .map(|e| e.to_string()),
         });
     }
     Ok(out)

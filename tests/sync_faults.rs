@@ -455,3 +455,60 @@ fn a_config_naming_another_node_on_a_nodes_database_is_refused() {
     assert_eq!(common::applied_seqs(&r), vec![2], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
+
+/// A site's database restored from last night's backup (issue 4: sync then broke both
+/// ways without a word). The state directory remembers the bundles this node sealed and
+/// applied since; export and import find the database behind that, refuse, name the
+/// numbers, and change nothing. Status says so per peer.
+#[test]
+fn a_database_restored_from_a_backup_is_refused_and_named() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    common::generate(c.url("site-a"), 5, 1, 1, 4);
+    c.carry("site-a", "site-b");
+    common::generate(c.url("site-b"), 6, 1, 1, 4);
+    c.carry("site-b", "site-a");
+    let night = tempfile::tempdir().unwrap();
+    let backup = night.path().join("site-a.sql");
+    common::backup(c.url("site-a"), &backup);
+    // The next day's work, carried both ways.
+    common::generate(c.url("site-a"), 7, 1, 1, 4);
+    c.carry("site-a", "site-b");
+    common::generate(c.url("site-b"), 8, 1, 1, 4);
+    c.carry("site-b", "site-a");
+    // The disk fails; last night's backup goes back.
+    common::restore(c.url("site-a"), &backup);
+    let before = c.verify("site-a");
+    let outbox = |c: &Cluster| c.outbox("site-a", "site-b");
+
+    let sealed = outbox(&c);
+    let (code, out, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("this database is behind this node's own record: bundle 2 was sealed for site-b, but the database says 1")
+            && err.contains("hint: the database was probably restored from a backup"),
+        "{err}"
+    );
+    assert_eq!(outbox(&c), sealed, "nothing sealed, published or deleted");
+
+    // A bundle from site-b waits; import refuses it too and leaves it waiting.
+    common::generate(c.url("site-b"), 9, 1, 1, 4);
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("site-b").ok(&["export"]);
+    c.node("site-b").ok(&["send", stick]);
+    c.node("site-a").ok(&["receive", stick]);
+    let (code, out, err) = c.node("site-a").run(&["import"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("bundle 2 was applied from site-b, but the database says 1")
+            || err.contains("bundle 2 was sealed for site-b, but the database says 1"),
+        "{err}"
+    );
+    assert_eq!(c.verify("site-a"), before, "nothing applied");
+    let status = c.node("site-a").json(&["status", "--json"]);
+    assert!(
+        status["peers"][0]["behind_record"]
+            .as_str()
+            .is_some_and(|e| e.contains("this database is behind this node's own record")),
+        "{status}"
+    );
+}

@@ -50,6 +50,7 @@ use crate::export::{begin, finish};
 use crate::node::NodeContext;
 use crate::schema::Schema;
 use crate::state;
+use crate::transport::sequences::Sequences;
 use crate::transport::state::{copy_atomic, file_sha256, TransportError};
 use changes::{Applier, ApplyStats};
 use fresh::FreshTables;
@@ -412,6 +413,7 @@ async fn import_sender(
 ) -> Result<SenderOutcome, ImportError> {
     let mut stopped = SenderOutcome::Done;
     let mut ps = state::peer(conn, sender, false).await?;
+    Sequences::load(&node.dirs).check(sender, ps.out_seq, ps.in_seq)?;
     let mut next: Vec<(BundleName, PathBuf)> = Vec::new();
     for (name, path) in files {
         if name.seq <= ps.in_seq {
@@ -477,6 +479,7 @@ async fn import_sender(
                     report.applied.push(a);
                 }
                 ps = state::peer(conn, sender, false).await?;
+                Sequences::record_applied(&node.dirs, sender, ps.in_seq)?;
                 node.dirs.clear_blocked(sender)?;
                 i += width;
                 continue;

@@ -336,7 +336,17 @@ async fn peer_status(
         .iter()
         .filter_map(|p| Some((p.clone(), dirs.blocked(p)?)))
         .collect();
-    Ok(crate::state::peer_status(conn, &config.node, &peers, &inbox, &notes, now_us()).await?)
+    let record = crate::transport::sequences::Sequences::load(&dirs);
+    Ok(crate::state::peer_status(
+        conn,
+        &config.node,
+        &peers,
+        &inbox,
+        &notes,
+        &record,
+        now_us(),
+    )
+    .await?)
 }
 
 fn print_peer(p: &crate::state::PeerStatus) -> String {
@@ -365,6 +375,11 @@ fn print_peer(p: &crate::state::PeerStatus) -> String {
             "; waiting for bundle {w} from {} (holding {:?})",
             p.peer, p.held_bundles
         ));
+    }
+    if let Some(e) = &p.behind_record {
+        for l in e.lines() {
+            line.push_str(&format!("\n          {l}"));
+        }
     }
     if let Some(b) = &p.blocked {
         // The error's first line names the defect; the hint says what to do.

@@ -60,6 +60,7 @@ use crate::node::NodeContext;
 use crate::schema::Schema;
 use crate::state;
 use crate::transport::atomic;
+use crate::transport::sequences::Sequences;
 use crate::transport::state::TransportError;
 use fetch::FetchError;
 use group::Sealer;
@@ -367,6 +368,9 @@ async fn export_peer(
             let started = Instant::now();
             let prelude = started - entered;
             let ps = state::peer(conn, peer, false).await?;
+            // Before anything is published or deleted by the database's numbers: they
+            // must not be behind what this node did (a database restored from a backup).
+            Sequences::load(&node.dirs).check(peer, ps.out_seq, ps.in_seq)?;
             recover_pending(node, peer, ps.out_seq)?;
             let mut report = PeerExport {
                 peer: peer.to_string(),
@@ -542,6 +546,7 @@ async fn export_peer(
                 path: final_path.clone(),
                 source,
             })?;
+            Sequences::record_sent(&node.dirs, peer, name.seq)?;
             report.bundle = Some(name.file_name());
             report.seq = Some(name.seq);
             report.changes = changes;

@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod carry;
+pub mod sequences;
 pub mod state;
 
 pub use carry::{receive, send, ReceiveReport, Receiver, Refused, SendReport};

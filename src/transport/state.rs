@@ -28,6 +28,13 @@ pub enum TransportError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("this database is behind this node's own record: bundle {recorded} was {what} {peer}, but the database says {found}\nhint: the database was probably restored from a backup, or made anew; nothing was done. Do not export or import with it: {peer} holds bundles that the numbers here would repeat, and changes made after the backup are no longer here. Put the database back as it was if you can, else ask for help (see \"A database restored from a backup\" in docs/operations.md)")]
+    Behind {
+        peer: String,
+        what: &'static str,
+        recorded: u64,
+        found: u64,
+    },
 }
 
 /// Why a sender's next bundle waits in the inbox: the last import tried it and failed.

@@ -70,6 +70,42 @@ pub fn site(name: &str, source: &Source) -> TestSite {
     site
 }
 
+/// A site's backup: `mariadb-dump` of the whole database at `url` (rows, triggers
+/// and all, one consistent snapshot) into `out`.
+pub fn backup(url: &str, out: &Path) {
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let status = Command::new(ferry::dev::mariadb::find_program("mariadb-dump").unwrap())
+        .arg("--no-defaults")
+        .arg("--protocol=tcp")
+        .arg(format!("--host={}", opts.ip_or_hostname()))
+        .arg(format!("--port={}", opts.tcp_port()))
+        .arg(format!("--user={}", opts.user().unwrap_or("root")))
+        .args(opts.pass().map(|p| format!("--password={p}")))
+        .args([
+            "--default-character-set=utf8mb4",
+            "--single-transaction",
+            "--triggers",
+        ])
+        .arg(opts.db_name().unwrap())
+        .stdout(std::fs::File::create(out).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success(), "mariadb-dump failed");
+}
+
+/// The administrator's restore: the database at `url` replaced by `backup`.
+pub fn restore(url: &str, backup: &Path) {
+    let opts = mysql_async::Opts::from_url(url).unwrap();
+    let db = opts.db_name().unwrap().to_string();
+    let server = url.trim_end_matches(&db).to_string();
+    ferry::dev::mariadb::run_sql_blocking(
+        &server,
+        &format!("DROP DATABASE `{db}`; CREATE DATABASE `{db}` CHARACTER SET utf8mb4"),
+    )
+    .unwrap();
+    load_sql_file(url, backup).unwrap();
+}
+
 /// Runs async test code on a fresh runtime (harness calls must stay outside it).
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_multi_thread()
