@@ -110,26 +110,8 @@ impl KeyMap {
         self.span(k).is_some()
     }
 
-    /// Appends `v` to the arena.
-    fn place(&mut self, v: Option<&str>) -> Span {
-        match v {
-            Some(t) => {
-                let at = self.arena.len() as u32;
-                self.arena.push_str(t);
-                Span {
-                    at,
-                    len: t.len() as u32,
-                }
-            }
-            None => Span {
-                at: 0,
-                len: Span::ABSENT,
-            },
-        }
-    }
-
     fn insert(&mut self, k: RawKey, v: Option<&str>) {
-        let span = self.place(v);
+        let span = place(&mut self.arena, v);
         match k {
             RawKey::Int(i) => self.ints.insert(i, span),
             RawKey::Text(b) => self.texts.insert(b, span),
@@ -139,29 +121,17 @@ impl KeyMap {
     /// Remembers `k` unless it is held already (one probe).
     fn learn(&mut self, k: RawKey, v: &str) {
         use std::collections::hash_map::Entry;
-        let at = self.arena.len() as u32;
-        let span = Span {
-            at,
-            len: v.len() as u32,
-        };
-        let vacant = match k {
-            RawKey::Int(i) => match self.ints.entry(i) {
-                Entry::Vacant(e) => {
-                    e.insert(span);
-                    true
+        match k {
+            RawKey::Int(i) => {
+                if let Entry::Vacant(e) = self.ints.entry(i) {
+                    e.insert(place(&mut self.arena, Some(v)));
                 }
-                Entry::Occupied(_) => false,
-            },
-            RawKey::Text(b) => match self.texts.entry(b) {
-                Entry::Vacant(e) => {
-                    e.insert(span);
-                    true
+            }
+            RawKey::Text(b) => {
+                if let Entry::Vacant(e) = self.texts.entry(b) {
+                    e.insert(place(&mut self.arena, Some(v)));
                 }
-                Entry::Occupied(_) => false,
-            },
-        };
-        if vacant {
-            self.arena.push_str(v);
+            }
         }
     }
 
@@ -170,6 +140,24 @@ impl KeyMap {
         self.ints.clear();
         self.texts.clear();
         self.arena.clear();
+    }
+}
+
+/// Appends `v` to `arena`; where it lies.
+fn place(arena: &mut String, v: Option<&str>) -> Span {
+    match v {
+        Some(t) => {
+            let at = arena.len() as u32;
+            arena.push_str(t);
+            Span {
+                at,
+                len: t.len() as u32,
+            }
+        }
+        None => Span {
+            at: 0,
+            len: Span::ABSENT,
+        },
     }
 }
 
@@ -392,4 +380,49 @@ pub(super) fn padded_params(keys: &[RawKey]) -> Vec<MyValue> {
         p.resize(padded(keys.len()), last);
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generation_tells_known_absent_and_unknown_apart_and_learns_once() {
+        let mut g = Generations::default();
+        g.insert(RawKey::Int(1), Some("uuid-1"));
+        g.insert(RawKey::Int(2), None);
+        g.insert(RawKey::Text(b"code".to_vec()), Some("uuid-c"));
+        assert_eq!(g.get(&RawKey::Int(1)), Some(Some("uuid-1")));
+        assert_eq!(g.get(&RawKey::Int(2)), Some(None));
+        assert_eq!(g.get(&RawKey::Int(3)), None);
+        assert_eq!(g.get(&RawKey::Text(b"code".to_vec())), Some(Some("uuid-c")));
+        // Learning keeps what is held, and adds what is not.
+        g.learn(RawKey::Int(1), "other");
+        g.learn(RawKey::Int(3), "uuid-3");
+        assert_eq!(g.get(&RawKey::Int(1)), Some(Some("uuid-1")));
+        assert_eq!(g.get(&RawKey::Int(3)), Some(Some("uuid-3")));
+    }
+
+    #[test]
+    fn a_full_generation_becomes_the_older_and_the_one_before_it_goes() {
+        let mut g = Generations::default();
+        for i in 0..CACHE_ENTRIES as i64 {
+            g.learn(RawKey::Int(i), &format!("id-{i}"));
+        }
+        // The next key starts a new generation; the full one is still read.
+        g.learn(RawKey::Int(-1), "id-new");
+        assert_eq!(g.get(&RawKey::Int(7)), Some(Some("id-7")));
+        assert!(!g.new.contains(&RawKey::Int(7)));
+        assert_eq!(g.get(&RawKey::Int(-1)), Some(Some("id-new")));
+        // Once the new one fills up too, the first generation is gone.
+        for i in 0..CACHE_ENTRIES as i64 {
+            g.learn(RawKey::Int(1_000_000 + i), &format!("later-{i}"));
+        }
+        assert_eq!(g.get(&RawKey::Int(7)), None);
+        assert_eq!(g.get(&RawKey::Int(-1)), Some(Some("id-new")));
+        assert_eq!(
+            g.get(&RawKey::Int(1_000_000 + CACHE_ENTRIES as i64 - 1)),
+            Some(Some(format!("later-{}", CACHE_ENTRIES - 1).as_str()))
+        );
+    }
 }
