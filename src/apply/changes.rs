@@ -745,6 +745,7 @@ impl<'a> Applier<'a> {
             target,
             identity: id.0.join(", "),
             sender: self.sender.clone(),
+            also: Default::default(),
         }))
     }
 

@@ -33,7 +33,7 @@ pub mod operator;
 pub mod resolve;
 pub mod unique;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -110,7 +110,7 @@ pub enum ImportError {
 
 /// A reference that resolves to no row (boxed in [`ImportError`] to keep it small).
 #[derive(Debug, thiserror::Error)]
-#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox")]
+#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database{}\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox", also_missing(also))]
 pub struct MissingReference {
     pub table: String,
     pub row: String,
@@ -118,7 +118,35 @@ pub struct MissingReference {
     pub target: String,
     pub identity: String,
     pub sender: String,
+    /// Other rows (table, identity) the bundle refers to and nobody has.
+    pub also: BTreeSet<(String, String)>,
 }
+
+/// The other missing rows, named after the first: at most [`ALSO_NAMED`].
+fn also_missing(also: &BTreeSet<(String, String)>) -> String {
+    if also.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = also
+        .iter()
+        .take(ALSO_NAMED)
+        .map(|(t, id)| format!("{t} row {id}"))
+        .collect();
+    let more = also.len().saturating_sub(ALSO_NAMED);
+    format!(
+        "; {} more row(s) are missing as well: {}{}",
+        also.len(),
+        named.join(", "),
+        if more > 0 {
+            format!(" and {more} others")
+        } else {
+            String::new()
+        }
+    )
+}
+
+/// Missing rows a [`MissingReference`] names beyond the first.
+const ALSO_NAMED: usize = 20;
 
 impl ImportError {
     /// Whether the file itself is bad (quarantine it) rather than unappliable for now.
@@ -711,4 +739,40 @@ async fn apply_run(
         .await
         .map_err(DbError::query("resetting the import session"))?;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_reference_names_the_other_missing_rows_up_to_twenty() {
+        let mut m = MissingReference {
+            table: "visit".into(),
+            row: "v1".into(),
+            column: "location_id".into(),
+            target: "location".into(),
+            identity: "l1".into(),
+            sender: "site-a".into(),
+            also: BTreeSet::new(),
+        };
+        let alone = m.to_string();
+        assert!(alone.contains("nor in this database\nhint: "), "{alone}");
+        m.also.insert(("location".into(), "l2".into()));
+        let two = m.to_string();
+        assert!(
+            two.contains(
+                "nor in this database; 1 more row(s) are missing as well: location row l2\nhint: "
+            ),
+            "{two}"
+        );
+        for i in 3..30 {
+            m.also.insert(("location".into(), format!("l{i:02}")));
+        }
+        let many = m.to_string();
+        assert!(
+            many.contains("28 more row(s)") && many.contains(" and 8 others\nhint: "),
+            "{many}"
+        );
+    }
 }

@@ -314,6 +314,7 @@ impl<'a> Applier<'a> {
         self.fixup_rows.clear();
         let resolver = self.resolver();
         let mut by_target: BTreeMap<(String, String, String, String), Vec<Fixup>> = BTreeMap::new();
+        let mut missing: Option<MissingReference> = None;
         for f in fixups {
             by_target
                 .entry((
@@ -338,14 +339,30 @@ impl<'a> Applier<'a> {
                 let mut pairs: Vec<(&Fixup, MyValue)> = Vec::with_capacity(chunk.len());
                 for (f, v) in chunk.iter().zip(found) {
                     let Some(v) = v else {
-                        return Err(ImportError::MissingReference(Box::new(MissingReference {
-                            table: f.table.clone(),
-                            row: f.row.0.join(", "),
-                            column: f.column.clone(),
-                            target: f.target.clone(),
-                            identity: f.identity.0.join(", "),
-                            sender: self.sender.clone(),
-                        })));
+                        // Every missing reference is named, not only the first: the
+                        // operator fixes them at the sender in one go.
+                        let target_row = (f.target.clone(), f.identity.0.join(", "));
+                        match &mut missing {
+                            None => {
+                                missing = Some(MissingReference {
+                                    table: f.table.clone(),
+                                    row: f.row.0.join(", "),
+                                    column: f.column.clone(),
+                                    target: f.target.clone(),
+                                    identity: target_row.1.clone(),
+                                    sender: self.sender.clone(),
+                                    also: Default::default(),
+                                });
+                            }
+                            Some(m)
+                                if (m.target.as_str(), m.identity.as_str())
+                                    != (target_row.0.as_str(), target_row.1.as_str()) =>
+                            {
+                                m.also.insert(target_row);
+                            }
+                            Some(_) => {}
+                        }
+                        continue;
                     };
                     let v = if soft {
                         MyValue::from(value_text(&v))
@@ -353,6 +370,9 @@ impl<'a> Applier<'a> {
                         v
                     };
                     pairs.push((f, v));
+                }
+                if missing.is_some() {
+                    continue; // nothing of the bundle applies: only look for more
                 }
                 let doing = || DbError::query(format!("filling in {table}.{column}"));
                 if let [key] = key_cols.as_slice() {
@@ -394,7 +414,10 @@ impl<'a> Applier<'a> {
                 }
             }
         }
-        Ok(())
+        match missing {
+            Some(m) => Err(ImportError::MissingReference(Box::new(m))),
+            None => Ok(()),
+        }
     }
 
     /// Notes, before rows are deleted, what they hold in every column that a
