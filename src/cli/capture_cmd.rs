@@ -155,6 +155,12 @@ pub async fn setup(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Res
             report.triggers_dropped,
             &report.plan_fingerprint[..16]
         ));
+        if report.triggers_created > 0 && report.triggers_unchanged == 0 {
+            out.line(
+                "note: capture starts now; rows already in the database do not travel to peers \
+                 (see \"Starting data\" in docs/operations.md)",
+            );
+        }
     }
     Ok(())
 }
