@@ -528,31 +528,60 @@ pub fn run_sql_blocking(url: &str, sql: &str) -> Result<(), HarnessError> {
     })
 }
 
-/// Loads a SQL file (a dump or a fixture) into `url` with the `mariadb` client.
-pub fn load_sql_file(url: &str, file: &Path) -> Result<(), HarnessError> {
+/// `program` (`mariadb`, `mariadb-dump`) with the connection arguments of `url` and
+/// its database as the last argument.
+fn client_for(program: &str, url: &str) -> Result<Command, HarnessError> {
     let opts = mysql_async::Opts::from_url(url).map_err(|e| HarnessError::Failed {
         what: "parsing url".into(),
         detail: e.to_string(),
     })?;
-    let client = find_program("mariadb")?;
-    let input = fs::File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
-    let out = Command::new(client)
-        .arg("--no-defaults")
+    let mut cmd = Command::new(find_program(program)?);
+    cmd.arg("--no-defaults")
         .arg("--protocol=tcp")
         .arg(format!("--host={}", opts.ip_or_hostname()))
         .arg(format!("--port={}", opts.tcp_port()))
         .arg(format!("--user={}", opts.user().unwrap_or("root")))
         .args(opts.pass().map(|p| format!("--password={p}")))
-        .arg("--default-character-set=utf8mb4")
-        .arg(opts.db_name().unwrap_or_default())
-        .stdin(input)
+        .arg("--default-character-set=utf8mb4");
+    Ok(cmd)
+}
+
+/// Runs a client command to its end; an error names `what` and the client's stderr.
+fn run_client(mut cmd: Command, what: String) -> Result<(), HarnessError> {
+    let out = cmd
         .output()
-        .map_err(io_err("running the mariadb client"))?;
+        .map_err(io_err(format!("running the client for {what}")))?;
     if !out.status.success() {
         return Err(HarnessError::Failed {
-            what: format!("loading {}", file.display()),
+            what,
             detail: String::from_utf8_lossy(&out.stderr).into_owned(),
         });
     }
     Ok(())
+}
+
+fn database_of(url: &str) -> String {
+    mysql_async::Opts::from_url(url)
+        .ok()
+        .and_then(|o| o.db_name().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Loads a SQL file (a dump or a fixture) into `url` with the `mariadb` client.
+pub fn load_sql_file(url: &str, file: &Path) -> Result<(), HarnessError> {
+    let mut cmd = client_for("mariadb", url)?;
+    let input = fs::File::open(file).map_err(io_err(format!("opening {}", file.display())))?;
+    cmd.arg(database_of(url)).stdin(input);
+    run_client(cmd, format!("loading {}", file.display()))
+}
+
+/// A backup of the database at `url` into `out` with `mariadb-dump`: every table with
+/// its rows and triggers, in one consistent snapshot.
+pub fn dump_database(url: &str, out: &Path) -> Result<(), HarnessError> {
+    let mut cmd = client_for("mariadb-dump", url)?;
+    let file = fs::File::create(out).map_err(io_err(format!("creating {}", out.display())))?;
+    cmd.args(["--single-transaction", "--triggers"])
+        .arg(database_of(url))
+        .stdout(file);
+    run_client(cmd, format!("dumping into {}", out.display()))
 }

@@ -58,21 +58,18 @@ impl Sequences {
         let Some(r) = self.peers.get(peer) else {
             return Ok(());
         };
-        if sent < r.sent {
-            return Err(TransportError::Behind {
-                peer: peer.to_string(),
-                what: "sealed for",
-                recorded: r.sent,
-                found: sent,
-            });
-        }
-        if applied < r.applied {
-            return Err(TransportError::Behind {
-                peer: peer.to_string(),
-                what: "applied from",
-                recorded: r.applied,
-                found: applied,
-            });
+        for (found, recorded, what) in [
+            (sent, r.sent, "sealed for"),
+            (applied, r.applied, "applied from"),
+        ] {
+            if found < recorded {
+                return Err(TransportError::Behind {
+                    peer: peer.to_string(),
+                    what,
+                    recorded,
+                    found,
+                });
+            }
         }
         Ok(())
     }

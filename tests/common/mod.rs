@@ -70,27 +70,9 @@ pub fn site(name: &str, source: &Source) -> TestSite {
     site
 }
 
-/// A site's backup: `mariadb-dump` of the whole database at `url` (rows, triggers
-/// and all, one consistent snapshot) into `out`.
+/// A site's backup: `mariadb-dump` of the whole database at `url` into `out`.
 pub fn backup(url: &str, out: &Path) {
-    let opts = mysql_async::Opts::from_url(url).unwrap();
-    let status = Command::new(ferry::dev::mariadb::find_program("mariadb-dump").unwrap())
-        .arg("--no-defaults")
-        .arg("--protocol=tcp")
-        .arg(format!("--host={}", opts.ip_or_hostname()))
-        .arg(format!("--port={}", opts.tcp_port()))
-        .arg(format!("--user={}", opts.user().unwrap_or("root")))
-        .args(opts.pass().map(|p| format!("--password={p}")))
-        .args([
-            "--default-character-set=utf8mb4",
-            "--single-transaction",
-            "--triggers",
-        ])
-        .arg(opts.db_name().unwrap())
-        .stdout(std::fs::File::create(out).unwrap())
-        .status()
-        .unwrap();
-    assert!(status.success(), "mariadb-dump failed");
+    ferry::dev::mariadb::dump_database(url, out).unwrap();
 }
 
 /// The administrator's restore: the database at `url` replaced by `backup`.
