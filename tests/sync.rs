@@ -536,3 +536,66 @@ fn a_range_of_local_and_imported_entries_read_in_several_queries_arrives_whole()
     });
     assert_eq!(name, "renamed at the hub");
 }
+
+/// A site closed for good is removed from its hub's peers (issue 4: there was no
+/// `ferry peer remove`, and the hub's change log waited for that site's
+/// acknowledgements for ever). Once removed, what the remaining peers acknowledged
+/// leaves the log, and exports seal nothing more for it.
+#[test]
+fn a_removed_peer_no_longer_holds_back_the_log() {
+    let c = Cluster::star(&["hub", "spoke-1", "spoke-2"], &Source::Fixture);
+    common::generate(c.url("hub"), 3, 2, 1, 3);
+    c.carry("hub", "spoke-1");
+    c.carry_with("spoke-1", "hub", &["--heartbeat"]);
+    let log = |c: &Cluster| -> u64 {
+        block_on(async {
+            conn(c.url("hub"))
+                .await
+                .query_first("SELECT COUNT(*) FROM ferry_change")
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    let kept = log(&c);
+    assert!(
+        kept > 0,
+        "spoke-2 has acknowledged nothing, so the log keeps it all"
+    );
+
+    let (code, _, err) = c.node("hub").run(&["peer", "remove", "spoke-9"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("there is no peer named spoke-9")
+            && err.contains("hint: the peers are: spoke-1, spoke-2"),
+        "{err}"
+    );
+    let out = c.node("hub").ok(&["peer", "remove", "spoke-2"]);
+    assert!(
+        out.contains("peer spoke-2 removed from")
+            && out.contains("its 1 unacknowledged bundle(s) stay in"),
+        "{out}"
+    );
+    let status = c.node("hub").json(&["status", "--json"]);
+    let peers: Vec<&str> = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(peers, ["spoke-1"], "{status}");
+
+    // spoke-1's next acknowledgement is the last one the log waits for.
+    c.carry_with("spoke-1", "hub", &["--heartbeat"]);
+    assert_eq!(log(&c), 0, "the log had {kept} entries");
+    common::generate(c.url("hub"), 4, 1, 1, 2);
+    let out = c.node("hub").json(&["export", "--json"]);
+    let sealed: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer"].as_str().unwrap())
+        .collect();
+    assert_eq!(sealed, ["spoke-1"], "{out}");
+    assert_eq!(c.outbox("hub", "spoke-2").len(), 1);
+}

@@ -26,6 +26,14 @@ pub enum PeerCommand {
         #[arg(long)]
         replace: bool,
     },
+    /// Stop syncing with a peer (a site closed for good): exports no longer seal bundles
+    /// for NAME and the change log no longer waits for its acknowledgements. Bundle
+    /// numbers are kept; NAME added back later resumes them, but receives only the
+    /// changes still in the log.
+    Remove {
+        /// The peer's node name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -91,7 +99,10 @@ pub fn key(config_path: &Path, out: &Output) -> anyhow::Result<()> {
 
 /// `ferry peer ...`.
 pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Result<()> {
-    let PeerCommand::Add { name, key, replace } = cmd;
+    let (name, key, replace) = match cmd {
+        PeerCommand::Add { name, key, replace } => (name, key, replace),
+        PeerCommand::Remove { name } => return remove_peer(config_path, &name, out),
+    };
     validate_node_name(&name)?;
     let parsed = PublicKey::parse(&key).map_err(|e| UsageError(e.to_string()))?;
     let mut config = load(config_path)?;
@@ -118,6 +129,41 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
     }
     config.save(true)?;
     out.line(format!("peer {name} added to {}", config.path.display()));
+    Ok(())
+}
+
+/// `ferry peer remove NAME`.
+fn remove_peer(config_path: &Path, name: &str, out: &Output) -> anyhow::Result<()> {
+    let mut config = load(config_path)?;
+    let Some(at) = config.peers.iter().position(|p| p.name == name) else {
+        let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "there is no peer named {name}\nhint: the peers are: {}",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    };
+    config.peers.remove(at);
+    config.save(true)?;
+    let waiting = StateDirs::new(&config.state_dir())
+        .outbox_bundles(name)
+        .map(|b| b.len())
+        .unwrap_or(0);
+    out.line(format!(
+        "peer {name} removed from {}: exports no longer seal bundles for it, and the change \
+         log no longer waits for its acknowledgements",
+        config.path.display()
+    ));
+    if waiting > 0 {
+        out.line(format!(
+            "its {waiting} unacknowledged bundle(s) stay in {}; delete them once {name} is gone for good",
+            StateDirs::new(&config.state_dir()).outbox(name).display()
+        ));
+    }
     Ok(())
 }
 
