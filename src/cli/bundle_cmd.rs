@@ -26,10 +26,11 @@ pub enum PeerCommand {
         #[arg(long)]
         replace: bool,
     },
-    /// Stop syncing with a peer (a site closed for good): exports no longer seal bundles
-    /// for NAME and the change log no longer waits for its acknowledgements. Bundle
-    /// numbers are kept; NAME added back later resumes them, but receives only the
-    /// changes still in the log.
+    /// Stop syncing with a peer (a site closed for good).
+    ///
+    /// Exports no longer seal bundles for NAME, and the change log no longer waits for
+    /// its acknowledgements. Bundle numbers are kept: NAME added back later resumes
+    /// them, but receives only the changes still in the log.
     Remove {
         /// The peer's node name.
         name: String,
