@@ -13,6 +13,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
+use crate::capture::bookkeeping::{get_meta, set_meta};
 use crate::capture::versions::{settle, Floors, LogEntry, Settle, MARKER};
 use crate::db::DbError;
 use crate::transport::sequences::Sequences;
@@ -340,6 +341,49 @@ pub type PeerAcks = (String, BTreeMap<String, u64>, u64);
 /// Entries folded per round while pruning.
 const PRUNE_BATCH: usize = 5000;
 
+/// The `ferry_meta` entry holding the highest position pruning ever deleted.
+const PRUNED_UPTO: &str = "pruned_upto";
+
+/// The `ferry_meta` entry (per peer) holding the position up to which the log was
+/// already pruned when the peer's first export after it ran ([`note_missed`]).
+fn missed_key(peer: &str) -> String {
+    format!("missed_before:{peer}")
+}
+
+/// The highest log position pruning has deleted (0 when it never did).
+pub async fn pruned_upto(conn: &mut Conn) -> Result<u64, DbError> {
+    Ok(get_meta(conn, PRUNED_UPTO)
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Pruning never passes the export cursor of a configured peer, so a peer whose cursor
+/// is below what was pruned became a peer afterwards (added, or removed and added
+/// again): the changes pruned before never reach it. Notes that for status, once, and
+/// returns the position (`None` when the peer missed nothing).
+pub async fn note_missed(
+    conn: &mut Conn,
+    peer: &str,
+    out_cursor: u64,
+) -> Result<Option<u64>, DbError> {
+    let upto = pruned_upto(conn).await?;
+    if out_cursor >= upto {
+        return Ok(None);
+    }
+    if get_meta(conn, &missed_key(peer)).await?.is_none() {
+        set_meta(conn, &missed_key(peer), &upto.to_string()).await?;
+    }
+    Ok(Some(upto))
+}
+
+/// What [`note_missed`] noted for `peer`.
+pub async fn missed_before(conn: &mut Conn, peer: &str) -> Result<Option<u64>, DbError> {
+    Ok(get_meta(conn, &missed_key(peer))
+        .await?
+        .and_then(|v| v.parse().ok()))
+}
+
 /// Deletes change-log entries every configured peer holds, after folding each row's
 /// latest pruned version into `ferry_row` (so the row's history keeps its head), and the
 /// version floors no remaining entry needs. Never goes past any peer's export cursor.
@@ -404,6 +448,9 @@ pub async fn prune(conn: &mut Conn, me: &str, peers: &[PeerAcks]) -> Result<u64,
         if entries.len() < PRUNE_BATCH {
             break;
         }
+    }
+    if pruned > 0 && after > pruned_upto(conn).await? {
+        set_meta(conn, PRUNED_UPTO, &after.to_string()).await?;
     }
     // Floors before the one in force at the oldest remaining entry are done with.
     let oldest: Option<Option<u64>> = conn
@@ -481,6 +528,9 @@ pub struct PeerStatus {
     /// directory's record (a database restored from a backup): the error export and
     /// import stop with.
     pub behind_record: Option<String>,
+    /// When the peer became a peer after the log was pruned up to this position: the
+    /// changes up to it never reach it ([`note_missed`]).
+    pub missed_before: Option<u64>,
 }
 
 /// The status of every configured peer.
@@ -528,6 +578,7 @@ pub async fn peer_status(
                 .check(p, ps.out_seq, ps.in_seq)
                 .err()
                 .map(|e| e.to_string()),
+            missed_before: missed_before(conn, p).await?,
         });
     }
     Ok(out)

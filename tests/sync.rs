@@ -598,4 +598,40 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
         .collect();
     assert_eq!(sealed, ["spoke-1"], "{out}");
     assert_eq!(c.outbox("hub", "spoke-2").len(), 1);
+    assert!(out[0]["missed_before"].is_null(), "{out}");
+
+    // spoke-1 takes those changes and acknowledges them: they leave the log, though
+    // spoke-2 never had them.
+    c.carry("hub", "spoke-1");
+    c.carry_with("spoke-1", "hub", &["--heartbeat"]);
+    assert_eq!(log(&c), 0);
+
+    // Added back, spoke-2 resumes its bundle numbers, but what was pruned meanwhile
+    // does not reach it: export and status say so instead of keeping quiet.
+    let key = c.node("spoke-2").ok(&["key"]);
+    c.node("hub").ok(&["peer", "add", "spoke-2", key.trim()]);
+    common::generate(c.url("hub"), 5, 1, 1, 2);
+    let text = c.node("hub").ok(&["export"]);
+    assert!(
+        text.contains("spoke-2: bundle 2 with")
+            && text.contains(
+                "warning: spoke-2 became a peer after this node's change log was pruned up to #"
+            ),
+        "{text}"
+    );
+    let status = c.node("hub").json(&["status", "--json"]);
+    let spoke2 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == "spoke-2")
+        .unwrap();
+    assert!(spoke2["missed_before"].as_u64().unwrap() > 0, "{status}");
+    let spoke1 = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == "spoke-1")
+        .unwrap();
+    assert!(spoke1["missed_before"].is_null(), "{status}");
 }

@@ -382,6 +382,12 @@ fn print_peer(p: &crate::state::PeerStatus) -> String {
             p.peer, p.held_bundles
         ));
     }
+    if let Some(upto) = p.missed_before {
+        line.push_str(&format!(
+            "\n          {}",
+            super::sync_cmd::missed_line(&p.peer, upto)
+        ));
+    }
     if let Some(e) = &p.behind_record {
         for l in e.lines() {
             line.push_str(&format!("\n          {l}"));

@@ -61,6 +61,9 @@ pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyho
             )),
             None => out.line(format!("{}: nothing new", r.peer)),
         }
+        if let Some(upto) = r.missed_before {
+            out.line(missed_line(&r.peer, upto));
+        }
     }
     Ok(())
 }
@@ -126,4 +129,13 @@ fn print_report(r: &ImportReport, out: &Output) {
     if r.applied.is_empty() && r.duplicates.is_empty() && r.held.is_empty() && !r.has_problems() {
         out.line("nothing to import");
     }
+}
+
+/// What export and status say of a peer added after the log was pruned up to `upto`.
+pub fn missed_line(peer: &str, upto: u64) -> String {
+    format!(
+        "warning: {peer} became a peer after this node's change log was pruned up to \
+         #{upto}; it has the changes before that only if it started from a copy of this \
+         database (see \"Starting data\" in docs/operations.md)"
+    )
 }

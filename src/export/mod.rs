@@ -134,6 +134,9 @@ pub struct PeerExport {
     pub bytes: u64,
     /// Log entries covered (before coalescing).
     pub entries: u64,
+    /// When the peer became a peer after the log was pruned up to this position: the
+    /// changes up to it do not reach it (`state::note_missed`).
+    pub missed_before: Option<u64>,
 }
 
 /// Exports to every configured peer (or the named ones). `fetch` is a second
@@ -372,6 +375,14 @@ async fn export_peer(
             // must not be behind what this node did (a database restored from a backup).
             Sequences::load(&node.dirs).check(peer, ps.out_seq, ps.in_seq)?;
             recover_pending(node, peer, ps.out_seq)?;
+            let missed_before = state::note_missed(conn, peer, ps.out_cursor).await?;
+            if let Some(upto) = missed_before {
+                tracing::info!(
+                    peer,
+                    upto,
+                    "the log was pruned before this peer was added: it does not receive those changes"
+                );
+            }
             let mut report = PeerExport {
                 peer: peer.to_string(),
                 bundle: None,
@@ -379,6 +390,7 @@ async fn export_peer(
                 changes: 0,
                 bytes: 0,
                 entries: 0,
+                missed_before,
             };
             if opts.heartbeat {
                 crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
