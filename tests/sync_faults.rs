@@ -68,26 +68,12 @@ fn a_reference_to_a_row_nobody_sent_fails_the_bundle_and_names_it() {
     common::visit_to_an_unsent_location(&c, "site-a");
     // A second such location and visit: the error names both rows (issue 4: it named
     // one per import, so the operator fixed them one import at a time).
-    c.node("site-a").ok(&["tables", "disable", "location"]);
-    block_on(async {
-        let mut db = conn(c.url("site-a")).await;
-        db.query_drop(
-            "INSERT INTO location (name, creator, date_created, retired, uuid) \
-             VALUES ('annex 2', 1, '2024-01-01', 0, 'cccccccc-0000-4000-8000-000000000003')",
-        )
-        .await
-        .unwrap();
-        db.query_drop(
-            "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, \
-             date_created, voided, uuid) \
-             SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-03', \
-             (SELECT location_id FROM location WHERE uuid = 'cccccccc-0000-4000-8000-000000000003'), \
-             1, '2024-01-03', 0, 'cccccccc-0000-4000-8000-000000000004' FROM visit_type",
-        )
-        .await
-        .unwrap();
-    });
-    c.node("site-a").ok(&["tables", "enable", "location"]);
+    common::visit_to_unsent(
+        &c,
+        "site-a",
+        "cccccccc-0000-4000-8000-000000000003",
+        "cccccccc-0000-4000-8000-000000000004",
+    );
     let before = c.verify("site-b");
     let stick = c.stick.path().to_str().unwrap();
     c.node("site-a").ok(&["export"]);

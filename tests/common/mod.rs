@@ -272,13 +272,18 @@ pub const VISIT_TO_UNSENT: &str = "cccccccc-0000-4000-8000-000000000002";
 /// At `from`: a location made while location capture was off there (so no bundle
 /// carries it), and a visit (captured) that refers to it. Capture is on again after.
 pub fn visit_to_an_unsent_location(c: &Cluster, from: &str) {
+    visit_to_unsent(c, from, UNSENT_LOCATION, VISIT_TO_UNSENT);
+}
+
+/// [`visit_to_an_unsent_location`] with the location's and the visit's uuids given.
+pub fn visit_to_unsent(c: &Cluster, from: &str, location: &str, visit: &str) {
     c.node(from).ok(&["tables", "disable", "location"]);
     block_on(async {
         use mysql_async::prelude::Queryable;
         let mut db = conn(c.url(from)).await;
         db.query_drop(format!(
             "INSERT INTO location (name, creator, date_created, retired, uuid) \
-             VALUES ('annex', 1, '2024-01-01', 0, '{UNSENT_LOCATION}')"
+             VALUES ('annex', 1, '2024-01-01', 0, '{location}')"
         ))
         .await
         .unwrap();
@@ -286,8 +291,8 @@ pub fn visit_to_an_unsent_location(c: &Cluster, from: &str) {
             "INSERT INTO visit (patient_id, visit_type_id, date_started, location_id, creator, \
              date_created, voided, uuid) \
              SELECT (SELECT MIN(patient_id) FROM patient), MIN(visit_type_id), '2024-01-02', \
-             (SELECT location_id FROM location WHERE uuid = '{UNSENT_LOCATION}'), 1, \
-             '2024-01-02', 0, '{VISIT_TO_UNSENT}' FROM visit_type"
+             (SELECT location_id FROM location WHERE uuid = '{location}'), 1, \
+             '2024-01-02', 0, '{visit}' FROM visit_type"
         ))
         .await
         .unwrap();
