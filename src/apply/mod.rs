@@ -110,7 +110,7 @@ pub enum ImportError {
 
 /// A reference that resolves to no row (boxed in [`ImportError`] to keep it small).
 #[derive(Debug, thiserror::Error)]
-#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database{}\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox", also_missing(also))]
+#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database{}\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox", named_also(also))]
 pub struct MissingReference {
     pub table: String,
     pub row: String,
@@ -122,8 +122,17 @@ pub struct MissingReference {
     pub also: BTreeSet<(String, String)>,
 }
 
+impl MissingReference {
+    /// Notes another row the bundle lacks (the first one named is not repeated).
+    pub fn also_missing(&mut self, target: &str, identity: String) {
+        if (target, identity.as_str()) != (self.target.as_str(), self.identity.as_str()) {
+            self.also.insert((target.to_string(), identity));
+        }
+    }
+}
+
 /// The other missing rows, named after the first: at most [`ALSO_NAMED`].
-fn also_missing(also: &BTreeSet<(String, String)>) -> String {
+fn named_also(also: &BTreeSet<(String, String)>) -> String {
     if also.is_empty() {
         return String::new();
     }

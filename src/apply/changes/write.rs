@@ -341,27 +341,18 @@ impl<'a> Applier<'a> {
                     let Some(v) = v else {
                         // Every missing reference is named, not only the first: the
                         // operator fixes them at the sender in one go.
-                        let target_row = (f.target.clone(), f.identity.0.join(", "));
-                        match &mut missing {
-                            None => {
-                                missing = Some(MissingReference {
-                                    table: f.table.clone(),
-                                    row: f.row.0.join(", "),
-                                    column: f.column.clone(),
-                                    target: f.target.clone(),
-                                    identity: target_row.1.clone(),
-                                    sender: self.sender.clone(),
-                                    also: Default::default(),
-                                });
-                            }
-                            Some(m)
-                                if (m.target.as_str(), m.identity.as_str())
-                                    != (target_row.0.as_str(), target_row.1.as_str()) =>
-                            {
-                                m.also.insert(target_row);
-                            }
-                            Some(_) => {}
-                        }
+                        let identity = f.identity.0.join(", ");
+                        missing
+                            .get_or_insert_with(|| MissingReference {
+                                table: f.table.clone(),
+                                row: f.row.0.join(", "),
+                                column: f.column.clone(),
+                                target: f.target.clone(),
+                                identity: identity.clone(),
+                                sender: self.sender.clone(),
+                                also: Default::default(),
+                            })
+                            .also_missing(&f.target, identity);
                         continue;
                     };
                     let v = if soft {
