@@ -383,6 +383,14 @@ impl<'a> Applier<'a> {
             } else {
                 (local, incoming)
             };
+            if loser.version.is_genesis()
+                && winner.deleted == loser.deleted
+                && winner.values == loser.values
+            {
+                // A row from before capture that a full export brought again, the
+                // same: nothing is lost. (Captured versions are recorded even then.)
+                continue;
+            }
             self.stats.conflicts += 1;
             self.conflicts.push(NewConflict {
                 table: table.to_string(),
@@ -453,7 +461,9 @@ impl<'a> Applier<'a> {
         let presume = self.may_presume(&table, synced, info, &uniques);
         let mut presumed: Vec<bool> = changes
             .iter()
-            .map(|c| presume && c.base_version.is_none() && c.op != Op::Delete)
+            .map(|c| {
+                presume && c.base_version.is_none() && c.op != Op::Delete && !c.version.is_genesis()
+            })
             .collect();
         let present: Vec<KeyValues> = keys
             .iter()
@@ -511,26 +521,38 @@ impl<'a> Applier<'a> {
             self.note_skew(c);
             let rk = row_keys[i].clone();
             let local = versions.get(&rk).cloned();
-            match decide(
-                &c.version,
-                c.base_version.as_ref(),
-                local.as_ref().map(|l| (&l.0, l.1)),
-            ) {
-                Decision::Stale => {
-                    self.stats.skipped += 1;
-                    continue;
+            let held = || {
+                keys[i]
+                    .as_ref()
+                    .is_some_and(|k| existing.contains_key(&key_text(k)))
+            };
+            if local.is_none() && c.version.is_genesis() && held() {
+                // A row from before capture here, met by another node's from before
+                // capture (a full export): the export's is taken, and this one is
+                // recorded as the loser where its values differ.
+                concurrent.push((i, Version::genesis(&self.me), false, true));
+            } else {
+                match decide(
+                    &c.version,
+                    c.base_version.as_ref(),
+                    local.as_ref().map(|l| (&l.0, l.1)),
+                ) {
+                    Decision::Stale => {
+                        self.stats.skipped += 1;
+                        continue;
+                    }
+                    Decision::LosesConcurrent => {
+                        self.stats.skipped += 1;
+                        let (v, d) = local.expect("a local version");
+                        concurrent.push((i, v, d, false));
+                        continue;
+                    }
+                    Decision::WinsConcurrent => {
+                        let (v, d) = local.expect("a local version");
+                        concurrent.push((i, v, d, true));
+                    }
+                    Decision::FastForward => {}
                 }
-                Decision::LosesConcurrent => {
-                    self.stats.skipped += 1;
-                    let (v, d) = local.expect("a local version");
-                    concurrent.push((i, v, d, false));
-                    continue;
-                }
-                Decision::WinsConcurrent => {
-                    let (v, d) = local.expect("a local version");
-                    concurrent.push((i, v, d, true));
-                }
-                Decision::FastForward => {}
             }
             versions.insert(rk, (c.version.clone(), c.op == Op::Delete));
             applied.push(i);

@@ -10,8 +10,11 @@
 //! and the winner go to `ferry_conflict` on the node where the overwrite happened, so
 //! that an operator can restore the loser (`ferry conflicts`). Deletes are versions like
 //! any other (their rows stay as tombstones). A row inserted again over its tombstone
-//! by a greater version is a fast-forward too (an insert names no base). An equal
-//! version is the same change arriving again and does nothing.
+//! by a greater version is a fast-forward too (an insert names no base), and so is any
+//! change over a row's *genesis* version (its state before capture, which a full export
+//! brought: [`Version::genesis`]). An equal version is the same change arriving again
+//! and does nothing. A genesis version that loses to the same values is no conflict:
+//! nothing is recorded (a captured version that loses is recorded even then).
 
 use mysql_async::prelude::*;
 use mysql_async::{Conn, Value as MyValue};
@@ -44,7 +47,11 @@ pub fn decide(
     let Some((local, tombstone)) = local else {
         return Decision::FastForward;
     };
-    let on_top = base == Some(local) || (base.is_none() && tombstone);
+    // A change that names no base was made on a row with no version there: on top of
+    // a tombstone (a re-insert), or of a row as it stood before capture (a genesis
+    // version, which a full export brought).
+    let on_top = base == Some(local)
+        || (base.is_none() && (tombstone || (local.is_genesis() && !version.is_genesis())));
     match (version.cmp(local), on_top) {
         (Equal, _) => Decision::Stale,
         (Greater, true) => Decision::FastForward,
@@ -230,6 +237,33 @@ mod tests {
         assert_eq!(
             decide(&v(7, "a"), Some(&local), Some((&local, false))),
             Decision::FastForward
+        );
+    }
+
+    #[test]
+    fn a_change_with_no_base_builds_on_a_genesis_version_and_two_geneses_are_concurrent() {
+        let genesis = Version::genesis("hub");
+        let held = Some((&genesis, false));
+        // An edit made where the row had no version builds on the row before capture.
+        assert_eq!(decide(&v(20, "spoke"), None, held), Decision::FastForward);
+        assert_eq!(
+            decide(&v(20, "spoke"), Some(&genesis), held),
+            Decision::FastForward
+        );
+        // The same full export again does nothing.
+        assert_eq!(decide(&genesis, None, held), Decision::Stale);
+        // Two nodes' rows before capture: the greater node name wins, everywhere alike.
+        let other = Version::genesis("zulu");
+        assert_eq!(decide(&other, None, held), Decision::WinsConcurrent);
+        assert_eq!(
+            decide(&genesis, None, Some((&other, false))),
+            Decision::LosesConcurrent
+        );
+        // A captured version is never built on by a genesis one.
+        let live = v(10, "a");
+        assert_eq!(
+            decide(&genesis, None, Some((&live, false))),
+            Decision::LosesConcurrent
         );
     }
 

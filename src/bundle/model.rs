@@ -18,6 +18,25 @@ pub struct Version {
     pub node: String,
 }
 
+impl Version {
+    /// The version of a row as it stood before capture began at `node`: the oldest of
+    /// that node's versions (wall clock and counter zero). A full export
+    /// (`ferry export --full`) seals rows that no captured change touched with it, so
+    /// that any captured edit, anywhere, is later than it.
+    pub fn genesis(node: &str) -> Version {
+        Version {
+            wall_us: 0,
+            counter: 0,
+            node: node.to_string(),
+        }
+    }
+
+    /// Whether this is a [`Version::genesis`]: a row's state from before capture.
+    pub fn is_genesis(&self) -> bool {
+        self.wall_us == 0 && self.counter == 0
+    }
+}
+
 /// What happened to the row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Op {

@@ -145,6 +145,10 @@ impl<'a> Applier<'a> {
         key: &KeyValues,
         change: &Change,
     ) -> Result<(), ImportError> {
+        if synced.columns.is_empty() {
+            // Every column is the identity (role_privilege): the row found is the row.
+            return Ok(());
+        }
         let sets = synced
             .columns
             .iter()
