@@ -13,7 +13,7 @@ use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
-use crate::capture::bookkeeping::{get_meta, set_meta};
+use crate::capture::bookkeeping::{delete_meta, get_meta, set_meta};
 use crate::capture::versions::{settle, Floors, LogEntry, Settle, MARKER};
 use crate::db::DbError;
 use crate::transport::sequences::Sequences;
@@ -348,6 +348,11 @@ const PRUNED_UPTO: &str = "pruned_upto";
 /// already pruned when the peer's first export after it ran ([`note_missed`]).
 fn missed_key(peer: &str) -> String {
     format!("missed_before:{peer}")
+}
+
+/// Forgets what [`note_missed`] noted for `peer`: a full export gave it every row.
+pub async fn clear_missed(conn: &mut Conn, peer: &str) -> Result<(), DbError> {
+    delete_meta(conn, &missed_key(peer)).await
 }
 
 /// The highest log position pruning has deleted (0 when it never did).

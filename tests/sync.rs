@@ -635,3 +635,192 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
         .unwrap();
     assert!(spoke1["missed_before"].is_null(), "{status}");
 }
+
+/// A site joins a network that has run for a while: the hub's log was pruned, and the
+/// hub holds rows no bundle ever carried (written while capture was off, as rows from
+/// before `ferry setup` are). `ferry export --full` gives the newcomer every row, the
+/// deleted ones as tombstones, and the two then sync both ways with no spurious
+/// conflict; the one row the newcomer held with other values is recorded as the loser.
+#[test]
+fn a_site_joins_a_running_network_with_a_full_export() {
+    let c = Cluster::star(&["hub", "spoke-1"], &Source::Fixture);
+    let hub = c.url("hub");
+    let sql = |url: &str, s: &str| ferry::dev::mariadb::run_sql_blocking(url, s).unwrap();
+    let log = |url: &str| -> u64 {
+        block_on(async {
+            conn(url)
+                .await
+                .query_first("SELECT COUNT(*) FROM ferry_change WHERE op <> 'F'")
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    // A month of work, carried to spoke-1 and acknowledged: the log is pruned.
+    common::generate(hub, 11, 3, 1, 3);
+    sql(
+        hub,
+        "DELETE FROM global_property WHERE property = 'application.name'",
+    );
+    c.carry("hub", "spoke-1");
+    c.carry_with("spoke-1", "hub", &["--heartbeat"]);
+    assert_eq!(log(hub), 0, "spoke-1 acknowledged everything");
+    // Rows no bundle carries: a fixture row renamed and a new row, capture off.
+    c.node("hub").ok(&["tables", "disable", "location"]);
+    sql(
+        hub,
+        "UPDATE location SET name = 'Pharmacy (hub)' WHERE location_id = 5; \
+         INSERT INTO location (name, creator, date_created, retired, uuid) \
+         VALUES ('Hub annex', 1, NOW(), 0, 'dddddddd-0000-4000-8000-000000000001')",
+    );
+    c.node("hub").ok(&["tables", "enable", "location"]);
+
+    // The newcomer starts from a fresh OpenMRS (here: the fixture).
+    let site = common::site("newcomer", &Source::Fixture);
+    let newcomer = common::Node::new("newcomer", &site.url);
+    let hub_key = c.node("hub").ok(&["key"]);
+    newcomer.ok(&["peer", "add", "hub", hub_key.trim()]);
+    newcomer.ok(&["setup"]);
+    let key = newcomer.ok(&["key"]);
+    c.node("hub").ok(&["peer", "add", "newcomer", key.trim()]);
+    // An ordinary export has nothing for it, and says what it missed.
+    let text = c.node("hub").ok(&["export", "--peer", "newcomer"]);
+    assert!(
+        text.contains("newcomer: nothing new")
+            && text.contains(
+                "warning: newcomer became a peer after this node's change log was pruned"
+            ),
+        "{text}"
+    );
+    common::generate(hub, 12, 1, 1, 2); // in the log, not yet sent to the newcomer
+
+    // --full names its peers: a usage error without.
+    let (code, _, err) = c.node("hub").run(&["export", "--full"]);
+    assert_eq!(code, 2, "{err}");
+    let out = c
+        .node("hub")
+        .json(&["export", "--full", "--peer", "newcomer", "--json"]);
+    assert_eq!(out[0]["seq"], 1, "{out}");
+    assert!(out[0]["missed_before"].is_null(), "{out}");
+    let status = c.node("hub").json(&["status", "--json"]);
+    let entry = status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["peer"] == "newcomer")
+        .unwrap()
+        .clone();
+    assert!(entry["missed_before"].is_null(), "{status}");
+    let stick = c.stick.path().to_str().unwrap();
+    c.node("hub").ok(&["send", stick]);
+    newcomer.ok(&["receive", stick]);
+    let report = newcomer.json(&["import", "--json"]);
+    assert_eq!(common::applied_seqs(&report), [1], "{report}");
+    assert_eq!(
+        c.verify("hub"),
+        newcomer.ok(&["verify", "--json"]),
+        "the newcomer holds every row the hub does"
+    );
+    let gone: u64 = block_on(async {
+        conn(&site.url)
+            .await
+            .query_first("SELECT COUNT(*) FROM global_property WHERE property = 'application.name'")
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(
+        gone, 0,
+        "the tombstone (pruned from the hub's log) reached it"
+    );
+    // Its own 'Pharmacy' lost to the hub's, and is kept; the identical rows are no conflict.
+    let conflicts = newcomer.json(&["status", "--json"])["conflicts"].clone();
+    assert_eq!(conflicts, serde_json::json!({"location": 1}), "{conflicts}");
+    let list = newcomer.ok(&["conflicts", "--json"]);
+    assert!(
+        list.contains("Pharmacy (hub)") && list.contains("\"Pharmacy\""),
+        "{list}"
+    );
+
+    // Both ways from here on, with no conflict: edits of rows the full export brought,
+    // from before capture and after.
+    sql(
+        &site.url,
+        "UPDATE location SET description = 'annex, edited at the newcomer' \
+         WHERE uuid = 'dddddddd-0000-4000-8000-000000000001'; \
+         UPDATE person SET gender = 'F' WHERE person_id = (SELECT MAX(person_id) FROM patient)",
+    );
+    sql(
+        hub,
+        "UPDATE location SET description = 'pharmacy, edited at the hub' WHERE location_id = 5",
+    );
+    let stick_to = |from: &common::Node, to: &common::Node| {
+        from.ok(&["export"]);
+        from.ok(&["send", stick]);
+        to.ok(&["receive", stick]);
+        to.json(&["import", "--json"])
+    };
+    let back = stick_to(&newcomer, c.node("hub"));
+    assert_eq!(common::applied_seqs(&back), [1], "{back}");
+    let forth = stick_to(c.node("hub"), &newcomer);
+    assert_eq!(common::applied_seqs(&forth), [2], "{forth}");
+    assert_eq!(c.verify("hub"), newcomer.ok(&["verify", "--json"]));
+    let hub_conflicts = c.node("hub").json(&["status", "--json"])["conflicts"].clone();
+    assert_eq!(hub_conflicts, serde_json::json!({}), "{hub_conflicts}");
+    let conflicts = newcomer.json(&["status", "--json"])["conflicts"].clone();
+    assert_eq!(conflicts, serde_json::json!({"location": 1}), "{conflicts}");
+    // The full bundle again is a no-op that says so.
+    let again = newcomer.run(&["import", c.outbox("hub", "newcomer")[0].to_str().unwrap()]);
+    assert_eq!(again.0, 0, "{}", again.2);
+}
+
+/// A full export carries every row of every synced table of the schema, the real
+/// OpenMRS one included: the newcomer ends equal to the hub, the bundle holds exactly
+/// the rows `ferry verify` counts, and the rows both held already (the same data) are
+/// no conflict.
+#[test]
+fn a_full_export_carries_every_row_of_every_table() {
+    for source in common::sources() {
+        eprintln!("full export on {}", source.name());
+        let c = Cluster::star(&["hub", "newcomer"], &source);
+        common::generate(c.url("hub"), 21, 4, 2, 4);
+        let out = c
+            .node("hub")
+            .json(&["export", "--full", "--peer", "newcomer", "--json"]);
+        // Per table, the bundle's live rows are the rows verify counts; the rest are
+        // tombstones of rows deleted since capture began.
+        let verify: serde_json::Value = serde_json::from_str(&c.verify("hub")).unwrap();
+        let bundle = c.outbox("hub", "newcomer");
+        let changes = common::bundle_changes(c.node("newcomer"), &bundle[0]);
+        assert_eq!(
+            out[0]["changes"].as_u64(),
+            Some(changes.len() as u64),
+            "{out}"
+        );
+        let mut live: std::collections::BTreeMap<String, u64> = Default::default();
+        for ch in changes
+            .iter()
+            .filter(|ch| ch.op != ferry::bundle::Op::Delete)
+        {
+            *live.entry(ch.table.clone()).or_default() += 1;
+        }
+        let counted: std::collections::BTreeMap<String, u64> = verify["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["rows"].as_u64() != Some(0))
+            .map(|t| {
+                (
+                    t["table"].as_str().unwrap().to_string(),
+                    t["rows"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(live, counted, "{}", source.name());
+        let report = c.carry("hub", "newcomer");
+        assert_eq!(common::applied_seqs(&report), [1], "{report}");
+        assert_eq!(c.verify("hub"), c.verify("newcomer"), "{}", source.name());
+        let conflicts = c.node("newcomer").json(&["status", "--json"])["conflicts"].clone();
+        assert_eq!(conflicts, serde_json::json!({}), "{}", source.name());
+    }
+}

@@ -229,6 +229,13 @@ pub async fn set_meta(conn: &mut Conn, name: &str, value: &str) -> Result<(), Db
     .map_err(DbError::query(format!("writing {name} to ferry_meta")))
 }
 
+/// Removes a value from `ferry_meta`.
+pub async fn delete_meta(conn: &mut Conn, name: &str) -> Result<(), DbError> {
+    conn.exec_drop(format!("DELETE FROM {META_TABLE} WHERE name = ?"), (name,))
+        .await
+        .map_err(DbError::query(format!("removing {name} from ferry_meta")))
+}
+
 /// Refuses a node name other than the one `ferry setup` recorded in this database: two
 /// configs naming different nodes on one database would seal bundles under both names
 /// from one log, and one sequence number could go to both (a gap the recipient waits

@@ -18,6 +18,15 @@ pub struct ExportArgs {
     /// Write a bundle even when there is nothing new, to carry acknowledgements.
     #[arg(long)]
     pub heartbeat: bool,
+    /// Seal every row of every synced table for the named peers, not only what changed
+    /// since their last bundle: for a site that joins the network (from a fresh
+    /// OpenMRS or a copy), or one that missed changes the log no longer holds. Rows
+    /// no captured change touched travel as they were before capture, so any edit made
+    /// anywhere wins over them; where the peer holds such a row with other values, it
+    /// takes these and records its own in `ferry conflicts`. Run it one way, from the
+    /// node whose data the other should take. Needs --peer.
+    #[arg(long, requires = "peers")]
+    pub full: bool,
     /// Print JSON for scripts instead of text.
     #[arg(long)]
     pub json: bool,
@@ -40,6 +49,7 @@ pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyho
     let mut fetch = node.db.connect().await?;
     let opts = ExportOptions {
         heartbeat: args.heartbeat,
+        full: args.full,
     };
     let reports = export(&mut conn, &mut fetch, &node, &args.peers, &opts).await?;
     if args.json {
@@ -136,6 +146,7 @@ pub fn missed_line(peer: &str, upto: u64) -> String {
     format!(
         "warning: {peer} became a peer after this node's change log was pruned up to \
          #{upto}; it has the changes before that only if it started from a copy of this \
-         database (see \"Starting data\" in docs/operations.md)"
+         database; else give it every row with `ferry export --full --peer {peer}` (see \
+         \"A site joins\" in docs/operations.md)"
     )
 }

@@ -391,6 +391,24 @@ impl RowFetcher {
         reads
     }
 
+    /// The query that reads the (local id, identity text) of rows in local id order,
+    /// up to `limit` after the local id it takes as its parameter; for a table without
+    /// a local id (no parameter), of every row, the local id NULL. The flag says which.
+    pub fn scan_keys(&self, limit: usize) -> (String, bool) {
+        let from = ident(&self.table);
+        match &self.row_id {
+            Some(pk) => (
+                format!(
+                    "SELECT t.{pk}, {key} FROM {from} AS t WHERE t.{pk} > ? ORDER BY t.{pk} LIMIT {limit}",
+                    pk = ident(pk),
+                    key = self.key_expr
+                ),
+                true,
+            ),
+            None => (format!("SELECT NULL, {} FROM {from} AS t", self.key_expr), false),
+        }
+    }
+
     /// The query that reads every row of the table, as this fetcher decodes them.
     pub fn select_all(&self) -> String {
         format!("SELECT {} FROM {} AS t", self.select, ident(&self.table))

@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use mysql_async::prelude::*;
 use mysql_async::{Conn, Row};
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc::Sender;
@@ -193,6 +194,10 @@ pub struct Sealer<'a> {
     stamp: Version,
     peer: String,
     cursor: u64,
+    /// Sealing every row at its head (`seal_full`), not the log range's changes.
+    full: bool,
+    /// The version of a row no captured change touched, for a full export.
+    genesis: Version,
     writer: BundleWriter,
     /// Connections rows are read on while earlier batches are sealed (free ones), and
     /// the batches being read, oldest first: as many as there are connections.
@@ -235,6 +240,8 @@ impl<'a> Sealer<'a> {
             },
             peer: peer.to_string(),
             cursor,
+            full: false,
+            genesis: Version::genesis(me),
             writer,
             rows_conns,
             inflight: Default::default(),
@@ -265,6 +272,77 @@ impl<'a> Sealer<'a> {
         }
         if let Err(e) = grouping.await {
             std::panic::resume_unwind(e.into_panic());
+        }
+        self.drain(fetch).await?;
+        Ok(self.changes)
+    }
+
+    /// Seals every row of every synced table, in bundle order, as it stands at the
+    /// horizon (the `cursor` this sealer was made with): a full export. Each row goes
+    /// at its head before the horizon, or at this node's genesis version when no
+    /// captured change touched it, with no base; rows deleted here or last written by
+    /// the peer are left out. The rows' keys are read in the snapshot of `fetch` a
+    /// batch at a time (by local id; a table without one, which in OpenMRS is a small
+    /// association table, at once); their values as they are now, as in any export
+    /// (a row changed since travels again in the next bundle).
+    pub async fn seal_full(&mut self, fetch: &mut Conn) -> Result<u64, ExportError> {
+        self.full = true;
+        for (rank, table) in self.tables.iter().enumerate() {
+            if !self.fetchers.contains_key(table) {
+                let f = RowFetcher::new(self.plan, self.schema, table, &mut self.cache);
+                self.fetchers.insert(table.clone(), f);
+            }
+            let Some((scan, paged)) = self.fetchers[table].as_ref().map(|f| f.scan_keys(BATCH))
+            else {
+                continue;
+            };
+            // Tombstones first: the rows deleted here since capture began, so that a
+            // peer that holds them deletes them too.
+            let gone: Vec<String> = fetch
+                .exec(
+                    "SELECT row_key FROM ferry_change WHERE table_name = ? AND op = 'D' \
+                     AND change_id <= ? \
+                     UNION SELECT row_key FROM ferry_row WHERE table_name = ? AND deleted = 1",
+                    (table, self.cursor, table),
+                )
+                .await
+                .map_err(DbError::query(format!(
+                    "reading the deleted rows of {table}"
+                )))?;
+            for chunk in gone.chunks(BATCH) {
+                let mut batch: Vec<Group> = chunk
+                    .iter()
+                    .map(|key| full_group(rank, None, key.clone(), b'D'))
+                    .collect();
+                self.flush(fetch, &mut batch).await?;
+            }
+            drop(gone);
+            let mut after = i64::MIN;
+            loop {
+                let params: Vec<mysql_async::Value> = if paged {
+                    vec![after.into()]
+                } else {
+                    Vec::new()
+                };
+                let keys: Vec<(Option<i64>, Option<String>)> = fetch
+                    .exec(scan.as_str(), params)
+                    .await
+                    .map_err(DbError::query(format!("reading the keys of {table}")))?;
+                let done = !paged || keys.len() < BATCH;
+                after = keys.last().and_then(|k| k.0).unwrap_or(after);
+                let mut groups = keys
+                    .into_iter()
+                    // A row whose identity is unreadable is not synced.
+                    .filter_map(|(row_id, key)| Some(full_group(rank, row_id, key?, b'U')))
+                    .peekable();
+                while groups.peek().is_some() {
+                    let mut batch: Vec<Group> = groups.by_ref().take(BATCH).collect();
+                    self.flush(fetch, &mut batch).await?;
+                }
+                if done {
+                    break;
+                }
+            }
         }
         self.drain(fetch).await?;
         Ok(self.changes)
@@ -462,40 +540,62 @@ impl<'a> Sealer<'a> {
             // cache lacks what the change at `at` needs.
             let mut missed = None;
             for (at, g) in groups.iter().enumerate().skip(from) {
-                // The base is what the first unseen change was made on: a forwarded change
-                // says so itself; a local one was made on what came before it here.
-                let mut base = if g.first.is_local() {
-                    g.known.as_ref()
+                let (base, version, origin) = if self.full {
+                    // A full export seals each row at its head (a genesis version when
+                    // no captured change touched it), as a new row: the peer may hold
+                    // anything, or nothing, of its history.
+                    let tombstone = g.first.op == b'D';
+                    match found.get(&g.key) {
+                        Some(h)
+                            if h.origin.as_deref() == Some(self.peer.as_str())
+                                || h.via.as_deref() == Some(self.peer.as_str()) =>
+                        {
+                            continue; // the peer's own version
+                        }
+                        // A live row that is a tombstone at the horizon, or the other
+                        // way round, changed since: it travels in the next bundle.
+                        Some(h) if h.deleted != tombstone => continue,
+                        Some(h) => (None, &h.version, h.origin.as_deref().unwrap_or(&self.me)),
+                        None if tombstone => continue,
+                        None => (None, &self.genesis, self.me.as_str()),
+                    }
                 } else {
-                    g.first.base()
+                    // The base is what the first unseen change was made on: a forwarded change
+                    // says so itself; a local one was made on what came before it here.
+                    let mut base = if g.first.is_local() {
+                        g.known.as_ref()
+                    } else {
+                        g.first.base()
+                    };
+                    if let Some(h) = found.get(&g.key) {
+                        let known_to_peer = h.position <= self.cursor
+                            || h.via.as_deref() == Some(self.peer.as_str())
+                            || h.origin.as_deref() == Some(self.peer.as_str());
+                        if h.position <= g.first.change_id || known_to_peer {
+                            base = Some(&h.version);
+                        }
+                        if known_to_peer && h.position >= g.last().change_id {
+                            // The peer's own version came after all of these entries.
+                            continue;
+                        }
+                    }
+                    // A local change's version is this node's: its stamp goes into a
+                    // version kept for the purpose (no node name copied per change).
+                    let last = g.last();
+                    let version = match last.stored_version() {
+                        Some(v) => v,
+                        None => {
+                            let (wall_us, counter) =
+                                self.floors.local_stamp(last.change_id, last.wall_us);
+                            self.stamp.wall_us = wall_us;
+                            self.stamp.counter = counter;
+                            &self.stamp
+                        }
+                    };
+                    let origin = last.origin().unwrap_or(&self.me);
+                    (base, version, origin)
                 };
-                if let Some(h) = found.get(&g.key) {
-                    let known_to_peer = h.position <= self.cursor
-                        || h.via.as_deref() == Some(self.peer.as_str())
-                        || h.origin.as_deref() == Some(self.peer.as_str());
-                    if h.position <= g.first.change_id || known_to_peer {
-                        base = Some(&h.version);
-                    }
-                    if known_to_peer && h.position >= g.last().change_id {
-                        // The peer's own version came after all of these entries.
-                        continue;
-                    }
-                }
-                // A local change's version is this node's: its stamp goes into a
-                // version kept for the purpose (no node name copied per change).
-                let last = g.last();
-                let version = match last.stored_version() {
-                    Some(v) => v,
-                    None => {
-                        let (wall_us, counter) =
-                            self.floors.local_stamp(last.change_id, last.wall_us);
-                        self.stamp.wall_us = wall_us;
-                        self.stamp.counter = counter;
-                        &self.stamp
-                    }
-                };
-                let origin = last.origin().unwrap_or(&self.me);
-                if last.op == b'D' {
+                if g.last().op == b'D' {
                     let parts =
                         parse_identity(&g.key, arity).ok_or_else(|| ExportError::BadEntry {
                             table: table.clone(),
@@ -577,6 +677,28 @@ impl<'a> Sealer<'a> {
         // Should the thread be gone, the rows are freed here.
         let _ = self.freer.send((fetched, groups));
         Ok(())
+    }
+}
+
+/// A row of a full export: `op` `U` for a live row, `D` for a tombstone.
+fn full_group(rank: usize, row_id: Option<i64>, key: String, op: u8) -> Group {
+    Group {
+        rank: rank as u32,
+        key,
+        row_id,
+        first: Item {
+            rank: rank as u32,
+            turn: 0,
+            row_id,
+            at: row_id.unwrap_or(i64::MAX),
+            row_key: String::new(),
+            change_id: 0,
+            op,
+            wall_us: 0,
+            stored: None,
+        },
+        later: None,
+        known: None,
     }
 }
 

@@ -121,6 +121,9 @@ fn describe(d: &[DriftItem]) -> String {
 pub struct ExportOptions {
     /// Write a bundle even when there is nothing new (to carry acknowledgements).
     pub heartbeat: bool,
+    /// Seal every row of every synced table, not only the changes the peer lacks: for a
+    /// peer that joins with other data, or that missed changes the log no longer holds.
+    pub full: bool,
 }
 
 /// What an export did for one peer.
@@ -375,7 +378,12 @@ async fn export_peer(
             // must not be behind what this node did (a database restored from a backup).
             Sequences::load(&node.dirs).check(peer, ps.out_seq, ps.in_seq)?;
             recover_pending(node, peer, ps.out_seq)?;
-            let missed_before = state::note_missed(conn, peer, ps.out_cursor).await?;
+            // A full export gives the peer every row: nothing is missed.
+            let missed_before = if opts.full {
+                None
+            } else {
+                state::note_missed(conn, peer, ps.out_cursor).await?
+            };
             if let Some(upto) = missed_before {
                 tracing::info!(
                     peer,
@@ -413,10 +421,11 @@ async fn export_peer(
                 let read = started.elapsed();
                 report.entries = range.entries;
                 let horizon = range.horizon;
-                if horizon <= ps.out_cursor && !opts.heartbeat {
+                let always = opts.heartbeat || opts.full;
+                if horizon <= ps.out_cursor && !always {
                     return Ok(None);
                 }
-                if range.sorter.is_empty() && !opts.heartbeat {
+                if range.sorter.is_empty() && !always {
                     return Ok(Some((horizon, None, read)));
                 }
                 let reading_schema = Instant::now();
@@ -466,12 +475,17 @@ async fn export_peer(
                     &floors,
                     node.name(),
                     peer,
-                    ps.out_cursor,
+                    if opts.full { horizon } else { ps.out_cursor },
                     writer,
                     row_readers(node).await?,
                 );
-                let sorted = range.sorter.finish()?;
-                let changes = sealer.seal(fetch, sorted).await?;
+                let changes = if opts.full {
+                    // Every row as it stands at the horizon covers the range's changes.
+                    drop(range.sorter);
+                    sealer.seal_full(fetch).await?
+                } else {
+                    sealer.seal(fetch, range.sorter.finish()?).await?
+                };
                 let stages = sealer.stages();
                 let finishing = Instant::now();
                 let sealed = sealer.finish(&pending)?;
@@ -541,6 +555,9 @@ async fn export_peer(
             )
             .await
             .map_err(DbError::query("recording the outbox"))?;
+                    if opts.full {
+                        state::clear_missed(conn, peer).await?;
+                    }
                     Ok(())
                 }
                 .await;
