@@ -114,6 +114,7 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
         .into());
     }
     let key = parsed.to_string();
+    let new = config.peer(&name).is_none();
     match config.peers.iter_mut().find(|p| p.name == name) {
         Some(p) if p.public_key == key => {}
         Some(_) if !replace => {
@@ -130,6 +131,11 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
     }
     config.save(true)?;
     out.line(format!("peer {name} added to {}", config.path.display()));
+    if new {
+        out.line(format!(
+            "note: unless {name} starts from a copy of this database, make its first export a full one: `ferry export --full --peer {name}`"
+        ));
+    }
     Ok(())
 }
 
