@@ -326,7 +326,8 @@ pub async fn heads_where(
             };
             conn.exec(
                 format!(
-                    "SELECT {} FROM ferry_change WHERE table_name = ? AND row_key IN ({marks}){bound}",
+                    "SELECT {} FROM ferry_change FORCE INDEX (ferry_change_row) \
+                     WHERE table_name = ? AND row_key IN ({marks}){bound}",
                     LogEntry::COLUMNS
                 ),
                 params,
