@@ -277,14 +277,16 @@ impl<'a> Sealer<'a> {
         Ok(self.changes)
     }
 
-    /// Seals every row of every synced table, in bundle order, as it stands at the
-    /// horizon (the `cursor` this sealer was made with): a full export. Each row goes
-    /// at its head before the horizon, or at this node's genesis version when no
-    /// captured change touched it, with no base; rows deleted here or last written by
-    /// the peer are left out. The rows' keys are read in the snapshot of `fetch` a
-    /// batch at a time (by local id; a table without one, which in OpenMRS is a small
-    /// association table, at once); their values as they are now, as in any export
-    /// (a row changed since travels again in the next bundle).
+    /// Seals every row of every synced table, in bundle order, as it stands in the
+    /// snapshot of `fetch` (which holds the horizon): a full export. Each row goes at
+    /// its head, or at this node's genesis version when no captured change touched
+    /// it, with no base; rows deleted here go as tombstones, and rows last written by
+    /// the peer are left out. A head past the horizon is sent as such, and its entry
+    /// then arrives again in the next bundle, where it is stale. The rows' keys are
+    /// read in the snapshot a batch at a time (by local id; a table without one,
+    /// which in OpenMRS is a small association table, at once), their values as they
+    /// are now, as in any export (a row changed since travels again in the next
+    /// bundle).
     pub async fn seal_full(&mut self, fetch: &mut Conn) -> Result<u64, ExportError> {
         self.full = true;
         for (rank, table) in self.tables.iter().enumerate() {
@@ -301,9 +303,8 @@ impl<'a> Sealer<'a> {
             let gone: Vec<String> = fetch
                 .exec(
                     "SELECT row_key FROM ferry_change WHERE table_name = ? AND op = 'D' \
-                     AND change_id <= ? \
                      UNION SELECT row_key FROM ferry_row WHERE table_name = ? AND deleted = 1",
-                    (table, self.cursor, table),
+                    (table, table),
                 )
                 .await
                 .map_err(DbError::query(format!(
@@ -392,15 +393,10 @@ impl<'a> Sealer<'a> {
             HashMap::new()
         } else {
             self.stages.lookups += lookup.len() as u64;
-            heads(
-                fetch,
-                self.floors,
-                &self.me,
-                &table,
-                &lookup,
-                Some(self.cursor),
-            )
-            .await?
+            // A full export takes each row's head in the snapshot, whatever its
+            // position: bounding it would cost a scan of the log per batch.
+            let upto = (!self.full).then_some(self.cursor);
+            heads(fetch, self.floors, &self.me, &table, &lookup, upto).await?
         };
         // The rows' values, for every row that was not deleted.
         let live: Vec<&Group> = groups.iter().filter(|g| g.last().op != b'D').collect();

@@ -475,7 +475,7 @@ async fn export_peer(
                     &floors,
                     node.name(),
                     peer,
-                    if opts.full { horizon } else { ps.out_cursor },
+                    ps.out_cursor,
                     writer,
                     row_readers(node).await?,
                 );
