@@ -171,6 +171,24 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
         "wire:    bundle {bundle_bytes} B; dump {dump_bytes} B; zstd -3 of the dump {zstd_bytes} B ({:.2} s)",
         zstd.secs
     );
+    // A full export (`--full`, every row of every synced table: what a joining site
+    // gets) of the same database, for the record: it is no target, and it covers
+    // every synced table, not only the dump's.
+    reset_peer(server, &pair);
+    settle(server);
+    let (full, fout, full_stages) = pair
+        .src
+        .measured_json(&["export", "--full", "--peer", "hub"]);
+    print!("{full_stages}");
+    let rows = fout[0]["changes"].as_u64().unwrap_or(0);
+    println!(
+        "full export: {rows} rows in {:.2} s ({:.0} rows/s; CPU s {}; {:.1} MB peak RSS) | mariadb-dump of the step's tables {:.0} rows/s",
+        full.secs,
+        rows as f64 / full.secs,
+        cpu(&full),
+        full.rss_mb(),
+        dump_rows as f64 / ((d1.secs + d2.secs) / 2.0)
+    );
     let step = Step {
         changes: exported,
         dump_rows,
