@@ -480,7 +480,8 @@ async fn export_peer(
                     row_readers(node).await?,
                 );
                 let changes = if opts.full {
-                    // Every row as it stands at the horizon covers the range's changes.
+                    // Every row as it stands in the snapshot covers the range's changes
+                    // (the range was read only for its horizon, the peer's next cursor).
                     drop(range.sorter);
                     sealer.seal_full(fetch).await?
                 } else {
