@@ -133,7 +133,7 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
     out.line(format!("peer {name} added to {}", config.path.display()));
     if new {
         out.line(format!(
-            "note: unless {name} starts from a copy of this database, make its first export a full one: `ferry export --full --peer {name}`"
+            "note: if {name} does not start with this database's data (a copy of it, or loaded alike), make its first export a full one: `ferry export --full --peer {name}`"
         ));
     }
     Ok(())
