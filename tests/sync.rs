@@ -643,7 +643,14 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
 /// conflict; the one row the newcomer held with other values is recorded as the loser.
 #[test]
 fn a_site_joins_a_running_network_with_a_full_export() {
-    let c = Cluster::star(&["hub", "spoke-1"], &Source::Fixture);
+    // Every site starts with two more locations, one inside the other; the hub deletes
+    // both, so the newcomer receives two tombstones it must apply child first.
+    let pair = "INSERT INTO location (location_id, name, creator, date_created, retired, uuid) \
+                VALUES (90, 'Old wing', 1, NOW(), 0, 'eeeeeeee-0000-4000-8000-000000000090'); \
+                INSERT INTO location (location_id, name, creator, date_created, retired, \
+                parent_location, uuid) VALUES (91, 'Old ward', 1, NOW(), 0, 90, \
+                'eeeeeeee-0000-4000-8000-000000000091')";
+    let c = Cluster::star_with(&["hub", "spoke-1"], &Source::Fixture, &[pair]);
     let hub = c.url("hub");
     let sql = |url: &str, s: &str| ferry::dev::mariadb::run_sql_blocking(url, s).unwrap();
     let log = |url: &str| -> u64 {
@@ -657,11 +664,12 @@ fn a_site_joins_a_running_network_with_a_full_export() {
         })
     };
     // A month of work, carried to spoke-1 and acknowledged: the log is pruned.
-    common::generate(hub, 11, 3, 1, 3);
     sql(
         hub,
-        "DELETE FROM global_property WHERE property = 'application.name'",
+        "DELETE FROM global_property WHERE property = 'application.name'; \
+         DELETE FROM location WHERE location_id = 91; DELETE FROM location WHERE location_id = 90",
     );
+    common::generate(hub, 11, 3, 1, 3);
     c.carry("hub", "spoke-1");
     c.carry_with("spoke-1", "hub", &["--heartbeat"]);
     assert_eq!(log(hub), 0, "spoke-1 acknowledged everything");
@@ -677,6 +685,7 @@ fn a_site_joins_a_running_network_with_a_full_export() {
 
     // The newcomer starts from a fresh OpenMRS (here: the fixture).
     let site = common::site("newcomer", &Source::Fixture);
+    sql(&site.url, pair);
     let newcomer = common::Node::new("newcomer", &site.url);
     let hub_key = c.node("hub").ok(&["key"]);
     newcomer.ok(&["peer", "add", "hub", hub_key.trim()]);
@@ -733,6 +742,15 @@ fn a_site_joins_a_running_network_with_a_full_export() {
         gone, 0,
         "the tombstone (pruned from the hub's log) reached it"
     );
+    let wing: u64 = block_on(async {
+        conn(&site.url)
+            .await
+            .query_first("SELECT COUNT(*) FROM location WHERE location_id IN (90, 91)")
+            .await
+            .unwrap()
+            .unwrap()
+    });
+    assert_eq!(wing, 0, "both tombstones applied, the child's first");
     // Its own 'Pharmacy' lost to the hub's, and is kept; the identical rows are no conflict.
     let conflicts = newcomer.json(&["status", "--json"])["conflicts"].clone();
     assert_eq!(conflicts, serde_json::json!({"location": 1}), "{conflicts}");
