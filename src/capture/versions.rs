@@ -299,32 +299,13 @@ pub async fn heads_where(
     ks.sort_unstable();
     ks.dedup();
     // A table without log entries (a fresh node, or one whose log was pruned) needs no
-    // probe of the log per key: one look at the index answers for all of them.
-    let logged: Option<u8> = if ks.is_empty() {
-        None
-    } else {
-        conn.exec_first(
-            "SELECT 1 FROM ferry_change WHERE table_name = ? LIMIT 1",
-            (table,),
-        )
-        .await
-        .map_err(DbError::query("looking for log entries"))?
-    };
-    // Likewise a table without `ferry_row` records (every row's history still in the
-    // log) needs no probe of them per key.
-    let recorded: Option<u8> = if ks.is_empty() {
-        None
-    } else {
-        conn.exec_first(
-            "SELECT 1 FROM ferry_row WHERE table_name = ? LIMIT 1",
-            (table,),
-        )
-        .await
-        .map_err(DbError::query("looking for row versions"))?
-    };
+    // probe of the log per key: one look at the index answers for all of them. Likewise
+    // a table without `ferry_row` records (every row's history still in the log).
+    let logged = !ks.is_empty() && has_rows_of(conn, "ferry_change", table).await?;
+    let recorded = !ks.is_empty() && has_rows_of(conn, "ferry_row", table).await?;
     for chunk in ks.chunks(1000) {
         let marks = vec!["?"; chunk.len()].join(", ");
-        let rows: Vec<Row> = if logged.is_none() {
+        let rows: Vec<Row> = if !logged {
             Vec::new()
         } else {
             let mut params: Vec<MyValue> = vec![table.into()];
@@ -364,7 +345,7 @@ pub async fn heads_where(
             };
             out.insert(e.row_key, head);
         }
-        if recorded.is_none() {
+        if !recorded {
             continue;
         }
         let probed: Vec<&str> = chunk
@@ -398,6 +379,19 @@ pub async fn heads_where(
         }
     }
     Ok(out)
+}
+
+/// Whether ferry's bookkeeping table `bookkeeping` (`ferry_change` or `ferry_row`)
+/// holds anything of `table` (one look at the index both have on `table_name` first).
+async fn has_rows_of(conn: &mut Conn, bookkeeping: &str, table: &str) -> Result<bool, DbError> {
+    let found: Option<u8> = conn
+        .exec_first(
+            format!("SELECT 1 FROM {bookkeeping} WHERE table_name = ? LIMIT 1"),
+            (table,),
+        )
+        .await
+        .map_err(DbError::query(format!("looking in {bookkeeping}")))?;
+    Ok(found.is_some())
 }
 
 /// The `ferry_row` columns [`settled_head`] reads.
