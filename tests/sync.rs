@@ -644,7 +644,7 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
 #[test]
 fn a_site_joins_a_running_network_with_a_full_export() {
     // Every site starts with two more locations, one inside the other; the hub deletes
-    // both, so the newcomer receives two tombstones it must apply child first.
+    // both, so the newcomer receives two tombstones of rows that refer to each other.
     let pair = "INSERT INTO location (location_id, name, creator, date_created, retired, uuid) \
                 VALUES (90, 'Old wing', 1, NOW(), 0, 'eeeeeeee-0000-4000-8000-000000000090'); \
                 INSERT INTO location (location_id, name, creator, date_created, retired, \
@@ -653,16 +653,10 @@ fn a_site_joins_a_running_network_with_a_full_export() {
     let c = Cluster::star_with(&["hub", "spoke-1"], &Source::Fixture, &[pair]);
     let hub = c.url("hub");
     let sql = |url: &str, s: &str| ferry::dev::mariadb::run_sql_blocking(url, s).unwrap();
-    let log = |url: &str| -> u64 {
-        block_on(async {
-            conn(url)
-                .await
-                .query_first("SELECT COUNT(*) FROM ferry_change WHERE op <> 'F'")
-                .await
-                .unwrap()
-                .unwrap()
-        })
+    let count = |url: &str, query: &str| -> u64 {
+        block_on(async { conn(url).await.query_first(query).await.unwrap().unwrap() })
     };
+    let log = |url: &str| count(url, "SELECT COUNT(*) FROM ferry_change WHERE op <> 'F'");
     // A month of work, carried to spoke-1 and acknowledged: the log is pruned.
     sql(
         hub,
@@ -730,27 +724,22 @@ fn a_site_joins_a_running_network_with_a_full_export() {
         newcomer.ok(&["verify", "--json"]),
         "the newcomer holds every row the hub does"
     );
-    let gone: u64 = block_on(async {
-        conn(&site.url)
-            .await
-            .query_first("SELECT COUNT(*) FROM global_property WHERE property = 'application.name'")
-            .await
-            .unwrap()
-            .unwrap()
-    });
+    let gone = count(
+        &site.url,
+        "SELECT COUNT(*) FROM global_property WHERE property = 'application.name'",
+    );
     assert_eq!(
         gone, 0,
         "the tombstone (pruned from the hub's log) reached it"
     );
-    let wing: u64 = block_on(async {
-        conn(&site.url)
-            .await
-            .query_first("SELECT COUNT(*) FROM location WHERE location_id IN (90, 91)")
-            .await
-            .unwrap()
-            .unwrap()
-    });
-    assert_eq!(wing, 0, "both tombstones applied, the child's first");
+    let wing = count(
+        &site.url,
+        "SELECT COUNT(*) FROM location WHERE location_id IN (90, 91)",
+    );
+    assert_eq!(
+        wing, 0,
+        "both tombstones applied (one row refers to the other)"
+    );
     // Its own 'Pharmacy' lost to the hub's, and is kept; the identical rows are no conflict.
     let conflicts = newcomer.json(&["status", "--json"])["conflicts"].clone();
     assert_eq!(conflicts, serde_json::json!({"location": 1}), "{conflicts}");
