@@ -37,6 +37,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use indicatif::ProgressBar;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
@@ -244,6 +245,7 @@ pub async fn import(
     conn: &mut Conn,
     node: &NodeContext,
     files: &[PathBuf],
+    bar: &ProgressBar,
 ) -> Result<ImportReport, ImportError> {
     crate::capture::bookkeeping::check_node(conn, node.name()).await?;
     let mut report = ImportReport::default();
@@ -281,7 +283,7 @@ pub async fn import(
         });
     }
     let mut fresh = FreshTables::new(true);
-    let result = import_locked(conn, node, by_sender, &mut fresh, &mut report).await;
+    let result = import_locked(conn, node, by_sender, &mut fresh, &mut report, bar).await;
     release_lock(conn, IMPORT_LOCK).await;
     result?;
     Ok(report)
@@ -299,6 +301,7 @@ async fn import_locked(
     by_sender: BTreeMap<String, Vec<(BundleName, PathBuf)>>,
     fresh: &mut FreshTables,
     report: &mut ImportReport,
+    bar: &ProgressBar,
 ) -> Result<(), ImportError> {
     let mut senders = by_sender;
     loop {
@@ -310,7 +313,7 @@ async fn import_locked(
         for (sender, mut files) in senders {
             files.sort();
             let mut own = ImportReport::default();
-            let outcome = import_sender(conn, node, &sender, files, fresh, &mut own).await?;
+            let outcome = import_sender(conn, node, &sender, files, fresh, &mut own, bar).await?;
             if !own.applied.is_empty() {
                 progressed.push(sender.clone());
             }
@@ -447,6 +450,7 @@ async fn import_sender(
     files: Vec<(BundleName, PathBuf)>,
     fresh: &mut FreshTables,
     report: &mut ImportReport,
+    bar: &ProgressBar,
 ) -> Result<SenderOutcome, ImportError> {
     let mut stopped = SenderOutcome::Done;
     let mut ps = state::peer(conn, sender, false).await?;
@@ -495,7 +499,7 @@ async fn import_sender(
         // The first bundle's own error, once it has failed alone.
         let mut first_error = None;
         let outcome = loop {
-            match apply_files(conn, node, &run[i..i + width], &ps, fresh).await {
+            match apply_files(conn, node, &run[i..i + width], &ps, fresh, bar).await {
                 Err(f)
                     if matches!(f.error, ImportError::MissingReference(_))
                         && i + width < run.len() =>
@@ -593,9 +597,10 @@ async fn apply_files(
     paths: &[PathBuf],
     ps: &state::PeerState,
     fresh: &mut FreshTables,
+    bar: &ProgressBar,
 ) -> Result<Vec<Applied>, RunFailed> {
     let mut at = 0;
-    apply_run(conn, node, paths, ps, fresh, &mut at)
+    apply_run(conn, node, paths, ps, fresh, bar, &mut at)
         .await
         .map_err(|error| RunFailed { at, error })
 }
@@ -607,6 +612,7 @@ async fn apply_run(
     paths: &[PathBuf],
     ps: &state::PeerState,
     fresh: &mut FreshTables,
+    bar: &ProgressBar,
     at: &mut usize,
 ) -> Result<Vec<Applied>, ImportError> {
     let database = node.db.database.clone();
@@ -683,12 +689,18 @@ async fn apply_run(
             applier.start_bundle(conn, acks.clone()).await?;
             applier.created_us = header.created_us;
             let before = applier.stats.clone();
+            // The bar counts this bundle's changes (from zero again if it is retried).
+            bar.set_message(format!("{} #{}", header.sender, header.seq));
+            bar.set_length(header.change_count);
+            bar.set_position(0);
             // Decoded on a thread of its own while the server applies.
             let mut changes = bundle::ReadAhead::start(reader);
             while let Some(batch) = changes.next_batch().await? {
+                let n = batch.len() as u64;
                 for change in batch {
                     applier.push(conn, change).await?;
                 }
+                bar.inc(n);
             }
             applier.flush_all(conn).await?;
             let at = node.clock.now_us();

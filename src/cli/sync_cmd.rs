@@ -82,7 +82,10 @@ pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyho
 pub async fn run_import(config: Config, args: ImportArgs, out: &Output) -> anyhow::Result<()> {
     let node = NodeContext::load(config)?;
     let mut conn = node.db.connect().await?;
-    let report = import(&mut conn, &node, &args.files).await?;
+    let bar = out.progress(0, "applying");
+    let report = import(&mut conn, &node, &args.files, &bar).await;
+    bar.finish_and_clear();
+    let report = report?;
     if args.json {
         out.json(&report);
     } else {
