@@ -690,9 +690,9 @@ async fn apply_run(
             applier.created_us = header.created_us;
             let before = applier.stats.clone();
             // The bar counts this bundle's changes (from zero again if it is retried).
-            bar.set_message(format!("{} #{}", header.sender, header.seq));
             bar.set_length(header.change_count);
             bar.set_position(0);
+            bar.set_message(format!("{} #{}", header.sender, header.seq));
             // Decoded on a thread of its own while the server applies.
             let mut changes = bundle::ReadAhead::start(reader);
             while let Some(batch) = changes.next_batch().await? {
