@@ -23,8 +23,9 @@ pub struct ExportArgs {
     /// OpenMRS or a copy), or one that missed changes the log no longer holds. Rows
     /// no captured change touched travel as they were before capture, so any edit made
     /// anywhere wins over them; where the peer holds such a row with other values, it
-    /// takes these and records its own in `ferry conflicts`. Run it one way, from the
-    /// node whose data the other should take. Needs --peer.
+    /// takes these and records its own in `ferry conflicts`. Tables switched off are
+    /// left out. Run it one way, from the node whose data the other should take.
+    /// Needs --peer.
     #[arg(long, requires = "peers")]
     pub full: bool,
     /// Print JSON for scripts instead of text.

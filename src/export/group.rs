@@ -16,7 +16,7 @@
 //! row's head before the range, looked up ([`heads`]) only where one can exist: for a
 //! local update or delete. A local insert starts a row (its base is none).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use mysql_async::prelude::*;
@@ -286,10 +286,17 @@ impl<'a> Sealer<'a> {
     /// read in the snapshot a batch at a time (by local id; a table without one,
     /// which in OpenMRS is a small association table, at once), their values as they
     /// are now, as in any export (a row changed since travels again in the next
-    /// bundle).
-    pub async fn seal_full(&mut self, fetch: &mut Conn) -> Result<u64, ExportError> {
+    /// bundle). Tables sync is switched off for (`enabled` false) are left out.
+    pub async fn seal_full(
+        &mut self,
+        fetch: &mut Conn,
+        enabled: &BTreeMap<String, bool>,
+    ) -> Result<u64, ExportError> {
         self.full = true;
         for (rank, table) in self.tables.iter().enumerate() {
+            if !enabled.get(table).copied().unwrap_or(true) {
+                continue;
+            }
             if !self.fetchers.contains_key(table) {
                 let f = RowFetcher::new(self.plan, self.schema, table, &mut self.cache);
                 self.fetchers.insert(table.clone(), f);

@@ -52,7 +52,7 @@ use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::drift::{self, DriftItem};
-use crate::capture::setup::{installed_clock_offset, stored_plan};
+use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
 use crate::capture::versions::{Floors, LogEntry};
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
@@ -483,7 +483,8 @@ async fn export_peer(
                     // Every row as it stands in the snapshot covers the range's changes
                     // (the range was read only for its horizon, the peer's next cursor).
                     drop(range.sorter);
-                    sealer.seal_full(fetch).await?
+                    let enabled = enabled_tables(fetch).await?;
+                    sealer.seal_full(fetch, &enabled).await?
                 } else {
                     sealer.seal(fetch, range.sorter.finish()?).await?
                 };
