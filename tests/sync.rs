@@ -577,26 +577,14 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
         "{out}"
     );
     let status = c.node("hub").json(&["status", "--json"]);
-    let peers: Vec<&str> = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["peer"].as_str().unwrap())
-        .collect();
-    assert_eq!(peers, ["spoke-1"], "{status}");
+    assert_eq!(peer_names(&status["peers"]), ["spoke-1"], "{status}");
 
     // spoke-1's next acknowledgement is the last one the log waits for.
     c.carry_with("spoke-1", "hub", &["--heartbeat"]);
     assert_eq!(log(&c), 0, "the log had {kept} entries");
     common::generate(c.url("hub"), 4, 1, 1, 2);
     let out = c.node("hub").json(&["export", "--json"]);
-    let sealed: Vec<&str> = out
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["peer"].as_str().unwrap())
-        .collect();
-    assert_eq!(sealed, ["spoke-1"], "{out}");
+    assert_eq!(peer_names(&out), ["spoke-1"], "{out}");
     assert_eq!(c.outbox("hub", "spoke-2").len(), 1);
     assert!(out[0]["missed_before"].is_null(), "{out}");
 
@@ -620,20 +608,31 @@ fn a_removed_peer_no_longer_holds_back_the_log() {
         "{text}"
     );
     let status = c.node("hub").json(&["status", "--json"]);
-    let spoke2 = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer"] == "spoke-2")
-        .unwrap();
+    let spoke2 = peer_entry(&status, "spoke-2");
     assert!(spoke2["missed_before"].as_u64().unwrap() > 0, "{status}");
-    let spoke1 = status["peers"]
+    assert!(
+        peer_entry(&status, "spoke-1")["missed_before"].is_null(),
+        "{status}"
+    );
+}
+
+/// The `peer` names of a JSON list of per-peer entries (status's peers, export's reports).
+fn peer_names(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["peer"].as_str().unwrap())
+        .collect()
+}
+
+/// The entry of `peer` in a `status --json` report.
+fn peer_entry<'a>(status: &'a serde_json::Value, peer: &str) -> &'a serde_json::Value {
+    status["peers"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["peer"] == "spoke-1")
-        .unwrap();
-    assert!(spoke1["missed_before"].is_null(), "{status}");
+        .find(|p| p["peer"] == peer)
+        .unwrap()
 }
 
 /// A site joins a network that has run for a while: the hub's log was pruned, and the
@@ -706,14 +705,10 @@ fn a_site_joins_a_running_network_with_a_full_export() {
     assert_eq!(out[0]["seq"], 1, "{out}");
     assert!(out[0]["missed_before"].is_null(), "{out}");
     let status = c.node("hub").json(&["status", "--json"]);
-    let entry = status["peers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["peer"] == "newcomer")
-        .unwrap()
-        .clone();
-    assert!(entry["missed_before"].is_null(), "{status}");
+    assert!(
+        peer_entry(&status, "newcomer")["missed_before"].is_null(),
+        "{status}"
+    );
     let stick = c.stick.path().to_str().unwrap();
     c.node("hub").ok(&["send", stick]);
     newcomer.ok(&["receive", stick]);
