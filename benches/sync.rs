@@ -18,6 +18,9 @@
 //! where time goes: FERRY_BENCH_BIN runs another ferry build, FERRY_BENCH_EXPORT_AB=BIN
 //! exports each step's backlog again with BIN and this build in turn, and
 //! FERRY_BENCH_PROFILE_DIR records `perf` profiles of export and import.
+//! FERRY_BENCH_HOLD=FILE keeps each step's backlog for experiments by hand: after the
+//! export rounds the bench writes the source's config, database and server URL to FILE
+//! and waits until FILE is deleted.
 
 mod common;
 
@@ -136,6 +139,9 @@ fn run_step(server: &MariaServer, target: u64, patients: u32) -> Step {
     if let Some(other) = std::env::var_os("FERRY_BENCH_EXPORT_AB") {
         export_ab(server, &pair, std::path::Path::new(&other));
     }
+    if let Some(hold) = std::env::var_os("FERRY_BENCH_HOLD") {
+        hold_backlog(server, &pair, std::path::Path::new(&hold));
+    }
 
     // Import: reload, import, reload.
     let reload_a = format!("reload_a_{tag}");
@@ -230,6 +236,25 @@ fn reset_peer(server: &MariaServer, pair: &Pair) {
 /// "client + server" CPU seconds of a measurement.
 fn cpu(m: &Measured) -> String {
     format!("{:.2} + {:.2}", m.cpu_secs, m.server_cpu_secs)
+}
+
+/// With FERRY_BENCH_HOLD=FILE: writes where the backlog is to FILE and waits until FILE
+/// is deleted (reset the peer with the SQL in FILE before each export by hand).
+fn hold_backlog(server: &MariaServer, pair: &Pair, file: &std::path::Path) {
+    let text = format!(
+        "config={}\ndatabase={}\nserver={}\ndir={}\nreset=UPDATE `{db}`.ferry_peer SET out_seq = 0, out_hash = NULL, out_cursor = 0, out_at = NULL; DELETE FROM `{db}`.ferry_outbox\n",
+        pair.src.config.display(),
+        pair.src_db,
+        server.server_url(),
+        pair.src.dir.path().display(),
+        db = pair.src_db
+    );
+    std::fs::write(file, text).unwrap();
+    println!("holding the backlog: delete {} to go on", file.display());
+    while file.exists() {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    reset_peer(server, pair);
 }
 
 /// With FERRY_BENCH_EXPORT_AB=BIN: exports the same backlog again, alternating BIN
