@@ -830,3 +830,95 @@ fn a_full_export_carries_every_row_of_every_table() {
         assert_eq!(conflicts, serde_json::json!({}), "{}", source.name());
     }
 }
+
+/// Issue 4: a row that other rows refer to, given a new uuid by direct SQL, is logged as
+/// a delete of the old uuid and an insert of the new one. A peer holding the rows that
+/// refer to it refused that bundle (they would refer to a deleted row), with a hint about
+/// rows added there, and its sequence from this node stopped for good. Export now
+/// refuses such a range at the site that made the change, names the row and how to undo
+/// it, and writes no bundle; once undone, everything travels. A new uuid for a row made
+/// since the last export (which the peer does not hold) still travels.
+#[test]
+fn a_new_uuid_for_a_row_that_others_refer_to_is_refused_at_export_until_undone() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let sql = |stmt: &str| ferry::dev::mariadb::run_sql_blocking(c.url("site-a"), stmt).unwrap();
+    let parent = "55555555-0000-4000-8000-000000000001";
+    let renamed = "55555555-0000-4000-8000-0000000000ff";
+    let location = |name: &str, uuid: &str, parent: Option<&str>| {
+        let parent = parent
+            .map(|p| format!("(SELECT location_id FROM location AS p WHERE p.uuid = '{p}')"))
+            .unwrap_or("NULL".into());
+        format!(
+            "INSERT INTO location (name, creator, date_created, uuid, parent_location) \
+             SELECT '{name}', 1, NOW(), '{uuid}', {parent}"
+        )
+    };
+    sql(&location("Ward", parent, None));
+    sql(&location(
+        "Ward bed 1",
+        "55555555-0000-4000-8000-000000000002",
+        Some(parent),
+    ));
+    c.carry("site-a", "site-b");
+    let before = c.outbox("site-a", "site-b");
+
+    sql(&format!(
+        "UPDATE location SET uuid = '{renamed}' WHERE uuid = '{parent}'"
+    ));
+    let (code, _, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "{err}");
+    for part in [
+        "location row",
+        parent,
+        renamed,
+        "location.parent_location refers to it",
+        &format!("UPDATE location SET uuid = '{parent}' WHERE location_id ="),
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    assert_eq!(
+        c.outbox("site-a", "site-b"),
+        before,
+        "no bundle was written"
+    );
+
+    // Undone; and meanwhile a row made since the last export, with a row referring to
+    // it, gets a new uuid: the peer holds neither, so that one travels.
+    sql(&format!(
+        "UPDATE location SET uuid = '{parent}' WHERE uuid = '{renamed}'"
+    ));
+    let fresh = "55555555-0000-4000-8000-000000000003";
+    let fresh_renamed = "55555555-0000-4000-8000-0000000000fe";
+    sql(&location("Clinic", fresh, None));
+    sql(&location(
+        "Clinic room",
+        "55555555-0000-4000-8000-000000000004",
+        Some(fresh),
+    ));
+    sql(&format!(
+        "UPDATE location SET uuid = '{fresh_renamed}' WHERE uuid = '{fresh}'"
+    ));
+    let r = c.carry("site-a", "site-b");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_same(&c, &["site-a", "site-b"]);
+    let parent_of = |uuid: &str| -> Option<String> {
+        block_on(async {
+            let mut db = conn(c.url("site-b")).await;
+            db.exec_first(
+                "SELECT p.uuid FROM location AS l JOIN location AS p \
+                 ON p.location_id = l.parent_location WHERE l.uuid = ?",
+                (uuid,),
+            )
+            .await
+            .unwrap()
+        })
+    };
+    assert_eq!(
+        parent_of("55555555-0000-4000-8000-000000000002").as_deref(),
+        Some(parent)
+    );
+    assert_eq!(
+        parent_of("55555555-0000-4000-8000-000000000004").as_deref(),
+        Some(fresh_renamed)
+    );
+}

@@ -134,6 +134,12 @@ pub struct Placer {
     deleted: FxHashMap<u64, (i64, u32)>,
     /// (rank, local id) where identities were deleted: how many.
     vacated: FxHashMap<(u32, i64), u32>,
+    /// (rank, local id) where identities were deleted: the first of them.
+    first_gone: FxHashMap<(u32, i64), String>,
+    /// (rank, local id) where an insert gave a vacated local id another identity (a
+    /// row whose identity changed here, or a deleted row's id taken again), with the
+    /// identity first deleted there: what [`super::check_renames`] looks at.
+    pub renamed: FxHashMap<(u32, i64), String>,
 }
 
 impl Placer {
@@ -153,6 +159,21 @@ impl Placer {
             self.deleted.insert(h, (at, turn));
             if let Some(id) = item.row_id {
                 *self.vacated.entry((item.rank, id)).or_default() += 1;
+                self.first_gone
+                    .entry((item.rank, id))
+                    .or_insert_with(|| item.row_key.clone());
+            }
+        }
+        if item.op == b'I' && !self.first_gone.is_empty() {
+            if let Some(id) = item.row_id {
+                match self.first_gone.get(&(item.rank, id)) {
+                    Some(gone) if *gone != item.row_key => {
+                        self.renamed
+                            .entry((item.rank, id))
+                            .or_insert_with(|| gone.clone());
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -478,6 +499,27 @@ mod tests {
         let got: Vec<u64> = placed(1000, &log).into_iter().map(|(c, _)| c).collect();
         // "m" (all of it), then "a", then "q": each identity once, in turn.
         assert_eq!(got, [1, 2, 5, 3, 4, 6]);
+    }
+
+    #[test]
+    fn the_placer_notes_where_a_local_id_took_another_identity() {
+        let mut p = Placer::default();
+        let log: [(u64, i64, &str, u8); 7] = [
+            (1, 7, "m", b'D'),
+            (2, 7, "a", b'I'), // row 7: "m" became "a"
+            (3, 8, "x", b'D'),
+            (4, 9, "x", b'I'), // "x" made again under another id: no change of identity
+            (5, 7, "a", b'D'),
+            (6, 7, "b", b'I'), // and then "b": still noted with the first, "m"
+            (7, 10, "n", b'I'),
+        ];
+        for (at, row, key, op) in log {
+            let mut i = item(0, at, Some(row), key);
+            i.op = op;
+            p.place(&mut i);
+        }
+        assert_eq!(p.renamed.len(), 1, "{:?}", p.renamed);
+        assert_eq!(p.renamed[&(0, 7)], "m");
     }
 
     fn entry(origin: Option<&str>, version: Option<Version>, op: &str) -> LogEntry {
