@@ -377,8 +377,8 @@ async fn read_range(
 /// rows would refer to a deleted row), so every peer's sequence would stop at it. A row
 /// whose identity is back to the first one deleted, a row gone since, an identity first
 /// made in the range (the peer does not hold it) and a row nothing refers to by a
-/// foreign key pass. Runs in the export's snapshot; the range has few
-/// such rows, each a handful of indexed lookups.
+/// foreign key pass. Runs in the export's snapshot: a few indexed lookups per such row,
+/// and a range has few of them.
 pub(crate) async fn check_renames(
     fetch: &mut Conn,
     plan: &crate::schema::SyncPlan,
@@ -452,7 +452,8 @@ pub(crate) async fn check_renames(
                 if refers.is_some() {
                     let undo = match &synced.identity {
                         crate::schema::Identity::Uuid { column, .. } => format!(
-                            "change it back: `UPDATE {table} SET {column} = '{old}' WHERE {pk} = {id}`"
+                            "change it back: `UPDATE {table} SET {column} = {} WHERE {pk} = {id}`",
+                            crate::db::literal(old)
                         ),
                         _ => format!("change its key columns back to {old}"),
                     };

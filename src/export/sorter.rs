@@ -9,8 +9,10 @@
 //! deleted entries did; and of the identities that held one local id in turn (an
 //! identity change is a delete of the old one and an insert of the new), each sorts
 //! after the ones deleted there before it, so a tombstone precedes what replaced it.
-//! Only deletes are remembered (a 64-bit hash of the identity each), not every row;
-//! two identities whose hashes collide could still be split as before (odds 2^-64 a pair).
+//! Only deletes are remembered (a 64-bit hash of the identity each, and the first
+//! identity deleted at each local id), not every row; two identities whose hashes
+//! collide could still be split as before (odds 2^-64 a pair). Where an insert gives a
+//! vacated local id another identity, [`Placer::renamed`] notes it for export's check.
 //! [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
 //! to [`RUN_ENTRIES`] at a time; a larger range spills sorted runs to temporary files
 //! and merges them (with the last run, still in memory), so a month's backlog sorts in
@@ -132,10 +134,8 @@ pub struct Placer {
     /// Identities deleted so far, by a 64-bit hash of (rank, identity): where their
     /// entries sort.
     deleted: FxHashMap<u64, (i64, u32)>,
-    /// (rank, local id) where identities were deleted: how many.
-    vacated: FxHashMap<(u32, i64), u32>,
-    /// (rank, local id) where identities were deleted: the first of them.
-    first_gone: FxHashMap<(u32, i64), String>,
+    /// (rank, local id) where identities were deleted: how many, and the first of them.
+    vacated: FxHashMap<(u32, i64), (u32, String)>,
     /// (rank, local id) where an insert gave a vacated local id another identity (a
     /// row whose identity changed here, or a deleted row's id taken again), with the
     /// identity first deleted there: what [`super::check_renames`] looks at.
@@ -147,33 +147,31 @@ impl Placer {
     pub fn place(&mut self, item: &mut Item) {
         let delete = item.op == b'D';
         let hash = (delete || !self.deleted.is_empty()).then(|| identity_hash(item));
+        let vacated = item
+            .row_id
+            .and_then(|id| self.vacated.get(&(item.rank, id)));
         let (at, turn) = hash
             .and_then(|h| self.deleted.get(&h).copied())
             .unwrap_or_else(|| match item.row_id {
-                Some(id) => (id, self.vacated.get(&(item.rank, id)).copied().unwrap_or(0)),
+                Some(id) => (id, vacated.map_or(0, |v| v.0)),
                 None => (i64::MAX, 0),
             });
         item.at = at;
         item.turn = turn;
+        if let (b'I', Some((_, first)), Some(id)) = (item.op, vacated, item.row_id) {
+            if *first != item.row_key {
+                self.renamed
+                    .entry((item.rank, id))
+                    .or_insert_with(|| first.clone());
+            }
+        }
         if let Some(h) = hash.filter(|_| delete) {
             self.deleted.insert(h, (at, turn));
             if let Some(id) = item.row_id {
-                *self.vacated.entry((item.rank, id)).or_default() += 1;
-                self.first_gone
+                self.vacated
                     .entry((item.rank, id))
-                    .or_insert_with(|| item.row_key.clone());
-            }
-        }
-        if item.op == b'I' && !self.first_gone.is_empty() {
-            if let Some(id) = item.row_id {
-                match self.first_gone.get(&(item.rank, id)) {
-                    Some(gone) if *gone != item.row_key => {
-                        self.renamed
-                            .entry((item.rank, id))
-                            .or_insert_with(|| gone.clone());
-                    }
-                    _ => {}
-                }
+                    .or_insert_with(|| (0, item.row_key.clone()))
+                    .0 += 1;
             }
         }
     }
