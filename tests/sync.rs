@@ -882,11 +882,36 @@ fn a_new_uuid_for_a_row_that_others_refer_to_is_refused_at_export_until_undone()
         "no bundle was written"
     );
 
-    // Undone; and meanwhile a row made since the last export, with a row referring to
-    // it, gets a new uuid: the peer holds neither, so that one travels.
+    // Undone. A soft reference by local id counts too: a person's "Health Center"
+    // attribute (type 4, a location_id in its value).
     sql(&format!(
         "UPDATE location SET uuid = '{parent}' WHERE uuid = '{renamed}'"
     ));
+    let depot = "55555555-0000-4000-8000-000000000005";
+    sql(&location("Depot", depot, None));
+    sql(
+        "INSERT INTO person (gender, creator, date_created, voided, uuid) \
+         VALUES ('F', 1, NOW(), 0, '55555555-0000-4000-8000-000000000006')",
+    );
+    sql(&format!(
+        "INSERT INTO person_attribute (person_id, value, person_attribute_type_id, creator, \
+         date_created, voided, uuid) SELECT p.person_id, l.location_id, 4, 1, NOW(), 0, \
+         '55555555-0000-4000-8000-000000000007' FROM person AS p, location AS l \
+         WHERE p.uuid = '55555555-0000-4000-8000-000000000006' AND l.uuid = '{depot}'"
+    ));
+    c.carry("site-a", "site-b");
+    sql(&format!(
+        "UPDATE location SET uuid = '{renamed}' WHERE uuid = '{depot}'"
+    ));
+    let (code, _, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("person_attribute.value refers to it"), "{err}");
+    sql(&format!(
+        "UPDATE location SET uuid = '{depot}' WHERE uuid = '{renamed}'"
+    ));
+
+    // Meanwhile a row made since the last export, with a row referring to it, gets a
+    // new uuid: the peer holds neither, so that one travels.
     let fresh = "55555555-0000-4000-8000-000000000003";
     let fresh_renamed = "55555555-0000-4000-8000-0000000000fe";
     sql(&location("Clinic", fresh, None));

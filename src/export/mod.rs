@@ -38,6 +38,7 @@ pub mod fetch;
 pub mod group;
 pub mod horizon;
 pub mod refs;
+pub mod renames;
 pub mod rows;
 pub mod sorter;
 
@@ -92,7 +93,7 @@ pub enum ExportError {
     #[error("the change log holds an entry for {table} row {key:?} that ferry cannot read\nhint: run `ferry setup` to repair the plan, then export again")]
     BadEntry { table: String, key: String },
     #[error(transparent)]
-    IdentityChanged(Box<IdentityChange>),
+    IdentityChanged(Box<renames::IdentityChange>),
     #[error("another export to {peer} ran at the same time\nhint: nothing was lost; export again")]
     Concurrent { peer: String },
     #[error("i/o error on {path}: {source}")]
@@ -100,20 +101,6 @@ pub enum ExportError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// A row that other rows refer to took another identity here (see [`check_renames`]).
-#[derive(Debug, thiserror::Error)]
-#[error("{table} row {id} changed its identity here from {old} to {new}, and {child}.{column} refers to it: a peer holding the rows that refer to {old} would refuse the bundle, so none was written\nhint: {undo}, then export again (ferry cannot carry a new identity of a row that other rows refer to)")]
-pub struct IdentityChange {
-    pub table: String,
-    pub id: i64,
-    pub old: String,
-    pub new: String,
-    pub child: String,
-    pub column: String,
-    /// How to change it back.
-    pub undo: String,
 }
 
 impl From<FetchError> for ExportError {
@@ -370,109 +357,6 @@ async fn read_range(
     })
 }
 
-/// Refuses a range in which a row that other synced rows refer to took another
-/// identity here (an `UPDATE` of its uuid, or its local id taken again by a new row):
-/// capture logs that as a delete of the old identity and an insert of the new one, and
-/// a peer holding rows that refer to the old identity would refuse the bundle (its
-/// rows would refer to a deleted row), so every peer's sequence would stop at it. A row
-/// whose identity is back to the first one deleted, a row gone since, an identity first
-/// made in the range (the peer does not hold it) and a row nothing refers to by a
-/// foreign key pass. Runs in the export's snapshot: a few indexed lookups per such row,
-/// and a range has few of them.
-pub(crate) async fn check_renames(
-    fetch: &mut Conn,
-    plan: &crate::schema::SyncPlan,
-    schema: &Schema,
-    tables: &[String],
-    cursor: u64,
-    renamed: &FxHashMap<(u32, i64), String>,
-) -> Result<(), ExportError> {
-    let mut renamed: Vec<(&(u32, i64), &String)> = renamed.iter().collect();
-    renamed.sort();
-    for (&(rank, id), old) in renamed {
-        let table = &tables[rank as usize];
-        let Some(synced) = plan.table(table).and_then(|t| t.synced()) else {
-            continue;
-        };
-        let Some(pk) = &synced.local_id else {
-            continue;
-        };
-        let Some(expr) = crate::schema::identity_sql::row_identity(plan, schema, table, &|c| {
-            format!("t.{}", crate::db::ident(c))
-        }) else {
-            continue;
-        };
-        let new: Option<Option<String>> = fetch
-            .exec_first(
-                format!(
-                    "SELECT {expr} FROM {} AS t WHERE t.{} = ?",
-                    crate::db::ident(table),
-                    crate::db::ident(pk)
-                ),
-                (id,),
-            )
-            .await
-            .map_err(DbError::query(format!("reading {table} row {id}")))?;
-        let Some(Some(new)) = new else {
-            continue; // gone since
-        };
-        if new == *old {
-            continue;
-        }
-        // An identity made in the range is not one the peer holds.
-        let first_op: Option<String> = fetch
-            .exec_first(
-                "SELECT op FROM ferry_change FORCE INDEX (ferry_change_row) \
-                 WHERE table_name = ? AND row_key = ? AND change_id > ? ORDER BY change_id LIMIT 1",
-                (table, old, cursor),
-            )
-            .await
-            .map_err(DbError::query("reading the change log"))?;
-        if first_op.as_deref() == Some("I") {
-            continue;
-        }
-        for (child, s) in plan.synced() {
-            for r in &s.references {
-                if r.table != *table || r.ref_column != *pk {
-                    continue;
-                }
-                let refers: Option<i64> = fetch
-                    .exec_first(
-                        format!(
-                            "SELECT 1 FROM {} WHERE {} = ? LIMIT 1",
-                            crate::db::ident(child),
-                            crate::db::ident(&r.column)
-                        ),
-                        (id,),
-                    )
-                    .await
-                    .map_err(DbError::query(format!(
-                        "reading rows that refer to {table}"
-                    )))?;
-                if refers.is_some() {
-                    let undo = match &synced.identity {
-                        crate::schema::Identity::Uuid { column, .. } => format!(
-                            "change it back: `UPDATE {table} SET {column} = {} WHERE {pk} = {id}`",
-                            crate::db::literal(old)
-                        ),
-                        _ => format!("change its key columns back to {old}"),
-                    };
-                    return Err(ExportError::IdentityChanged(Box::new(IdentityChange {
-                        table: table.clone(),
-                        id,
-                        old: old.clone(),
-                        new,
-                        child: child.to_string(),
-                        column: r.column.clone(),
-                        undo,
-                    })));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn export_peer(
     conn: &mut Conn,
     fetch: &mut Conn,
@@ -552,7 +436,7 @@ async fn export_peer(
                 }
                 let reading_schema = Instant::now();
                 let schema = Schema::read(fetch, &database).await?;
-                check_renames(fetch, &plan, &schema, &tables, ps.out_cursor, &range.renamed).await?;
+                renames::check(fetch, &plan, &schema, &tables, ps.out_cursor, &range.renamed).await?;
                 let schema_s = reading_schema.elapsed().as_secs_f64();
                 let mut acks = state::applied_upto(fetch, ps.out_cursor, horizon).await?;
                 // The peer reads its own entry as proof of which of its bundles were

@@ -138,7 +138,7 @@ pub struct Placer {
     vacated: FxHashMap<(u32, i64), (u32, String)>,
     /// (rank, local id) where an insert gave a vacated local id another identity (a
     /// row whose identity changed here, or a deleted row's id taken again), with the
-    /// identity first deleted there: what [`super::check_renames`] looks at.
+    /// identity first deleted there: what [`super::renames::check`] looks at.
     pub renamed: FxHashMap<(u32, i64), String>,
 }
 
