@@ -1,14 +1,14 @@
-//! Rows that took a new identity here while other rows refer to them.
+//! Rows given a new uuid here while other rows refer to them.
 //!
-//! Capture logs a row whose identity changed (an `UPDATE` of its uuid by direct SQL, or
-//! its local id taken again by a new row) as a delete of the old identity and an insert
-//! of the new one: a bundle carries no link between the two. A peer holding rows that
-//! refer to the old identity would be asked to delete a row they still refer to, and
-//! refuses the bundle; its sequence from this node would stop there for good. So export
-//! refuses such a range first, at the site that made the change, and names the
-//! `UPDATE` that undoes it ([`IdentityChange`]). The sorter's placer notes where a local
-//! id took another identity ([`super::sorter::Placer::renamed`]); [`check`] looks at
-//! each in the export's snapshot.
+//! Capture logs an `UPDATE` of a row's uuid as a delete of the old identity and, right
+//! after it, an insert of the new one under the same local id: a bundle carries no link
+//! between the two. A peer holding rows that refer to the old identity is then asked
+//! to delete a row they still refer to: it refuses the bundle when they refer to it by
+//! foreign key (and its sequence from this node stops there for good), or is left with
+//! a soft reference to nothing. So export refuses such a range first, at the site that
+//! made the change, and names the `UPDATE` that undoes it ([`IdentityChange`]). The
+//! sorter's placer notes the rows whose identity changed
+//! ([`super::sorter::Placer::renamed`]); [`check`] looks at each in the export's snapshot.
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -19,25 +19,27 @@ use crate::db::{ident, literal, DbError};
 use crate::schema::soft_refs::SoftRefEncoding;
 use crate::schema::{Identity, Schema, SyncPlan};
 
-/// A row that other rows refer to took another identity here.
+/// A row that other rows refer to was given a new uuid here.
 #[derive(Debug, thiserror::Error)]
-#[error("{table} row {id} changed its identity here from {old} to {new}, and {child}.{column} refers to it: a peer holding the rows that refer to {old} would refuse the bundle, so none was written\nhint: {undo}, then export again (ferry cannot carry a new identity of a row that other rows refer to)")]
+#[error("{table} row {id} was given a new uuid here ({old} became {new}), and {child}.{column} refers to it: the bundle would delete {old} at peers whose rows still refer to it, so none was written\nhint: change it back: `UPDATE {table} SET {column_uuid} = {} WHERE {pk} = {id}`, then export again (ferry cannot carry a new uuid of a row that other rows refer to)", literal(.old))]
 pub struct IdentityChange {
     pub table: String,
+    pub pk: String,
     pub id: i64,
+    pub column_uuid: String,
     pub old: String,
     pub new: String,
     pub child: String,
     pub column: String,
-    /// How to change it back.
-    pub undo: String,
 }
 
-/// Refuses the range when a row noted in `renamed` ((rank, local id) → the identity
-/// first deleted there) now has another identity, one the peer may hold (it was not
-/// made in the range after `cursor`), and a synced row refers to it by foreign key or
-/// by a soft reference by local id. A row back to its first identity, or gone since,
-/// passes. A few indexed lookups per noted row; a range has few of them.
+/// Refuses the range when a row noted in `renamed` ((rank, local id) → its first
+/// identity in the range) now has another uuid, no row holds the old one any more (so
+/// a tombstone of it goes out), the old one is not a row made here in the range after
+/// `cursor` (which the peer does not hold), and another row refers to the row by
+/// foreign key or by a soft reference by local id. Tables whose identity is not a uuid
+/// column of a row with a local id are not checked. A few lookups per noted row (a soft
+/// reference's value column has no index: a scan of that table); a range has few.
 pub async fn check(
     fetch: &mut Conn,
     plan: &SyncPlan,
@@ -53,101 +55,131 @@ pub async fn check(
         let Some(synced) = plan.table(table).and_then(|t| t.synced()) else {
             continue;
         };
-        let Some(pk) = &synced.local_id else {
+        let (Some(pk), Identity::Uuid { column: uuid, .. }) = (&synced.local_id, &synced.identity)
+        else {
             continue;
         };
-        let Some(expr) = crate::schema::identity_sql::row_identity(plan, schema, table, &|c| {
-            format!("t.{}", ident(c))
-        }) else {
-            continue;
-        };
-        let sql = format!(
-            "SELECT {expr} FROM {} AS t WHERE t.{} = ?",
-            ident(table),
-            ident(pk)
-        );
-        let new: Option<Option<String>> = fetch
-            .exec_first(sql, (id,))
+        let (t, pk_i, uuid_i) = (ident(table), ident(pk), ident(uuid));
+        let query = |e| DbError::query(format!("reading {table} row {id}"))(e);
+        let new: Option<String> = fetch
+            .exec_first(
+                format!("SELECT COALESCE({uuid_i}, '') FROM {t} WHERE {pk_i} = ?"),
+                (id,),
+            )
             .await
-            .map_err(DbError::query(format!("reading {table} row {id}")))?;
-        let Some(Some(new)) = new else {
-            continue; // gone since
+            .map_err(query)?;
+        let Some(new) = new.filter(|new| new != old) else {
+            continue; // gone since, or back to what it was
         };
-        if new == *old || made_in_range(fetch, table, old, cursor).await? {
+        let held: Option<i64> = fetch
+            .exec_first(
+                format!("SELECT 1 FROM {t} WHERE {uuid_i} = ? LIMIT 1"),
+                (old,),
+            )
+            .await
+            .map_err(query)?;
+        if held.is_some() || made_in_range(fetch, table, old, cursor).await? {
             continue;
         }
-        for (child, column, probe) in referring(plan, schema, table, pk) {
+        for Probe {
+            child,
+            column,
+            sql,
+            text,
+        } in referring(plan, schema, table, pk)
+        {
+            let value = if text {
+                mysql_async::Value::from(id.to_string())
+            } else {
+                mysql_async::Value::from(id)
+            };
             let refers: Option<i64> =
                 fetch
-                    .exec_first(probe, (id,))
+                    .exec_first(sql, (value, id))
                     .await
                     .map_err(DbError::query(format!(
                         "reading rows that refer to {table}"
                     )))?;
-            if refers.is_none() {
-                continue;
+            if refers.is_some() {
+                return Err(ExportError::IdentityChanged(Box::new(IdentityChange {
+                    table: table.clone(),
+                    pk: pk.clone(),
+                    id,
+                    column_uuid: uuid.clone(),
+                    old: old.clone(),
+                    new,
+                    child,
+                    column,
+                })));
             }
-            let undo = match &synced.identity {
-                Identity::Uuid { column, .. } => format!(
-                    "change it back: `UPDATE {table} SET {column} = {} WHERE {pk} = {id}`",
-                    literal(old)
-                ),
-                _ => format!("change its key columns back to {old}"),
-            };
-            return Err(ExportError::IdentityChanged(Box::new(IdentityChange {
-                table: table.clone(),
-                id,
-                old: old.clone(),
-                new,
-                child,
-                column,
-                undo,
-            })));
         }
     }
     Ok(())
 }
 
-/// Whether `key`'s first entry after `cursor` is an insert: an identity made in the
-/// range, which the peer does not hold.
+/// Whether `key`'s first entry after `cursor` is an insert made here: an identity made
+/// in the range, which the peer does not hold.
 async fn made_in_range(
     fetch: &mut Conn,
     table: &str,
     key: &str,
     cursor: u64,
 ) -> Result<bool, DbError> {
-    let first: Option<String> = fetch
+    let first: Option<(String, Option<String>)> = fetch
         .exec_first(
-            "SELECT op FROM ferry_change FORCE INDEX (ferry_change_row) \
+            "SELECT op, origin FROM ferry_change FORCE INDEX (ferry_change_row) \
              WHERE table_name = ? AND row_key = ? AND change_id > ? ORDER BY change_id LIMIT 1",
             (table, key, cursor),
         )
         .await
         .map_err(DbError::query("reading the change log"))?;
-    Ok(first.as_deref() == Some("I"))
+    Ok(matches!(first, Some((op, None)) if op == "I"))
 }
 
-/// The synced columns that can refer to a row of `table` by its local id `pk`, as
-/// (table, column, a query that finds one row referring to the id bound to it): foreign
-/// keys, and soft references by local id whose attribute type names `table`.
-fn referring(
-    plan: &SyncPlan,
-    schema: &Schema,
-    table: &str,
-    pk: &str,
-) -> Vec<(String, String, String)> {
+/// A query that finds a row referring to a given row (binding its local id twice:
+/// the value to look for, then the row itself, which may refer to itself).
+struct Probe {
+    child: String,
+    column: String,
+    sql: String,
+    /// The referring column holds the id as text (a soft reference).
+    text: bool,
+}
+
+/// The columns that can refer to a row of `table` by its local id `pk`: every
+/// single-column foreign key of the schema (as import checks its deletes), and synced
+/// soft references by local id whose attribute type names `table`.
+fn referring(plan: &SyncPlan, schema: &Schema, table: &str, pk: &str) -> Vec<Probe> {
+    // A row's reference to itself goes with it.
+    let not_itself = |child: &str, alias: &str| {
+        if child == table {
+            format!("{alias}{} <> ?", ident(pk))
+        } else {
+            "? IS NOT NULL".to_string()
+        }
+    };
     let mut out = Vec::new();
-    for (child, s) in plan.synced() {
-        for r in &s.references {
-            if r.table == table && r.ref_column == pk {
-                let probe = format!(
-                    "SELECT 1 FROM {} WHERE {} = ? LIMIT 1",
-                    ident(child),
-                    ident(&r.column)
-                );
-                out.push((child.to_string(), r.column.clone(), probe));
+    for (child, info) in &schema.tables {
+        for fk in &info.foreign_keys {
+            if let ([column], [to]) = (fk.columns.as_slice(), fk.ref_columns.as_slice()) {
+                if fk.ref_table == table && to == pk {
+                    let sql = format!(
+                        "SELECT 1 FROM {} WHERE {} = ? AND {} LIMIT 1",
+                        ident(child),
+                        ident(column),
+                        not_itself(child, "")
+                    );
+                    out.push(Probe {
+                        child: child.clone(),
+                        column: column.clone(),
+                        sql,
+                        text: false,
+                    });
+                }
             }
         }
+    }
+    for (child, s) in plan.synced() {
         for soft in &s.soft_refs {
             let kinds: Vec<String> = soft
                 .targets
@@ -155,33 +187,36 @@ fn referring(
                 .filter(|(_, t)| *t == table)
                 .map(|(kind, _)| literal(kind))
                 .collect();
-            let type_key = schema
-                .tables
-                .get(child)
-                .and_then(|t| {
-                    t.foreign_keys
-                        .iter()
-                        .find(|f| f.columns == [soft.type_column.as_str()])
-                })
-                .map(|f| &f.ref_columns[0]);
-            let Some(type_key) = type_key else {
+            let type_key = schema.tables.get(child).and_then(|t| {
+                t.foreign_keys
+                    .iter()
+                    .find(|f| f.columns == [soft.type_column.as_str()])
+            });
+            let Some(type_key) = type_key.map(|f| &f.ref_columns[0]) else {
                 continue;
             };
             if kinds.is_empty() || soft.encoding != SoftRefEncoding::LocalId {
                 continue;
             }
-            let probe = format!(
+            // The value column is text: compared with the id as text, in its collation.
+            let sql = format!(
                 "SELECT 1 FROM {} AS c JOIN {} AS k ON k.{} = c.{} \
-                 WHERE c.{} = CAST(? AS CHAR) AND k.{} IN ({}) LIMIT 1",
+                 WHERE c.{} = ? AND {} AND k.{} IN ({}) LIMIT 1",
                 ident(child),
                 ident(&soft.type_table),
                 ident(type_key),
                 ident(&soft.type_column),
                 ident(&soft.column),
+                not_itself(child, "c."),
                 ident(&soft.discriminator),
                 kinds.join(", ")
             );
-            out.push((child.to_string(), soft.column.clone(), probe));
+            out.push(Probe {
+                child: child.to_string(),
+                column: soft.column.clone(),
+                sql,
+                text: true,
+            });
         }
     }
     out

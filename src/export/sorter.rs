@@ -9,10 +9,10 @@
 //! deleted entries did; and of the identities that held one local id in turn (an
 //! identity change is a delete of the old one and an insert of the new), each sorts
 //! after the ones deleted there before it, so a tombstone precedes what replaced it.
-//! Only deletes are remembered (a 64-bit hash of the identity each, and the first
-//! identity deleted at each local id), not every row; two identities whose hashes
-//! collide could still be split as before (odds 2^-64 a pair). Where an insert gives a
-//! vacated local id another identity, [`Placer::renamed`] notes it for export's check.
+//! Only deletes are remembered (a 64-bit hash of the identity each), not every row;
+//! two identities whose hashes collide could still be split as before (odds 2^-64 a
+//! pair). A row whose identity changed (a delete, then at once an insert of the same
+//! local id) is noted in [`Placer::renamed`] for export's check.
 //! [`Sorter`] sorts compact entries ([`Item`]) by that order in memory, up
 //! to [`RUN_ENTRIES`] at a time; a larger range spills sorted runs to temporary files
 //! and merges them (with the last run, still in memory), so a month's backlog sorts in
@@ -134,11 +134,14 @@ pub struct Placer {
     /// Identities deleted so far, by a 64-bit hash of (rank, identity): where their
     /// entries sort.
     deleted: FxHashMap<u64, (i64, u32)>,
-    /// (rank, local id) where identities were deleted: how many, and the first of them.
-    vacated: FxHashMap<(u32, i64), (u32, String)>,
-    /// (rank, local id) where an insert gave a vacated local id another identity (a
-    /// row whose identity changed here, or a deleted row's id taken again), with the
-    /// identity first deleted there: what [`super::renames::check`] looks at.
+    /// (rank, local id) where identities were deleted: how many.
+    vacated: FxHashMap<(u32, i64), u32>,
+    /// The entry placed last, when it was a delete at a local id: (rank, id, identity).
+    last_delete: Option<(u32, i64, String)>,
+    /// (rank, local id) of rows whose identity changed (an `UPDATE` of the identity,
+    /// which capture logs as a delete and, right after it, an insert of the same local
+    /// id under another identity), with the first identity they had in the range:
+    /// what [`super::renames::check`] looks at.
     pub renamed: FxHashMap<(u32, i64), String>,
 }
 
@@ -147,31 +150,25 @@ impl Placer {
     pub fn place(&mut self, item: &mut Item) {
         let delete = item.op == b'D';
         let hash = (delete || !self.deleted.is_empty()).then(|| identity_hash(item));
-        let vacated = item
-            .row_id
-            .and_then(|id| self.vacated.get(&(item.rank, id)));
         let (at, turn) = hash
             .and_then(|h| self.deleted.get(&h).copied())
             .unwrap_or_else(|| match item.row_id {
-                Some(id) => (id, vacated.map_or(0, |v| v.0)),
+                Some(id) => (id, self.vacated.get(&(item.rank, id)).copied().unwrap_or(0)),
                 None => (i64::MAX, 0),
             });
         item.at = at;
         item.turn = turn;
-        if let (b'I', Some((_, first)), Some(id)) = (item.op, vacated, item.row_id) {
-            if *first != item.row_key {
-                self.renamed
-                    .entry((item.rank, id))
-                    .or_insert_with(|| first.clone());
+        if let Some((rank, id, old)) = self.last_delete.take() {
+            let same_row = (item.rank, item.row_id) == (rank, Some(id));
+            if item.op == b'I' && same_row && item.is_local() && old != item.row_key {
+                self.renamed.entry((rank, id)).or_insert(old);
             }
         }
         if let Some(h) = hash.filter(|_| delete) {
             self.deleted.insert(h, (at, turn));
             if let Some(id) = item.row_id {
-                self.vacated
-                    .entry((item.rank, id))
-                    .or_insert_with(|| (0, item.row_key.clone()))
-                    .0 += 1;
+                *self.vacated.entry((item.rank, id)).or_default() += 1;
+                self.last_delete = Some((item.rank, id, item.row_key.clone()));
             }
         }
     }
@@ -502,14 +499,17 @@ mod tests {
     #[test]
     fn the_placer_notes_where_a_local_id_took_another_identity() {
         let mut p = Placer::default();
-        let log: [(u64, i64, &str, u8); 7] = [
+        let log: [(u64, i64, &str, u8); 10] = [
             (1, 7, "m", b'D'),
             (2, 7, "a", b'I'), // row 7: "m" became "a"
             (3, 8, "x", b'D'),
             (4, 9, "x", b'I'), // "x" made again under another id: no change of identity
             (5, 7, "a", b'D'),
             (6, 7, "b", b'I'), // and then "b": still noted with the first, "m"
-            (7, 10, "n", b'I'),
+            (7, 11, "y", b'D'),
+            (8, 12, "z", b'U'),
+            (9, 11, "w", b'I'), // id 11 taken again, not right after: not noted
+            (10, 10, "n", b'I'),
         ];
         for (at, row, key, op) in log {
             let mut i = item(0, at, Some(row), key);
