@@ -387,6 +387,14 @@ fn template_dir() -> Result<PathBuf, HarnessError> {
     let root = std::env::var_os("FERRY_MARIADB_TEMPLATE")
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join(format!("ferry-mariadb-template-{tag}-v1")));
+    template_at(root)
+}
+
+/// Makes the template at `root` unless it is there. Each maker has a temporary
+/// directory of its own (`--tmpdir`): makers running at once in the shared `/tmp` (a
+/// fresh machine's first test binary, whose tests start together) collided on the
+/// bootstrap's temporary tables, and some failed.
+fn template_at(root: PathBuf) -> Result<PathBuf, HarnessError> {
     if root.join("mysql").is_dir() {
         return Ok(root);
     }
@@ -398,9 +406,12 @@ fn template_dir() -> Result<PathBuf, HarnessError> {
         .tempdir_in(parent)
         .map_err(io_err("creating the template directory"))?;
     let data = work.path().join("data");
+    let tmp = work.path().join("tmp");
+    fs::create_dir_all(&tmp).map_err(io_err("creating the template's temporary directory"))?;
     let out = Command::new(&install)
         .arg("--no-defaults")
         .arg(format!("--datadir={}", data.display()))
+        .arg(format!("--tmpdir={}", tmp.display()))
         .arg("--auth-root-authentication-method=normal")
         .arg("--skip-test-db")
         .arg("--user=root")
@@ -584,4 +595,29 @@ pub fn dump_database(url: &str, out: &Path) -> Result<(), HarnessError> {
         .arg(database_of(url))
         .stdout(file);
     run_client(cmd, format!("dumping into {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 4, seen when the template had been removed): the tests of one
+    /// binary start together and each made the missing template; their bootstraps
+    /// shared `/tmp` and some failed ("Unknown table 'mysql.tmp_user_sys'").
+    #[test]
+    fn makers_of_one_template_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("template");
+        let makers: Vec<_> = (0..3)
+            .map(|_| {
+                let root = root.clone();
+                std::thread::spawn(move || template_at(root))
+            })
+            .collect();
+        for m in makers {
+            let made = m.join().unwrap().expect("every maker succeeds");
+            assert_eq!(made, root);
+        }
+        assert!(root.join("mysql").is_dir());
+    }
 }
