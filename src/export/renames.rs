@@ -73,8 +73,9 @@ pub async fn check(
         };
         let held: Option<i64> = fetch
             .exec_first(
-                format!("SELECT 1 FROM {t} WHERE {uuid_i} = ? LIMIT 1"),
-                (old,),
+                // Exactly: a new uuid that differs only in case is another identity.
+                format!("SELECT 1 FROM {t} WHERE {uuid_i} = ? AND BINARY {uuid_i} = ? LIMIT 1"),
+                (old, old),
             )
             .await
             .map_err(query)?;
