@@ -225,7 +225,8 @@ struct Range {
     horizon: u64,
     /// Entries of synced tables in the range that did not come from the peer.
     entries: u64,
-    /// Where a local id took another identity in the range ([`Placer::renamed`]).
+    /// Rows whose identity changed in the range, with their first identity
+    /// ([`Placer::renamed`]; checked by [`renames::check`]).
     renamed: FxHashMap<(u32, i64), String>,
 }
 
