@@ -160,25 +160,19 @@ fn referring(plan: &SyncPlan, schema: &Schema, table: &str, pk: &str) -> Vec<Pro
         }
     };
     let mut out = Vec::new();
-    for (child, info) in &schema.tables {
-        for fk in &info.foreign_keys {
-            if let ([column], [to]) = (fk.columns.as_slice(), fk.ref_columns.as_slice()) {
-                if fk.ref_table == table && to == pk {
-                    let sql = format!(
-                        "SELECT 1 FROM {} WHERE {} = ? AND {} LIMIT 1",
-                        ident(child),
-                        ident(column),
-                        not_itself(child, "")
-                    );
-                    out.push(Probe {
-                        child: child.clone(),
-                        column: column.clone(),
-                        sql,
-                        text: false,
-                    });
-                }
-            }
-        }
+    for (child, column) in schema.referrers(table, pk) {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} = ? AND {} LIMIT 1",
+            ident(&child.name),
+            ident(column),
+            not_itself(&child.name, "")
+        );
+        out.push(Probe {
+            child: child.name.clone(),
+            column: column.to_string(),
+            sql,
+            text: false,
+        });
     }
     for (child, s) in plan.synced() {
         for soft in &s.soft_refs {

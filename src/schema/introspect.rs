@@ -211,4 +211,24 @@ impl Schema {
         }
         Ok(Schema { tables })
     }
+
+    /// The columns that refer to `table`.`column` by a single-column foreign key, as
+    /// (referring table, its column): what must hold no value of a row that goes away.
+    /// Export's identity check and import's delete check ask the same question.
+    pub fn referrers<'a>(
+        &'a self,
+        table: &'a str,
+        column: &'a str,
+    ) -> impl Iterator<Item = (&'a Table, &'a str)> + 'a {
+        self.tables.values().flat_map(move |child| {
+            child.foreign_keys.iter().filter_map(move |fk| {
+                match (fk.columns.as_slice(), fk.ref_columns.as_slice()) {
+                    ([own], [to]) if fk.ref_table == table && to == column => {
+                        Some((child, own.as_str()))
+                    }
+                    _ => None,
+                }
+            })
+        })
+    }
 }

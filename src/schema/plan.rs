@@ -586,6 +586,51 @@ mod tests {
     }
 
     #[test]
+    fn referrers_are_the_single_column_foreign_keys_to_one_column() {
+        let composite = ForeignKey {
+            name: "fk_pair".into(),
+            columns: vec!["a".into(), "b".into()],
+            ref_table: "person".into(),
+            ref_columns: vec!["person_id".into(), "uuid".into()],
+        };
+        let s = schema(vec![
+            table(
+                "person",
+                vec![col("person_id", "int", true)],
+                &["person_id"],
+                vec![],
+            ),
+            table(
+                "patient",
+                vec![
+                    col("patient_id", "int", false),
+                    col("creator", "int", false),
+                ],
+                &["patient_id"],
+                vec![
+                    fk("patient_id", "person", "person_id"),
+                    fk("creator", "person", "person_id"),
+                    fk("voided_by", "users", "user_id"),
+                    composite,
+                ],
+            ),
+            table(
+                "obs",
+                vec![col("obs_id", "int", true)],
+                &["obs_id"],
+                vec![fk("person_uuid", "person", "uuid")],
+            ),
+        ]);
+        let found: Vec<(&str, &str)> = s
+            .referrers("person", "person_id")
+            .map(|(t, c)| (t.name.as_str(), c))
+            .collect();
+        assert_eq!(found, [("patient", "patient_id"), ("patient", "creator")]);
+        assert_eq!(s.referrers("person", "uuid").count(), 1);
+        assert_eq!(s.referrers("users", "person_id").count(), 0);
+    }
+
+    #[test]
     fn derives_each_kind_of_identity() {
         let s = schema(vec![
             table(

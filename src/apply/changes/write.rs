@@ -515,36 +515,30 @@ impl<'a> Applier<'a> {
     pub(super) async fn check_deletes(&mut self, conn: &mut Conn) -> Result<(), ImportError> {
         let deleted = std::mem::take(&mut self.deleted);
         for ((table, column), values) in deleted {
-            for child in self.schema.tables.values() {
-                for fk in &child.foreign_keys {
-                    if fk.ref_table != table || fk.columns.len() != 1 || fk.ref_columns[0] != column
-                    {
-                        continue;
-                    }
-                    for chunk in values.chunks(500) {
-                        let n: Option<u64> = conn
-                            .exec_first(
-                                format!(
-                                    "SELECT COUNT(*) FROM {} AS c WHERE c.{col} IN ({}) \
-                                     AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE p.{} = c.{col})",
-                                    ident(&child.name),
-                                    vec!["?"; chunk.len()].join(", "),
-                                    ident(&table),
-                                    ident(&column),
-                                    col = ident(&fk.columns[0]),
-                                ),
-                                chunk.to_vec(),
-                            )
-                            .await
-                            .map_err(DbError::query("checking references to deleted rows"))?;
-                        if n.unwrap_or(0) > 0 {
-                            return Err(ImportError::StillReferenced {
-                                table: table.clone(),
-                                child: child.name.clone(),
-                                column: fk.columns[0].clone(),
-                                sender: self.sender.clone(),
-                            });
-                        }
+            for (child, fk_column) in self.schema.referrers(&table, &column) {
+                for chunk in values.chunks(500) {
+                    let n: Option<u64> = conn
+                        .exec_first(
+                            format!(
+                                "SELECT COUNT(*) FROM {} AS c WHERE c.{col} IN ({}) \
+                                 AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE p.{} = c.{col})",
+                                ident(&child.name),
+                                vec!["?"; chunk.len()].join(", "),
+                                ident(&table),
+                                ident(&column),
+                                col = ident(fk_column),
+                            ),
+                            chunk.to_vec(),
+                        )
+                        .await
+                        .map_err(DbError::query("checking references to deleted rows"))?;
+                    if n.unwrap_or(0) > 0 {
+                        return Err(ImportError::StillReferenced {
+                            table: table.clone(),
+                            child: child.name.clone(),
+                            column: fk_column.to_string(),
+                            sender: self.sender.clone(),
+                        });
                     }
                 }
             }
