@@ -83,11 +83,13 @@ pub enum ImportError {
     BadChange { table: String, why: String },
     #[error("{0}")]
     MissingReference(Box<MissingReference>),
-    #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to\nhint: a row added here refers to a row deleted at {sender}; nothing of this bundle was applied, it stays in the inbox. Void or re-point the referring row, then import again")]
+    #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to (one is {child}.{column} = {example})\nhint: {sender} deleted those rows, or gave them a new uuid by direct SQL; nothing of this bundle was applied, it stays in the inbox. Void the referring rows here or point them at another row, then import again (a row that got a new uuid arrives with this bundle: point them back at it afterwards)")]
     StillReferenced {
         table: String,
         child: String,
         column: String,
+        /// One value of the column that refers to a deleted row (what to look for).
+        example: String,
         sender: String,
     },
     #[error("writing {table} row {row} failed: {source}\nhint: nothing of this bundle was applied; it stays in the inbox")]

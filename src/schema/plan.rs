@@ -590,44 +590,47 @@ mod tests {
         let composite = ForeignKey {
             name: "fk_pair".into(),
             columns: vec!["a".into(), "b".into()],
-            ref_table: "person".into(),
-            ref_columns: vec!["person_id".into(), "uuid".into()],
+            ref_table: "location".into(),
+            ref_columns: vec!["location_id".into(), "uuid".into()],
         };
+        let location_id = || col("location_id", "int", false);
         let s = schema(vec![
             table(
-                "person",
-                vec![col("person_id", "int", true)],
-                &["person_id"],
-                vec![],
+                "location",
+                vec![col("location_id", "int", true)],
+                &["location_id"],
+                vec![fk("parent_location", "location", "location_id"), composite],
             ),
             table(
-                "patient",
+                "encounter",
+                vec![col("encounter_id", "int", true), location_id()],
+                &["encounter_id"],
                 vec![
-                    col("patient_id", "int", false),
-                    col("creator", "int", false),
-                ],
-                &["patient_id"],
-                vec![
-                    fk("patient_id", "person", "person_id"),
-                    fk("creator", "person", "person_id"),
-                    fk("voided_by", "users", "user_id"),
-                    composite,
+                    fk("location_id", "location", "location_id"),
+                    fk("creator", "users", "user_id"),
                 ],
             ),
             table(
-                "obs",
-                vec![col("obs_id", "int", true)],
-                &["obs_id"],
-                vec![fk("person_uuid", "person", "uuid")],
+                "visit",
+                vec![location_id()],
+                &[],
+                vec![fk("location_uuid", "location", "uuid")],
             ),
         ]);
         let found: Vec<(&str, &str)> = s
-            .referrers("person", "person_id")
+            .referrers("location", "location_id")
             .map(|(t, c)| (t.name.as_str(), c))
             .collect();
-        assert_eq!(found, [("patient", "patient_id"), ("patient", "creator")]);
-        assert_eq!(s.referrers("person", "uuid").count(), 1);
-        assert_eq!(s.referrers("users", "person_id").count(), 0);
+        // The table itself counts; the composite key and other targets do not.
+        assert_eq!(
+            found,
+            [
+                ("encounter", "location_id"),
+                ("location", "parent_location")
+            ]
+        );
+        assert_eq!(s.referrers("location", "uuid").count(), 1);
+        assert_eq!(s.referrers("users", "location_id").count(), 0);
     }
 
     #[test]

@@ -517,11 +517,12 @@ impl<'a> Applier<'a> {
         for ((table, column), values) in deleted {
             for (child, fk_column) in self.schema.referrers(&table, &column) {
                 for chunk in values.chunks(500) {
-                    let n: Option<u64> = conn
+                    let example: Option<mysql_async::Value> = conn
                         .exec_first(
                             format!(
-                                "SELECT COUNT(*) FROM {} AS c WHERE c.{col} IN ({}) \
-                                 AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE p.{} = c.{col})",
+                                "SELECT c.{col} FROM {} AS c WHERE c.{col} IN ({}) \
+                                 AND NOT EXISTS (SELECT 1 FROM {} AS p WHERE p.{} = c.{col}) \
+                                 LIMIT 1",
                                 ident(&child.name),
                                 vec!["?"; chunk.len()].join(", "),
                                 ident(&table),
@@ -532,11 +533,12 @@ impl<'a> Applier<'a> {
                         )
                         .await
                         .map_err(DbError::query("checking references to deleted rows"))?;
-                    if n.unwrap_or(0) > 0 {
+                    if let Some(example) = example {
                         return Err(ImportError::StillReferenced {
                             table: table.clone(),
                             child: child.name.clone(),
                             column: fk_column.to_string(),
+                            example: example.as_sql(true),
                             sender: self.sender.clone(),
                         });
                     }
