@@ -306,7 +306,7 @@ fn deleting_a_role_a_user_here_still_has_fails_the_bundle() {
     assert!(
         format!("{out}{err}").contains(
             "a bundle from site-a deletes role rows that user_role.role here still refers to \
-             (one is user_role.role = 'Temp')"
+             (for example user_role.role = 'Temp')"
         ),
         "{out}{err}"
     );

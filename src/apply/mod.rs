@@ -83,7 +83,7 @@ pub enum ImportError {
     BadChange { table: String, why: String },
     #[error("{0}")]
     MissingReference(Box<MissingReference>),
-    #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to (one is {child}.{column} = {example})\nhint: {sender} deleted those rows, or gave them a new uuid by direct SQL; nothing of this bundle was applied, it stays in the inbox. Void the referring rows here or point them at another row, then import again (a row that got a new uuid arrives with this bundle: point them back at it afterwards)")]
+    #[error("a bundle from {sender} deletes {table} rows that {child}.{column} here still refers to (for example {child}.{column} = {example})\nhint: {sender} deleted those rows, or gave them a new uuid by direct SQL; nothing of this bundle was applied, it stays in the inbox. Point the referring rows here at another row (or set the column to NULL, or delete them), then import again; it names the next such value, if any (a row that got a new uuid arrives with this bundle: point them back at it afterwards)")]
     StillReferenced {
         table: String,
         child: String,

@@ -212,6 +212,21 @@ impl Schema {
         Ok(Schema { tables })
     }
 
+    /// The columns of `table` that single-column foreign keys refer to, each once, in
+    /// order: the values a delete of its rows must not leave referred to.
+    pub fn referenced_columns(&self, table: &str) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .tables
+            .values()
+            .flat_map(|t| &t.foreign_keys)
+            .filter(|fk| fk.ref_table == table && fk.columns.len() == 1)
+            .map(|fk| fk.ref_columns[0].as_str())
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// The columns that refer to `table`.`column` by a single-column foreign key, as
     /// (referring table, its column): what must hold no value of a row that goes away.
     /// Export's identity check and import's delete check ask the same question.

@@ -593,7 +593,6 @@ mod tests {
             ref_table: "location".into(),
             ref_columns: vec!["location_id".into(), "uuid".into()],
         };
-        let location_id = || col("location_id", "int", false);
         let s = schema(vec![
             table(
                 "location",
@@ -603,7 +602,10 @@ mod tests {
             ),
             table(
                 "encounter",
-                vec![col("encounter_id", "int", true), location_id()],
+                vec![
+                    col("encounter_id", "int", true),
+                    col("location_id", "int", false),
+                ],
                 &["encounter_id"],
                 vec![
                     fk("location_id", "location", "location_id"),
@@ -612,7 +614,7 @@ mod tests {
             ),
             table(
                 "visit",
-                vec![location_id()],
+                vec![col("location_uuid", "char", false)],
                 &[],
                 vec![fk("location_uuid", "location", "uuid")],
             ),
@@ -631,6 +633,7 @@ mod tests {
         );
         assert_eq!(s.referrers("location", "uuid").count(), 1);
         assert_eq!(s.referrers("users", "location_id").count(), 0);
+        assert_eq!(s.referenced_columns("location"), ["location_id", "uuid"]);
     }
 
     #[test]

@@ -430,15 +430,7 @@ impl<'a> Applier<'a> {
             return Ok(());
         }
         let schema = self.schema;
-        let mut referenced: Vec<&str> = schema
-            .tables
-            .values()
-            .flat_map(|t| &t.foreign_keys)
-            .filter(|fk| fk.ref_table == table && fk.columns.len() == 1)
-            .map(|fk| fk.ref_columns[0].as_str())
-            .collect();
-        referenced.sort_unstable();
-        referenced.dedup();
+        let referenced = schema.referenced_columns(table);
         let id_cols = synced.identity.columns();
         let int_pk = self.resolver().int_pk(table);
         // Columns whose values are not known without reading the rows.
@@ -538,7 +530,7 @@ impl<'a> Applier<'a> {
                             table: table.clone(),
                             child: child.name.clone(),
                             column: fk_column.to_string(),
-                            example: example.as_sql(true),
+                            example: example.as_sql(false),
                             sender: self.sender.clone(),
                         });
                     }
