@@ -11,9 +11,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use ferry::db::DbUrl;
-use ferry::dev::gen::{generate, GenOptions};
+use ferry::dev::gen::{generate, grow_to, GenOptions};
 use ferry::dev::mariadb::{load_sql_file, run_sql_blocking, MariaServer, ServerOptions};
-use mysql_async::prelude::*;
 
 /// Runs `ferry ARGS` with stdout into `stdout`; returns (exit code, peak RSS in KiB).
 // The child is reaped by `wait4`, which `Child::wait` cannot do (it returns no rusage).
@@ -58,34 +57,7 @@ fn main() {
         generate(&mut c, &GenOptions::default().seed(3).patients(20))
             .await
             .unwrap();
-        let cols: Vec<String> = c
-            .query(
-                "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-                 AND TABLE_NAME = 'obs' AND COLUMN_NAME NOT IN ('obs_id', 'uuid') ORDER BY ORDINAL_POSITION",
-            )
-            .await
-            .unwrap();
-        let cols = cols
-            .iter()
-            .map(|c| format!("`{c}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        loop {
-            let n: u64 = c
-                .query_first("SELECT COUNT(*) FROM obs")
-                .await
-                .unwrap()
-                .unwrap();
-            if n >= target {
-                break;
-            }
-            c.query_drop(format!(
-                "INSERT INTO obs ({cols}, uuid) SELECT {cols}, UUID() FROM obs LIMIT {}",
-                (target - n).min(n)
-            ))
-            .await
-            .unwrap();
-        }
+        grow_to(&mut c, "obs", "obs_id", target).await.unwrap();
     });
     let node = tempfile::tempdir().unwrap();
     let config = node.path().join("ferry.toml");

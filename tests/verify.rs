@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{block_on, conn, site, sources, Node};
-use ferry::dev::gen::{generate, GenOptions};
+use ferry::dev::gen::{generate, grow_to, GenOptions};
 use ferry::dev::mariadb::{load_sql_file, run_sql_blocking, MariaServer, ServerOptions};
 use ferry::schema::soft_refs::SoftRefEncoding;
 use ferry::schema::{Schema, SyncPlan};
@@ -524,39 +524,6 @@ fn big_rows() -> u64 {
         .unwrap_or(1_000_000)
 }
 
-/// Grows obs to `target` rows by doubling it with INSERT .. SELECT, each copy with a
-/// fresh uuid.
-pub async fn grow_obs(c: &mut Conn, target: u64) {
-    let cols: Vec<String> = c
-        .query(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = 'obs' AND COLUMN_NAME NOT IN ('obs_id', 'uuid') ORDER BY ORDINAL_POSITION",
-        )
-        .await
-        .unwrap();
-    let cols = cols
-        .iter()
-        .map(|c| format!("`{c}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    loop {
-        let n: u64 = c
-            .query_first("SELECT COUNT(*) FROM obs")
-            .await
-            .unwrap()
-            .unwrap();
-        if n >= target {
-            break;
-        }
-        c.query_drop(format!(
-            "INSERT INTO obs ({cols}, uuid) SELECT {cols}, UUID() FROM obs LIMIT {}",
-            (target - n).min(n)
-        ))
-        .await
-        .unwrap();
-    }
-}
-
 /// Runs `ferry ARGS` to the end with stdout into `stdout`; returns (exit code, peak RSS
 /// in KiB) of that child alone (`wait4`).
 // The child is reaped by `wait4`, which `Child::wait` cannot do (it returns no rusage).
@@ -599,7 +566,7 @@ fn a_large_obs_table_is_digested_in_bounded_memory() {
         generate(&mut c, &GenOptions::default().seed(3).patients(20))
             .await
             .unwrap();
-        grow_obs(&mut c, target).await;
+        grow_to(&mut c, "obs", "obs_id", target).await.unwrap();
     });
     let grow = t.elapsed();
     let node = Node::new("big", &url);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use ferry::dev::gen::{generate, GenOptions};
+use ferry::dev::gen::{copy_rows, generate, GenOptions};
 use ferry::dev::mariadb::{find_program, load_sql_file, run_sql_blocking, MariaServer};
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -386,36 +386,6 @@ async fn count(c: &mut Conn, table: &str) -> u64 {
         .unwrap()
 }
 
-/// Copies rows of `table` (all columns but its key and uuid, a fresh `UUID()` each)
-/// until `add` rows were added, doubling at most, 50,000 rows per statement.
-async fn grow(c: &mut Conn, table: &str, key: &str, mut add: u64) {
-    let cols: Vec<String> = c
-        .exec(
-            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
-             AND TABLE_NAME = ? AND COLUMN_NAME NOT IN (?, 'uuid') ORDER BY ORDINAL_POSITION",
-            (table, key),
-        )
-        .await
-        .unwrap();
-    let cols = cols
-        .iter()
-        .map(|c| format!("`{c}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    while add > 0 {
-        let n = count(c, table).await;
-        let step = add.min(n).min(50_000);
-        // Copy the newest rows first so later copies spread over all the originals.
-        c.query_drop(format!(
-            "INSERT INTO `{table}` ({cols}, uuid) SELECT {cols}, UUID() FROM `{table}` \
-             ORDER BY `{key}` DESC LIMIT {step}"
-        ))
-        .await
-        .unwrap();
-        add -= step;
-    }
-}
-
 /// Writes a clinical workload of exactly `target` changes into `db` (capture installed):
 /// the generator's patients, visits, encounters, obs, orders and edits (`patients`
 /// of them), then encounters and obs copied with fresh uuids in the generator's own
@@ -437,8 +407,12 @@ pub async fn workload(server: &MariaServer, db: &str, target: u64, patients: u32
         let enc = count(&mut c, "encounter").await;
         let obs = count(&mut c, "obs").await;
         let add_enc = need * enc / (enc + obs).max(1);
-        grow(&mut c, "encounter", "encounter_id", add_enc).await;
-        grow(&mut c, "obs", "obs_id", need - add_enc).await;
+        copy_rows(&mut c, "encounter", "encounter_id", add_enc)
+            .await
+            .unwrap();
+        copy_rows(&mut c, "obs", "obs_id", need - add_enc)
+            .await
+            .unwrap();
     }
     let changes = distinct_changes(&mut c).await;
     let entries: u64 = c

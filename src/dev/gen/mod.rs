@@ -15,6 +15,7 @@
 
 mod care;
 mod clinic;
+mod copy;
 mod meta;
 mod people;
 mod values;
@@ -29,6 +30,7 @@ use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+pub use copy::{copy_rows, grow_to};
 pub use values::luhn_check_digit;
 
 /// Errors generating a workload.
