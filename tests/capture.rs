@@ -338,3 +338,145 @@ fn usage_errors_exit_2_with_a_hint() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid node name"));
 }
+
+/// Rows a foreign key's `ON DELETE` action changes fire no trigger; capture logs them
+/// from the referenced table's before-delete trigger: a delete of each row a cascade
+/// deletes (one level into another table), an update of each row set to NULL. (The
+/// cascade of OpenMRS's `users` to itself is covered end to end in tests/sync.rs.)
+#[test]
+fn rows_a_delete_cascades_to_are_captured_as_it_leaves_them() {
+    let site = site("cascade", &common::Source::Fixture);
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(
+            "CREATE TABLE clinic_room (room_id INT AUTO_INCREMENT PRIMARY KEY, \
+             location_id INT NOT NULL, uuid CHAR(38) NOT NULL UNIQUE, \
+             CONSTRAINT room_location FOREIGN KEY (location_id) \
+             REFERENCES location (location_id) ON DELETE CASCADE); \
+             CREATE TABLE clinic_note (note_id INT AUTO_INCREMENT PRIMARY KEY, \
+             room_id INT NULL, uuid CHAR(38) NOT NULL UNIQUE, \
+             CONSTRAINT note_room FOREIGN KEY (room_id) \
+             REFERENCES clinic_room (room_id) ON DELETE SET NULL)",
+        )
+        .await
+        .unwrap();
+    });
+    let node = Node::new("clinic-a", &site.url);
+    node.ok(&["setup"]);
+    let log = |sql: &str| -> Vec<(String, String, String, Option<String>)> {
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            c.query_drop("DELETE FROM ferry_change").await.unwrap();
+            c.query_drop(sql).await.unwrap();
+            c.query(
+                "SELECT table_name, op, row_key, changed_cols FROM ferry_change \
+                 ORDER BY change_id",
+            )
+            .await
+            .unwrap()
+        })
+    };
+    log(
+        "INSERT INTO location (name, creator, date_created, uuid) VALUES \
+         ('Annex', 1, '2024-01-01', 'loc-annex'), ('Other', 1, '2024-01-01', 'loc-other'); \
+         INSERT INTO clinic_room (location_id, uuid) SELECT location_id, \
+         CONCAT('room-', name, '-', n) FROM location, (SELECT 1 AS n UNION SELECT 2) AS two \
+         WHERE uuid IN ('loc-annex', 'loc-other'); \
+         INSERT INTO clinic_note (room_id, uuid) SELECT room_id, CONCAT('note-', uuid) \
+         FROM clinic_room",
+    );
+    let row = |t: &str, op: &str, key: &str, cols: Option<&str>| {
+        (
+            t.to_string(),
+            op.to_string(),
+            key.to_string(),
+            cols.map(String::from),
+        )
+    };
+
+    // A room deleted: its notes' room is set to NULL.
+    assert_eq!(
+        log("DELETE FROM clinic_room WHERE uuid = 'room-Other-1'"),
+        [
+            row("clinic_note", "U", "note-room-Other-1", Some("room_id")),
+            row("clinic_room", "D", "room-Other-1", None),
+        ]
+    );
+    // A location deleted: its rooms go with it (their notes' SET NULL is a second
+    // level, which MariaDB does run but capture does not follow).
+    let entries = log("DELETE FROM location WHERE uuid = 'loc-annex'");
+    assert_eq!(
+        entries,
+        [
+            row("clinic_room", "D", "room-Annex-1", None),
+            row("clinic_room", "D", "room-Annex-2", None),
+            row("location", "D", "loc-annex", None),
+        ]
+    );
+    // The importer's session (which writes with foreign key checks off) logs nothing.
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop("DELETE FROM ferry_change").await.unwrap();
+        c.query_drop(
+            "SET @ferry_origin = 'clinic-b'; \
+             DELETE FROM clinic_room WHERE uuid = 'room-Other-2'; \
+             SET @ferry_origin = NULL",
+        )
+        .await
+        .unwrap();
+        let n: u64 = c
+            .query_first("SELECT COUNT(*) FROM ferry_change")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+    });
+    // A second setup finds every trigger, the before-delete ones too, as it left them.
+    let again = node.json(&["setup", "--json"]);
+    assert_eq!(again["triggers_created"], 0, "{again}");
+}
+
+/// A node set up by a release that did not read `ON DELETE` actions stored `users`
+/// without its cascade: it must see drift there (which export refuses) until `ferry setup`
+/// installs the trigger that captures the cascade (docs/operations.md, "Upgrading").
+#[test]
+fn a_shape_stored_without_delete_actions_is_drift_until_setup() {
+    let site = site("upgrade", &common::Source::Fixture);
+    let node = Node::new("clinic-a", &site.url);
+    node.ok(&["setup"]);
+    let cascade_trigger = || -> u64 {
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            c.query_first(
+                "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+                 WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = 'ferry_users_bd'",
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        })
+    };
+    assert_eq!(cascade_trigger(), 1);
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop(
+            "UPDATE ferry_table SET shape = REPLACE(shape, ',\"on_delete\":\"Cascade\"', '') \
+             WHERE table_name = 'users'; DROP TRIGGER ferry_users_bd",
+        )
+        .await
+        .unwrap();
+    });
+    let status = node.json(&["status", "--json"]);
+    let drift = status["drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0]["table"], "users");
+    assert_eq!(drift[0]["change"], "foreign keys changed");
+    assert!(node.ok(&["status"]).contains("run `ferry setup`"));
+
+    node.ok(&["setup"]);
+    assert_eq!(
+        node.json(&["status", "--json"])["drift"],
+        serde_json::json!([])
+    );
+    assert_eq!(cascade_trigger(), 1);
+}

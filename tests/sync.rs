@@ -947,3 +947,71 @@ fn a_new_uuid_for_a_row_that_others_refer_to_is_refused_at_export_until_undone()
         Some(fresh_renamed)
     );
 }
+
+/// MariaDB fires no trigger for the rows a foreign key's `ON DELETE CASCADE` deletes
+/// (OpenMRS has one: `users.changed_by`, `user_who_changed_user`), and import writes
+/// with foreign key checks off, so the peer's own cascade does not run either. A user
+/// deleted with the users it changed (and those they changed) must leave the peer
+/// without them too, not with users that refer to nothing. Before the cascade was
+/// captured, the peer refused the bundle for good ("… still refers to"; issue 4).
+#[test]
+fn a_user_deleted_with_the_users_it_changed_leaves_every_site_without_them() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let uuid = |n: u32| format!("66666666-0000-4000-8000-{n:012}");
+    let sql = |stmts: &[String]| {
+        block_on(async {
+            let mut db = conn(c.url("site-a")).await;
+            for s in stmts {
+                db.query_drop(s).await.unwrap();
+            }
+        })
+    };
+    // Three users, each changed by the one before: deleting the first cascades to the
+    // other two (the third through the second).
+    let mut stmts = Vec::new();
+    for n in 1..=3 {
+        stmts.push(format!(
+            "INSERT INTO person (gender, creator, date_created, voided, uuid) \
+             VALUES ('F', 1, '2024-01-01 08:00:00', 0, '{}')",
+            uuid(n)
+        ));
+        let changed_by = match n {
+            1 => "NULL".to_string(),
+            _ => format!(
+                "(SELECT u.user_id FROM users AS u WHERE u.uuid = '{}')",
+                uuid(10 + n - 1)
+            ),
+        };
+        stmts.push(format!(
+            "INSERT INTO users (system_id, username, creator, date_created, changed_by, \
+             person_id, uuid) SELECT 'cascade-{n}', 'cascade{n}', 1, '2024-01-01 08:00:00', \
+             {changed_by}, p.person_id, '{}' FROM person AS p WHERE p.uuid = '{}'",
+            uuid(10 + n),
+            uuid(n)
+        ));
+    }
+    sql(&stmts);
+    let r = c.carry("site-a", "site-b");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    let users = |site: &str| -> u64 {
+        block_on(async {
+            let mut db = conn(c.url(site)).await;
+            db.query_first("SELECT COUNT(*) FROM users WHERE username LIKE 'cascade%'")
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    assert_eq!(users("site-b"), 3);
+
+    sql(&[format!("DELETE FROM users WHERE uuid = '{}'", uuid(11))]);
+    assert_eq!(
+        users("site-a"),
+        0,
+        "the cascade deleted all three at site-a"
+    );
+    let r = c.carry("site-a", "site-b");
+    assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(users("site-b"), 0, "site-b holds none of the three");
+    assert_same(&c, &["site-a", "site-b"]);
+}

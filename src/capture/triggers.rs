@@ -9,6 +9,14 @@
 //! importer logs them itself, with their origin, version and path, for forwarding. An
 //! update that changes no column records nothing; an update that changes the identity
 //! records a delete of the old identity and an insert of the new one.
+//!
+//! MariaDB fires no trigger for the rows a foreign key's `ON DELETE CASCADE` or `SET
+//! NULL` changes (OpenMRS has one: a user deleted takes the users it changed with it),
+//! and import writes with foreign key checks off, so a peer's own cascade does not run
+//! either. A table such keys refer to gets a fourth trigger, before delete, that logs
+//! those rows as the cascade will leave them: a delete of each row it will delete (all
+//! levels of a table's cascade to itself; one level into another table), an update of
+//! each row it will set to NULL.
 
 use sha2::{Digest, Sha256};
 
@@ -16,17 +24,21 @@ use super::bookkeeping::CHANGE_TABLE;
 use super::ORIGIN_VARIABLE;
 use crate::db::{ident, literal};
 use crate::schema::identity_sql::row_identity;
-use crate::schema::{Schema, SyncPlan};
+use crate::schema::introspect::OnDelete;
+use crate::schema::{Schema, SyncPlan, Table};
 
-/// The three trigger events.
+/// The trigger events: after each write, and before a delete that cascades.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     Insert,
     Update,
     Delete,
+    /// Before a delete of a row that foreign keys with an `ON DELETE` action refer to.
+    Cascade,
 }
 
 impl Event {
+    /// The events every synced table has a trigger for.
     pub const ALL: [Event; 3] = [Event::Insert, Event::Update, Event::Delete];
 
     fn suffix(self) -> &'static str {
@@ -34,14 +46,16 @@ impl Event {
             Event::Insert => "ai",
             Event::Update => "au",
             Event::Delete => "ad",
+            Event::Cascade => "bd",
         }
     }
 
     fn sql(self) -> &'static str {
         match self {
-            Event::Insert => "INSERT",
-            Event::Update => "UPDATE",
-            Event::Delete => "DELETE",
+            Event::Insert => "AFTER INSERT",
+            Event::Update => "AFTER UPDATE",
+            Event::Delete => "AFTER DELETE",
+            Event::Cascade => "BEFORE DELETE",
         }
     }
 }
@@ -74,7 +88,7 @@ impl TriggerSql {
     /// The statement that creates or atomically replaces the trigger.
     pub fn create_statement(&self) -> String {
         format!(
-            "CREATE OR REPLACE TRIGGER {} AFTER {} ON {} FOR EACH ROW {}",
+            "CREATE OR REPLACE TRIGGER {} {} ON {} FOR EACH ROW {}",
             ident(&self.name),
             self.event.sql(),
             ident(&self.table),
@@ -83,7 +97,8 @@ impl TriggerSql {
     }
 }
 
-/// The three triggers for a synced table; `None` when the table is not synced.
+/// The triggers for a synced table (three, or four where deletes cascade); `None` when
+/// the table is not synced.
 pub fn triggers_for(
     plan: &SyncPlan,
     schema: &Schema,
@@ -97,10 +112,7 @@ pub fn triggers_for(
         Some(format!("COALESCE({expr}, '')"))
     };
     let (new_key, old_key) = (key_of("NEW")?, key_of("OLD")?);
-    let row_id = |row: &str| match info.primary_key.as_slice() {
-        [pk] if info.column(pk).is_some_and(|c| c.is_integer()) => format!("{row}.{}", ident(pk)),
-        _ => "NULL".to_string(),
-    };
+    let row_id = |row: &str| local_id(info, row);
     let insert = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
             "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
@@ -155,6 +167,7 @@ pub fn triggers_for(
                 insert("I", "NEW", &new_key, "NULL"),
                 insert("U", "NEW", &new_key, "ferry_cols"),
             ),
+            Event::Cascade => continue, // not in `ALL`: below, where deletes cascade
         };
         out.push(TriggerSql {
             name: trigger_name(table, event),
@@ -163,7 +176,99 @@ pub fn triggers_for(
             body,
         });
     }
+    if let Some(body) = cascade_body(plan, schema, table, clock_offset_us) {
+        out.push(TriggerSql {
+            name: trigger_name(table, Event::Cascade),
+            table: table.to_string(),
+            event: Event::Cascade,
+            body,
+        });
+    }
     Some(out)
+}
+
+/// The body of `table`'s before-delete trigger: for each single-column foreign key
+/// of a synced table that refers to `table` with an `ON DELETE` action, the rows that
+/// action will change, logged as it leaves them. `None` when no such key exists.
+fn cascade_body(
+    plan: &SyncPlan,
+    schema: &Schema,
+    table: &str,
+    clock_offset_us: i64,
+) -> Option<String> {
+    let mut statements = Vec::new();
+    for child in schema.tables.values() {
+        if plan.table(&child.name).and_then(|t| t.synced()).is_none() {
+            continue;
+        }
+        for fk in &child.foreign_keys {
+            let (Some(action), [column], [to]) = (
+                fk.on_delete,
+                fk.columns.as_slice(),
+                fk.ref_columns.as_slice(),
+            ) else {
+                continue;
+            };
+            if fk.ref_table != table {
+                continue;
+            }
+            let Some(key) = row_identity(plan, schema, &child.name, &|c| format!("x.{}", ident(c)))
+            else {
+                continue;
+            };
+            let row_id = local_id(child, "x");
+            let (col, to) = (ident(column), ident(to));
+            let itself = child.name == table;
+            // The row being deleted goes by its own trigger.
+            let not_old = if itself {
+                format!(" AND NOT (x.{to} <=> OLD.{to})")
+            } else {
+                String::new()
+            };
+            let (op, cols, rows) = match action {
+                // A table's cascade to itself runs on through the rows it deletes.
+                OnDelete::Cascade if itself => (
+                    "D",
+                    "NULL".to_string(),
+                    format!(
+                        "x.{to} IN (WITH RECURSIVE ferry_gone (k) AS (\
+                         SELECT y.{to} FROM {t} AS y WHERE y.{col} = OLD.{to} \
+                         UNION SELECT y.{to} FROM {t} AS y JOIN ferry_gone ON y.{col} = ferry_gone.k) \
+                         SELECT k FROM ferry_gone){not_old}",
+                        t = ident(table)
+                    ),
+                ),
+                OnDelete::Cascade => ("D", "NULL".to_string(), format!("x.{col} = OLD.{to}")),
+                OnDelete::SetNull => (
+                    "U",
+                    literal(column),
+                    format!("x.{col} = OLD.{to}{not_old}"),
+                ),
+            };
+            statements.push(format!(
+                "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
+                 SELECT {}, {row_id}, COALESCE({key}, ''), '{op}', {cols}, {} FROM {} AS x WHERE {rows}",
+                literal(&child.name),
+                now_us(clock_offset_us),
+                ident(&child.name),
+            ));
+        }
+    }
+    if statements.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "IF {ORIGIN_VARIABLE} IS NULL THEN {}; END IF",
+        statements.join("; ")
+    ))
+}
+
+/// The SQL of `row`'s local integer key in `table` (`NULL` when it has none).
+fn local_id(table: &Table, row: &str) -> String {
+    match table.primary_key.as_slice() {
+        [pk] if table.column(pk).is_some_and(|c| c.is_integer()) => format!("{row}.{}", ident(pk)),
+        _ => "NULL".to_string(),
+    }
 }
 
 /// Wall time in microseconds since the epoch at the moment of the write, independent of

@@ -52,6 +52,33 @@ pub struct ForeignKey {
     pub columns: Vec<String>,
     pub ref_table: String,
     pub ref_columns: Vec<String>,
+    /// What deleting a referenced row does to the referring rows, when it changes
+    /// them (`None`: the delete is refused while rows refer). Left out of the stored
+    /// shape when `None`, so that shapes recorded before it was read stay equal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_delete: Option<OnDelete>,
+}
+
+/// A foreign key's `ON DELETE` action that changes the referring rows. MariaDB fires
+/// no trigger for the rows it changes, so capture logs them itself
+/// ([`crate::capture::triggers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnDelete {
+    /// `CASCADE`: the referring rows are deleted too.
+    Cascade,
+    /// `SET NULL`: the referring column is set to NULL.
+    SetNull,
+}
+
+impl OnDelete {
+    /// The action named by information_schema's `DELETE_RULE`, if it changes rows.
+    pub fn from_rule(rule: &str) -> Option<OnDelete> {
+        match rule {
+            "CASCADE" => Some(OnDelete::Cascade),
+            "SET NULL" => Some(OnDelete::SetNull),
+            _ => None,
+        }
+    }
 }
 
 /// A unique index (other than the primary key).
@@ -182,18 +209,22 @@ impl Schema {
             }
         }
 
-        let fks: Vec<(String, String, String, String, String)> = conn
+        type FkRow = (String, String, String, String, String, Option<String>);
+        let fks: Vec<FkRow> = conn
             .exec(
-                "SELECT TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_TABLE_NAME, \
-                 REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-                 WHERE TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME IS NOT NULL \
-                 AND REFERENCED_TABLE_SCHEMA = TABLE_SCHEMA \
-                 ORDER BY TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
+                "SELECT k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME, \
+                 k.REFERENCED_COLUMN_NAME, r.DELETE_RULE FROM information_schema.KEY_COLUMN_USAGE k \
+                 LEFT JOIN information_schema.REFERENTIAL_CONSTRAINTS r \
+                 ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.TABLE_NAME = k.TABLE_NAME \
+                 AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME \
+                 WHERE k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
+                 AND k.REFERENCED_TABLE_SCHEMA = k.TABLE_SCHEMA \
+                 ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
                 (database,),
             )
             .await
             .map_err(DbError::query("reading foreign keys"))?;
-        for (table, name, column, ref_table, ref_column) in fks {
+        for (table, name, column, ref_table, ref_column, rule) in fks {
             let Some(t) = tables.get_mut(&table) else {
                 continue;
             };
@@ -206,6 +237,7 @@ impl Schema {
                     columns: vec![column],
                     ref_table,
                     ref_columns: vec![ref_column],
+                    on_delete: rule.as_deref().and_then(OnDelete::from_rule),
                 });
             }
         }

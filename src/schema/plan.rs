@@ -566,6 +566,7 @@ mod tests {
             columns: vec![col.into()],
             ref_table: table.into(),
             ref_columns: vec![ref_col.into()],
+            on_delete: None,
         }
     }
 
@@ -592,6 +593,7 @@ mod tests {
             columns: vec!["a".into(), "b".into()],
             ref_table: "location".into(),
             ref_columns: vec!["location_id".into(), "uuid".into()],
+            on_delete: None,
         };
         let s = schema(vec![
             table(
