@@ -14,9 +14,14 @@
 //! NULL` changes (OpenMRS has one: a user deleted takes the users it changed with it),
 //! and import writes with foreign key checks off, so a peer's own cascade does not run
 //! either. A table such keys refer to gets a fourth trigger, before delete, that logs
-//! those rows as the cascade will leave them: a delete of each row it will delete (all
-//! levels of a table's cascade to itself; one level into another table), an update of
-//! each row it will set to NULL.
+//! those rows as the cascade will leave them: a delete of each row it will delete, an
+//! update of each row it will set to NULL. It follows a table's cascade to itself to
+//! every level, and the actions of other tables' keys on every row that removes; a
+//! cascade into another table is followed one level (setup warns of a schema where
+//! that misses rows: [`uncaptured_cascades`]; OpenMRS has none). A `DELETE IGNORE`
+//! whose row is refused keeps the entries its trigger logged: it is not supported. The
+//! trigger logs rows of a table switched off too, when a cascade reaches them; they
+//! travel like what was captured before the table was switched off.
 
 use sha2::{Digest, Sha256};
 
@@ -187,73 +192,160 @@ pub fn triggers_for(
     Some(out)
 }
 
-/// The body of `table`'s before-delete trigger: for each single-column foreign key
-/// of a synced table that refers to `table` with an `ON DELETE` action, the rows that
-/// action will change, logged as it leaves them. `None` when no such key exists.
+/// A single-column foreign key of a synced table with an `ON DELETE` action.
+struct Action<'a> {
+    child: &'a Table,
+    column: &'a str,
+    /// The referenced column.
+    to: &'a str,
+    action: OnDelete,
+}
+
+/// The keys with an `ON DELETE` action that refer to `table`, of synced tables.
+fn actions_on<'a>(plan: &SyncPlan, schema: &'a Schema, table: &str) -> Vec<Action<'a>> {
+    let mut out = Vec::new();
+    for child in schema.tables.values() {
+        if plan.table(&child.name).and_then(|t| t.synced()).is_none() {
+            continue;
+        }
+        for fk in &child.foreign_keys {
+            if let (Some(action), [column], [to]) = (
+                fk.on_delete,
+                fk.columns.as_slice(),
+                fk.ref_columns.as_slice(),
+            ) {
+                if fk.ref_table == table {
+                    out.push(Action {
+                        child,
+                        column,
+                        to,
+                        action,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The column through which `table` cascades to itself, when all its keys that do
+/// name one column (what the recursive query follows).
+fn self_cascade<'a>(table: &str, actions: &[Action<'a>]) -> Option<&'a str> {
+    let mut tos = actions
+        .iter()
+        .filter(|a| a.child.name == table && a.action == OnDelete::Cascade)
+        .map(|a| a.to);
+    let first = tos.next()?;
+    tos.all(|t| t == first).then_some(first)
+}
+
+/// The body of `table`'s before-delete trigger: the rows that the `ON DELETE` actions
+/// of keys referring to `table` will change, logged as they leave them. `None` when no
+/// such key exists. Rows set to NULL are logged first, deletes after, so that a row
+/// both set to NULL and deleted ends as deleted (export goes by a row's last entry).
 fn cascade_body(
     plan: &SyncPlan,
     schema: &Schema,
     table: &str,
     clock_offset_us: i64,
 ) -> Option<String> {
-    let mut statements = Vec::new();
-    for child in schema.tables.values() {
-        if plan.table(&child.name).and_then(|t| t.synced()).is_none() {
-            continue;
+    let actions = actions_on(plan, schema, table);
+    if actions.is_empty() {
+        return None;
+    }
+    let t = ident(table);
+    let through = self_cascade(table, &actions);
+    // The values of column `to` of every row the delete removes from `table`: the row
+    // itself and, where the table cascades to itself, every row that cascade reaches.
+    let gone = |to: &str| -> String {
+        let to = ident(to);
+        let Some(r) = through.map(ident) else {
+            return format!("(OLD.{to})");
+        };
+        let joins = actions
+            .iter()
+            .filter(|a| a.child.name == table && a.action == OnDelete::Cascade)
+            .map(|a| format!("ferry_y.{} = ferry_gone.k", ident(a.column)))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let all = format!(
+            "WITH RECURSIVE ferry_gone (k) AS (SELECT OLD.{r} UNION \
+             SELECT ferry_y.{r} FROM {t} AS ferry_y JOIN ferry_gone ON {joins}) \
+             SELECT k FROM ferry_gone"
+        );
+        if to == r {
+            format!("({all})")
+        } else {
+            format!("(SELECT ferry_z.{to} FROM {t} AS ferry_z WHERE ferry_z.{r} IN ({all}))")
         }
-        for fk in &child.foreign_keys {
-            let (Some(action), [column], [to]) = (
-                fk.on_delete,
-                fk.columns.as_slice(),
-                fk.ref_columns.as_slice(),
-            ) else {
-                continue;
-            };
-            if fk.ref_table != table {
-                continue;
-            }
-            let Some(key) = row_identity(plan, schema, &child.name, &|c| format!("x.{}", ident(c)))
-            else {
-                continue;
-            };
-            let row_id = local_id(child, "x");
-            let (col, to) = (ident(column), ident(to));
-            let itself = child.name == table;
-            // The row being deleted goes by its own trigger.
-            let not_old = if itself {
-                format!(" AND NOT (x.{to} <=> OLD.{to})")
-            } else {
-                String::new()
-            };
-            let (op, cols, rows) = match action {
-                // A table's cascade to itself runs on through the rows it deletes.
-                OnDelete::Cascade if itself => (
-                    "D",
-                    "NULL".to_string(),
-                    format!(
-                        "x.{to} IN (WITH RECURSIVE ferry_gone (k) AS (\
-                         SELECT y.{to} FROM {t} AS y WHERE y.{col} = OLD.{to} \
-                         UNION SELECT y.{to} FROM {t} AS y JOIN ferry_gone ON y.{col} = ferry_gone.k) \
-                         SELECT k FROM ferry_gone){not_old}",
-                        t = ident(table)
-                    ),
+    };
+    let log = |child: &Table, op: &str, cols: String, rows: String| -> Option<String> {
+        let key = row_identity(plan, schema, &child.name, &|c| {
+            format!("ferry_x.{}", ident(c))
+        })?;
+        Some(format!(
+            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
+             SELECT {}, {}, COALESCE({key}, ''), '{op}', {cols}, {} FROM {} AS ferry_x WHERE {rows}",
+            literal(&child.name),
+            local_id(child, "ferry_x"),
+            now_us(clock_offset_us),
+            ident(&child.name),
+        ))
+    };
+    let mut set_null = Vec::new();
+    let mut deletes = Vec::new();
+    // The rows the table's cascade to itself removes (the row itself is logged by its
+    // own trigger).
+    if let Some(r) = through {
+        let table_info = &schema.tables[table];
+        deletes.extend(log(
+            table_info,
+            "D",
+            "NULL".into(),
+            format!(
+                "ferry_x.{r} IN {} AND NOT (ferry_x.{r} <=> OLD.{r})",
+                gone(r),
+                r = ident(r)
+            ),
+        ));
+    }
+    for a in &actions {
+        let (col, to) = (ident(a.column), ident(a.to));
+        let itself = a.child.name == table;
+        match a.action {
+            OnDelete::Cascade if itself && through.is_some() => {} // above
+            OnDelete::Cascade => deletes.extend(log(
+                a.child,
+                "D",
+                "NULL".into(),
+                format!(
+                    "ferry_x.{col} IN {}{}",
+                    gone(a.to),
+                    if itself {
+                        format!(" AND NOT (ferry_x.{to} <=> OLD.{to})")
+                    } else {
+                        String::new()
+                    }
                 ),
-                OnDelete::Cascade => ("D", "NULL".to_string(), format!("x.{col} = OLD.{to}")),
-                OnDelete::SetNull => (
-                    "U",
-                    literal(column),
-                    format!("x.{col} = OLD.{to}{not_old}"),
+            )),
+            OnDelete::SetNull => set_null.extend(log(
+                a.child,
+                "U",
+                literal(a.column),
+                format!(
+                    "ferry_x.{col} IN {}{}",
+                    gone(a.to),
+                    // Rows the delete removes are not set to NULL.
+                    if itself {
+                        format!(" AND ferry_x.{to} NOT IN {}", gone(a.to))
+                    } else {
+                        String::new()
+                    }
                 ),
-            };
-            statements.push(format!(
-                "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
-                 SELECT {}, {row_id}, COALESCE({key}, ''), '{op}', {cols}, {} FROM {} AS x WHERE {rows}",
-                literal(&child.name),
-                now_us(clock_offset_us),
-                ident(&child.name),
-            ));
+            )),
         }
     }
+    let statements: Vec<String> = set_null.into_iter().chain(deletes).collect();
     if statements.is_empty() {
         return None;
     }
@@ -261,6 +353,51 @@ fn cascade_body(
         "IF {ORIGIN_VARIABLE} IS NULL THEN {}; END IF",
         statements.join("; ")
     ))
+}
+
+/// What the before-delete triggers cannot capture in this schema, one sentence each
+/// (setup warns of them): a cascade that reaches a second table and goes on from
+/// there, a key of several columns with an `ON DELETE` action, a table that cascades
+/// to itself through keys naming different columns.
+pub fn uncaptured_cascades(plan: &SyncPlan, schema: &Schema) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, _) in plan.synced() {
+        let Some(child) = schema.tables.get(name) else {
+            continue;
+        };
+        for fk in &child.foreign_keys {
+            if fk.on_delete.is_some() && fk.columns.len() > 1 {
+                out.push(format!(
+                    "{name}.{} refers to {} with an ON DELETE action on several columns",
+                    fk.name, fk.ref_table
+                ));
+            }
+        }
+    }
+    for (table, _) in plan.synced() {
+        let actions = actions_on(plan, schema, table);
+        let selfs = actions
+            .iter()
+            .filter(|a| a.child.name == *table && a.action == OnDelete::Cascade)
+            .count();
+        if selfs > 0 && self_cascade(table, &actions).is_none() {
+            out.push(format!(
+                "{table} cascades to itself through keys naming different columns: one level is captured"
+            ));
+        }
+        for a in &actions {
+            let onward = a.action == OnDelete::Cascade
+                && a.child.name != *table
+                && !actions_on(plan, schema, &a.child.name).is_empty();
+            if onward {
+                out.push(format!(
+                    "deleting a {table} row deletes {} rows ({}), whose own ON DELETE actions are not captured",
+                    a.child.name, a.column
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The SQL of `row`'s local integer key in `table` (`NULL` when it has none).

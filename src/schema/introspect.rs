@@ -209,22 +209,30 @@ impl Schema {
             }
         }
 
-        type FkRow = (String, String, String, String, String, Option<String>);
-        let fks: Vec<FkRow> = conn
+        let fks: Vec<(String, String, String, String, String)> = conn
             .exec(
-                "SELECT k.TABLE_NAME, k.CONSTRAINT_NAME, k.COLUMN_NAME, k.REFERENCED_TABLE_NAME, \
-                 k.REFERENCED_COLUMN_NAME, r.DELETE_RULE FROM information_schema.KEY_COLUMN_USAGE k \
-                 LEFT JOIN information_schema.REFERENTIAL_CONSTRAINTS r \
-                 ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.TABLE_NAME = k.TABLE_NAME \
-                 AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME \
-                 WHERE k.TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME IS NOT NULL \
-                 AND k.REFERENCED_TABLE_SCHEMA = k.TABLE_SCHEMA \
-                 ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+                "SELECT TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_TABLE_NAME, \
+                 REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE TABLE_SCHEMA = ? AND REFERENCED_TABLE_NAME IS NOT NULL \
+                 AND REFERENCED_TABLE_SCHEMA = TABLE_SCHEMA \
+                 ORDER BY TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION",
                 (database,),
             )
             .await
             .map_err(DbError::query("reading foreign keys"))?;
-        for (table, name, column, ref_table, ref_column, rule) in fks {
+        // Asked apart: joined to the query above, it scans every database's tables.
+        let rules: BTreeMap<(String, String), OnDelete> = conn
+            .exec::<(String, String, String), _, _>(
+                "SELECT TABLE_NAME, CONSTRAINT_NAME, DELETE_RULE \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS WHERE CONSTRAINT_SCHEMA = ?",
+                (database,),
+            )
+            .await
+            .map_err(DbError::query("reading foreign keys' delete rules"))?
+            .into_iter()
+            .filter_map(|(t, n, rule)| OnDelete::from_rule(&rule).map(|a| ((t, n), a)))
+            .collect();
+        for (table, name, column, ref_table, ref_column) in fks {
             let Some(t) = tables.get_mut(&table) else {
                 continue;
             };
@@ -232,12 +240,13 @@ impl Schema {
                 fk.columns.push(column);
                 fk.ref_columns.push(ref_column);
             } else {
+                let on_delete = rules.get(&(table.clone(), name.clone())).copied();
                 t.foreign_keys.push(ForeignKey {
                     name,
                     columns: vec![column],
                     ref_table,
                     ref_columns: vec![ref_column],
-                    on_delete: rule.as_deref().and_then(OnDelete::from_rule),
+                    on_delete,
                 });
             }
         }
