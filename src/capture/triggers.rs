@@ -228,8 +228,9 @@ fn actions_on<'a>(plan: &SyncPlan, schema: &'a Schema, table: &str) -> Vec<Actio
     out
 }
 
-/// The column through which `table` cascades to itself, when all its keys that do
-/// name one column (what the recursive query follows).
+/// The column through which `table` cascades to itself (what the recursive query
+/// follows): the referenced column of every key by which it does, when they all name
+/// the same one.
 fn self_cascade<'a>(table: &str, actions: &[Action<'a>]) -> Option<&'a str> {
     let mut tos = actions
         .iter()
