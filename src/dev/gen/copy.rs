@@ -18,6 +18,29 @@ const STEP: u64 = 50_000;
 /// over all the originals. Returns the rows added (fewer than `add` only for an empty
 /// table, which has nothing to copy).
 pub async fn copy_rows(conn: &mut Conn, table: &str, key: &str, add: u64) -> Result<u64, GenError> {
+    let n = count(conn, table).await?;
+    copy_more(conn, table, key, n, add).await
+}
+
+/// [`copy_rows`] until `table` holds at least `target` rows.
+pub async fn grow_to(
+    conn: &mut Conn,
+    table: &str,
+    key: &str,
+    target: u64,
+) -> Result<u64, GenError> {
+    let n = count(conn, table).await?;
+    copy_more(conn, table, key, n, target.saturating_sub(n)).await
+}
+
+/// [`copy_rows`] of a table known to hold `n` rows (counted once: a count scans it).
+async fn copy_more(
+    conn: &mut Conn,
+    table: &str,
+    key: &str,
+    mut n: u64,
+    add: u64,
+) -> Result<u64, GenError> {
     let cols: Vec<String> = conn
         .exec(
             "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() \
@@ -29,7 +52,6 @@ pub async fn copy_rows(conn: &mut Conn, table: &str, key: &str, add: u64) -> Res
     let cols = cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
     let mut added = 0;
     while added < add {
-        let n = count(conn, table).await?;
         let step = (add - added).min(n).min(STEP);
         if step == 0 {
             break;
@@ -43,19 +65,9 @@ pub async fn copy_rows(conn: &mut Conn, table: &str, key: &str, add: u64) -> Res
         .await
         .map_err(GenError::db(format!("copying rows of {table}")))?;
         added += step;
+        n += step;
     }
     Ok(added)
-}
-
-/// [`copy_rows`] until `table` holds at least `target` rows.
-pub async fn grow_to(
-    conn: &mut Conn,
-    table: &str,
-    key: &str,
-    target: u64,
-) -> Result<u64, GenError> {
-    let n = count(conn, table).await?;
-    copy_rows(conn, table, key, target.saturating_sub(n)).await
 }
 
 async fn count(conn: &mut Conn, table: &str) -> Result<u64, GenError> {
