@@ -541,3 +541,148 @@ fn a_shape_stored_without_delete_actions_is_drift_until_setup() {
     );
     assert_eq!(cascade_trigger(), 1);
 }
+
+/// Issue 4 (regression test): a capture trigger dropped by hand, or replaced by
+/// another body, on a table whose shape did not change, stopped that table's capture
+/// with nothing to say so (a table dropped and made again by an upgrade, or a database
+/// restored from a dump made without triggers, does the same). Now it is drift: status
+/// names it, export refuses, and `ferry setup` puts the trigger back.
+#[test]
+fn a_missing_or_altered_capture_trigger_is_drift_until_setup() {
+    let site = site("triggers", &common::Source::Fixture);
+    let node = Node::new("clinic-a", &site.url);
+    let other = Node::new("clinic-b", &site.url);
+    node.ok(&["peer", "add", "clinic-b", other.ok(&["key"]).trim()]);
+    node.ok(&["setup"]);
+    // The entries `sql` logs.
+    let logged = |sql: &str| -> u64 {
+        block_on(async {
+            let mut c = conn(&site.url).await;
+            c.query_drop("DELETE FROM ferry_change").await.unwrap();
+            c.query_drop(sql).await.unwrap();
+            c.query_first("SELECT COUNT(*) FROM ferry_change")
+                .await
+                .unwrap()
+                .unwrap()
+        })
+    };
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop("DROP TRIGGER ferry_location_ai")
+            .await
+            .unwrap();
+        c.query_drop(
+            "CREATE OR REPLACE TRIGGER ferry_location_au AFTER UPDATE ON location \
+             FOR EACH ROW SET @ferry_touched = 1",
+        )
+        .await
+        .unwrap();
+    });
+    let uuid = "bbbbbbbb-0000-4000-8000-000000000001";
+    assert_eq!(
+        logged(&format!(
+            "INSERT INTO location (name, creator, date_created, uuid) \
+             VALUES ('Annex', 1, '2024-01-01', '{uuid}')"
+        )),
+        0,
+        "without its trigger, an insert is not captured"
+    );
+    let status = node.json(&["status", "--json"]);
+    assert_eq!(
+        status["drift"],
+        serde_json::json!([
+            {
+                "table": "location",
+                "change": "capture trigger ferry_location_ai missing: changes to location \
+                           since then were not captured"
+            },
+            {
+                "table": "location",
+                "change": "capture trigger ferry_location_au differs from the one this \
+                           release of ferry installs"
+            }
+        ])
+    );
+    assert!(node.ok(&["status"]).contains("run `ferry setup`"));
+    let (code, out, err) = node.run(&["export"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("capture changed since the last setup")
+            && err.contains("ferry_location_ai missing")
+            && err.contains("hint: run `ferry setup`"),
+        "{err}"
+    );
+
+    let report = node.json(&["setup", "--json"]);
+    assert_eq!(report["triggers_created"], 2, "{report}");
+    assert_eq!(
+        node.json(&["status", "--json"])["drift"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        logged(&format!(
+            "UPDATE location SET name = 'Annex 2' WHERE uuid = '{uuid}'"
+        )),
+        1,
+        "captured again"
+    );
+}
+
+/// Issue 4 (regression test): an update that gives a row a new uuid is logged as a
+/// delete of the old identity and an insert of the new one, and export's identity
+/// check takes the two as one row's new uuid only when no entry comes between them.
+/// Logged by two statements, another session's entry could. Now they are one
+/// statement, and take consecutive positions while other sessions write.
+#[test]
+fn an_identity_change_takes_consecutive_positions_while_others_write() {
+    const RENAMES: usize = 300;
+    let site = site("renames", &common::Source::Fixture);
+    let node = Node::new("clinic-a", &site.url);
+    node.ok(&["setup"]);
+    block_on(async {
+        let mut c = conn(&site.url).await;
+        c.query_drop("DELETE FROM ferry_change").await.unwrap();
+        let renamer = async {
+            let mut c = conn(&site.url).await;
+            for _ in 0..RENAMES {
+                c.query_drop("UPDATE location SET uuid = UUID() WHERE location_id = 1")
+                    .await
+                    .unwrap();
+            }
+        };
+        let writer = |w: usize| {
+            let url = site.url.clone();
+            async move {
+                let mut c = conn(&url).await;
+                for i in 0..RENAMES {
+                    c.exec_drop(
+                        "INSERT INTO location (name, creator, date_created, uuid) \
+                         VALUES (?, 1, '2024-01-01', UUID())",
+                        (format!("writer {w} row {i}"),),
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+        };
+        tokio::join!(renamer, writer(0), writer(1), writer(2));
+        let log: Vec<(String, Option<i64>)> = c
+            .query("SELECT op, row_id FROM ferry_change WHERE table_name = 'location' ORDER BY change_id")
+            .await
+            .unwrap();
+        assert_eq!(log.len(), 2 * RENAMES + 3 * RENAMES);
+        let mut pairs = 0;
+        for (at, (op, id)) in log.iter().enumerate() {
+            if op == "D" {
+                assert_eq!(id, &Some(1));
+                assert_eq!(
+                    log.get(at + 1),
+                    Some(&("I".to_string(), Some(1))),
+                    "the insert of the new identity follows its delete at once"
+                );
+                pairs += 1;
+            }
+        }
+        assert_eq!(pairs, RENAMES);
+    });
+}

@@ -1,16 +1,25 @@
-//! Schema drift: how the live schema differs from what the last `ferry setup` saw.
+//! Schema drift: how the live schema differs from what the last `ferry setup` saw,
+//! and how the installed capture triggers differ from what setup installs.
 //!
 //! Setup stores each synced table's shape in `ferry_table`. After an OpenMRS upgrade
 //! (an ALTER TABLE, a new table) the triggers no longer match the table; `ferry status`
 //! reports the drift until `ferry setup` regenerates the plan and the triggers.
+//!
+//! A table whose shape did not change can still lose its capture: a trigger dropped by
+//! hand, a table dropped and made again by an upgrade (its triggers go with it), a
+//! database restored from a dump made without triggers. Nothing else would notice, and
+//! every change to that table would stay on this node. So drift also names each
+//! trigger of a table switched on that is missing, or whose body is not the one this
+//! release installs (after an upgrade of ferry that changed them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use serde::Serialize;
 
 use super::bookkeeping::TABLE_STATE;
+use super::setup::{enabled_tables, installed_clock_offset, installed_triggers, wanted_triggers};
 use super::CaptureError;
 use crate::db::DbError;
 use crate::schema::{Schema, SyncPlan, Table};
@@ -62,7 +71,59 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
             });
         }
     }
+    // The triggers of the tables whose shape is as setup left it (the others' are
+    // outdated anyway, and setup replaces them).
+    let drifted: BTreeSet<String> = out.iter().map(|d| d.table.clone()).collect();
+    let enabled = enabled_tables(conn).await?;
+    let offset = installed_clock_offset(conn).await?;
+    let installed = installed_triggers(conn).await?;
+    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut outdated: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, t) in wanted_triggers(&plan, &schema, &enabled, offset) {
+        if drifted.contains(&t.table) {
+            continue;
+        }
+        match installed.get(&name) {
+            None => missing.entry(t.table).or_default().push(name),
+            Some((table, body)) if !t.is_installed(table, body) => {
+                outdated.entry(t.table).or_default().push(name)
+            }
+            Some(_) => {}
+        }
+    }
+    for (table, names) in missing {
+        out.push(DriftItem {
+            change: format!(
+                "{} missing: changes to {table} since then were not captured",
+                triggers(&names)
+            ),
+            table,
+        });
+    }
+    for (table, names) in outdated {
+        out.push(DriftItem {
+            change: if names.len() == 1 {
+                format!(
+                    "{} differs from the one this release of ferry installs",
+                    triggers(&names)
+                )
+            } else {
+                format!(
+                    "{} differ from the ones this release of ferry installs",
+                    triggers(&names)
+                )
+            },
+            table,
+        });
+    }
+    out.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(out)
+}
+
+/// "capture trigger N" or "capture triggers N, M".
+fn triggers(names: &[String]) -> String {
+    let s = if names.len() == 1 { "" } else { "s" };
+    format!("capture trigger{s} {}", names.join(", "))
 }
 
 /// A short description of how a table's shape changed.

@@ -68,26 +68,29 @@ pub async fn setup(
     report.local_tables = plan.tables.len() - report.synced_tables;
     let enabled = enabled_tables(conn).await?;
 
-    let mut wanted: BTreeMap<String, TriggerSql> = BTreeMap::new();
-    for (name, _) in plan.synced() {
-        if enabled.get(name) == Some(&true) {
-            report.enabled_tables += 1;
-            for t in triggers_for(&plan, &schema, name, clock_offset_us)
-                .expect("synced table has triggers")
-            {
-                wanted.insert(t.name.clone(), t);
-            }
-        }
-    }
+    report.enabled_tables = plan
+        .synced()
+        .filter(|(name, _)| enabled.get(*name) == Some(&true))
+        .count();
+    let mut wanted = wanted_triggers(&plan, &schema, &enabled, clock_offset_us);
     for what in uncaptured_cascades(&plan, &schema) {
         tracing::warn!(
             "{what}; MariaDB fires no trigger for rows a cascade changes, so such a delete reaches the peers incomplete"
         );
     }
+    let lock_mode: Option<u32> = conn
+        .query_first("SELECT @@innodb_autoinc_lock_mode")
+        .await
+        .map_err(DbError::query("reading innodb_autoinc_lock_mode"))?;
+    if lock_mode == Some(2) {
+        tracing::warn!(
+            "innodb_autoinc_lock_mode is 2: the two entries of an update that changes a row's uuid can be split by another session's entry, and export then sends the new uuid without checking the rows that refer to the old one; set it to 1 (MariaDB's default) in the server's configuration"
+        );
+    }
     let installed = installed_triggers(conn).await?;
     for (name, (table, body)) in &installed {
         match wanted.get(name) {
-            Some(t) if &t.table == table && t.body.trim() == body.trim() => {
+            Some(t) if t.is_installed(table, body) => {
                 report.triggers_unchanged += 1;
                 wanted.remove(name);
             }
@@ -105,6 +108,23 @@ pub async fn setup(
         report.triggers_created += 1;
     }
     Ok(report)
+}
+
+/// The triggers capture wants, by name: those of every synced table switched on
+/// (`enabled`, from `ferry_table`).
+pub fn wanted_triggers(
+    plan: &SyncPlan,
+    schema: &Schema,
+    enabled: &BTreeMap<String, bool>,
+    clock_offset_us: i64,
+) -> BTreeMap<String, TriggerSql> {
+    plan.synced()
+        .filter(|(name, _)| enabled.get(*name) == Some(&true))
+        .flat_map(|(name, _)| {
+            triggers_for(plan, schema, name, clock_offset_us).expect("synced table has triggers")
+        })
+        .map(|t| (t.name.clone(), t))
+        .collect()
 }
 
 /// Installs (or refreshes) the triggers of one table from the stored plan.

@@ -8,7 +8,11 @@
 //! `@ferry_origin` to the node the changes came from) record nothing here: the
 //! importer logs them itself, with their origin, version and path, for forwarding. An
 //! update that changes no column records nothing; an update that changes the identity
-//! records a delete of the old identity and an insert of the new one.
+//! records a delete of the old identity and an insert of the new one, in one statement:
+//! with InnoDB's `innodb_autoinc_lock_mode` at 0 or 1 (1 is MariaDB's default; setup
+//! warns of 2) a statement's rows take consecutive positions, so no other session's
+//! entry comes between the two, and export knows them as one row's new identity
+//! ([`crate::export::sorter::Placer`]).
 //!
 //! MariaDB fires no trigger for the rows a foreign key's `ON DELETE CASCADE` or `SET
 //! NULL` changes (OpenMRS has one: a user deleted takes the users it changed with it),
@@ -90,6 +94,12 @@ pub struct TriggerSql {
 }
 
 impl TriggerSql {
+    /// Whether the trigger installed on `table` with `body` (as the server gives it
+    /// back) is this one.
+    pub fn is_installed(&self, table: &str, body: &str) -> bool {
+        self.table == table && self.body.trim() == body.trim()
+    }
+
     /// The statement that creates or atomically replaces the trigger.
     pub fn create_statement(&self) -> String {
         format!(
@@ -118,13 +128,20 @@ pub fn triggers_for(
     };
     let (new_key, old_key) = (key_of("NEW")?, key_of("OLD")?);
     let row_id = |row: &str| local_id(info, row);
-    let insert = |op: &str, row: &str, key: &str, cols: &str| {
+    let entry = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
-            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
-             VALUES ({}, {}, {key}, '{op}', {cols}, {})",
+            "({}, {}, {key}, '{op}', {cols}, {})",
             literal(table),
             row_id(row),
             now_us(clock_offset_us)
+        )
+    };
+    // One statement per write: its entries take consecutive positions (below).
+    let insert = |entries: &[String]| {
+        format!(
+            "INSERT INTO {CHANGE_TABLE} (table_name, row_id, row_key, op, changed_cols, wall_us) \
+             VALUES {}",
+            entries.join(", ")
         )
     };
     // Text is compared as bytes so that a change of case or trailing spaces counts.
@@ -157,20 +174,22 @@ pub fn triggers_for(
         let body = match event {
             Event::Insert => format!(
                 "IF {ORIGIN_VARIABLE} IS NULL THEN {}; END IF",
-                insert("I", "NEW", &new_key, "NULL")
+                insert(&[entry("I", "NEW", &new_key, "NULL")])
             ),
             Event::Delete => format!(
                 "IF {ORIGIN_VARIABLE} IS NULL THEN {}; END IF",
-                insert("D", "OLD", &old_key, "NULL")
+                insert(&[entry("D", "OLD", &old_key, "NULL")])
             ),
             Event::Update => format!(
                 "BEGIN DECLARE ferry_cols TEXT; IF {ORIGIN_VARIABLE} IS NULL THEN \
                  SET ferry_cols = CONCAT_WS(',', {changed_list}); \
-                 IF {identity_changed} THEN {}; {}; \
+                 IF {identity_changed} THEN {}; \
                  ELSEIF ferry_cols <> '' THEN {}; END IF; END IF; END",
-                insert("D", "OLD", &old_key, "NULL"),
-                insert("I", "NEW", &new_key, "NULL"),
-                insert("U", "NEW", &new_key, "ferry_cols"),
+                insert(&[
+                    entry("D", "OLD", &old_key, "NULL"),
+                    entry("I", "NEW", &new_key, "NULL")
+                ]),
+                insert(&[entry("U", "NEW", &new_key, "ferry_cols")]),
             ),
             Event::Cascade => continue, // not in `ALL`: below, where deletes cascade
         };

@@ -296,7 +296,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         out.line("drift     none");
     } else {
         out.line(format!(
-            "drift     {} table(s) changed since setup; run `ferry setup`:",
+            "drift     {} change(s) since setup; run `ferry setup`:",
             report.drift.len()
         ));
         for d in &report.drift {

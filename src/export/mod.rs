@@ -84,7 +84,7 @@ pub enum ExportError {
     Row(#[from] RowError),
     #[error(transparent)]
     Sort(#[from] SortError),
-    #[error("the schema changed since the last setup ({})\nhint: run `ferry setup` first, on every node, so that all nodes read bundles the same way", describe(.0))]
+    #[error("the schema or ferry's capture changed since the last setup ({})\nhint: run `ferry setup` first, on every node, so that all nodes read bundles the same way", describe(.0))]
     Drift(Vec<DriftItem>),
     #[error("the clock offset in the config ({config} s) is not the one the triggers were set up with ({installed} s)\nhint: run `ferry setup` to apply it")]
     ClockOffset { config: i64, installed: i64 },

@@ -140,7 +140,8 @@ pub struct Placer {
     last_delete: Option<(u32, i64, String)>,
     /// (rank, local id) of rows whose identity changed (an `UPDATE` of the identity,
     /// which capture logs as a delete and, right after it, an insert of the same local
-    /// id under another identity), with the first identity they had in the range:
+    /// id under another identity: one statement, so nothing comes between them, see
+    /// [`crate::capture::triggers`]), with the first identity they had in the range:
     /// what [`super::renames::check`] looks at.
     pub renamed: FxHashMap<(u32, i64), String>,
 }
