@@ -120,6 +120,23 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     Ok(out)
 }
 
+/// The first `max` items as "table: change" lines, then how many more there are (an
+/// upgrade of ferry that changes the triggers puts every table in drift).
+pub fn summary(items: &[DriftItem], max: usize) -> Vec<String> {
+    let mut lines: Vec<String> = items
+        .iter()
+        .take(max)
+        .map(|d| format!("{}: {}", d.table, d.change))
+        .collect();
+    if items.len() > max {
+        lines.push(format!(
+            "and {} more (`ferry status --json` lists them all)",
+            items.len() - max
+        ));
+    }
+    lines
+}
+
 /// "capture trigger N" or "capture triggers N, M".
 fn triggers(names: &[String]) -> String {
     let s = if names.len() == 1 { "" } else { "s" };
@@ -157,4 +174,29 @@ pub fn describe(old: &Table, new: &Table) -> String {
         parts.push("column order changed".into());
     }
     parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_drift_is_summed_up_after_its_first_items() {
+        let items: Vec<DriftItem> = (0..5)
+            .map(|i| DriftItem {
+                table: format!("t{i}"),
+                change: "changed".into(),
+            })
+            .collect();
+        assert_eq!(summary(&items[..2], 3), ["t0: changed", "t1: changed"]);
+        assert_eq!(
+            summary(&items, 3),
+            [
+                "t0: changed",
+                "t1: changed",
+                "t2: changed",
+                "and 2 more (`ferry status --json` lists them all)"
+            ]
+        );
+    }
 }

@@ -299,8 +299,8 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
             "drift     {} change(s) since setup; run `ferry setup`:",
             report.drift.len()
         ));
-        for d in &report.drift {
-            out.line(format!("          {}: {}", d.table, d.change));
+        for line in capture::drift::summary(&report.drift, 10) {
+            out.line(format!("          {line}"));
         }
     }
     if report.conflicts.is_empty() {

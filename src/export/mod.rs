@@ -113,10 +113,7 @@ impl From<FetchError> for ExportError {
 }
 
 fn describe(d: &[DriftItem]) -> String {
-    d.iter()
-        .map(|i| format!("{}: {}", i.table, i.change))
-        .collect::<Vec<_>>()
-        .join("; ")
+    drift::summary(d, 3).join("; ")
 }
 
 /// What to export.
