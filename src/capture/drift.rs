@@ -102,17 +102,15 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     }
     for (table, names) in outdated {
         out.push(DriftItem {
-            change: if names.len() == 1 {
-                format!(
-                    "{} differs from the one this release of ferry installs",
-                    triggers(&names)
-                )
-            } else {
-                format!(
-                    "{} differ from the ones this release of ferry installs",
-                    triggers(&names)
-                )
-            },
+            change: format!(
+                "{} {} this release of ferry installs",
+                triggers(&names),
+                if names.len() == 1 {
+                    "differs from the one"
+                } else {
+                    "differ from the ones"
+                }
+            ),
             table,
         });
     }

@@ -15,8 +15,8 @@ const STEP: u64 = 50_000;
 /// Copies rows of `table` until `add` rows were added: every column but the integer
 /// key `key` (auto-increment) and `uuid` (a fresh `UUID()`), at most doubling the
 /// table and at most 50,000 rows per statement, newest rows first so that later copies
-/// spread over all the originals. Returns the rows added (fewer than `add` only for an empty
-/// table, which has nothing to copy).
+/// spread over all the originals. Returns the rows added (fewer than `add` only for an
+/// empty table, which has nothing to copy).
 pub async fn copy_rows(conn: &mut Conn, table: &str, key: &str, add: u64) -> Result<u64, GenError> {
     let n = count(conn, table).await?;
     copy_more(conn, table, key, n, add).await
