@@ -553,7 +553,8 @@ fn a_missing_or_altered_capture_trigger_is_drift_until_setup() {
     let node = Node::new("clinic-a", &site.url);
     let other = Node::new("clinic-b", &site.url);
     node.ok(&["peer", "add", "clinic-b", other.ok(&["key"]).trim()]);
-    node.ok(&["setup"]);
+    let first = node.json(&["setup", "--json"]);
+    assert_eq!(first["triggers_restored"], serde_json::json!([]), "{first}");
     // The entries `sql` logs.
     let logged = |sql: &str| -> u64 {
         block_on(async {
@@ -615,6 +616,12 @@ fn a_missing_or_altered_capture_trigger_is_drift_until_setup() {
 
     let report = node.json(&["setup", "--json"]);
     assert_eq!(report["triggers_created"], 2, "{report}");
+    // The one that was gone is named: the changes made meanwhile were not captured.
+    assert_eq!(
+        report["triggers_restored"],
+        serde_json::json!(["ferry_location_ai"]),
+        "{report}"
+    );
     assert_eq!(
         node.json(&["status", "--json"])["drift"],
         serde_json::json!([])

@@ -13,7 +13,7 @@ use mysql_async::Conn;
 use serde::Serialize;
 
 use super::bookkeeping::{self, TABLE_STATE};
-use super::triggers::{triggers_for, uncaptured_cascades, TriggerSql};
+use super::triggers::{triggers_for, uncaptured_cascades, Event, TriggerSql};
 use super::CaptureError;
 use crate::db::{ident, DbError};
 use crate::schema::{Schema, SyncPlan};
@@ -27,6 +27,10 @@ pub struct SetupReport {
     pub triggers_created: usize,
     pub triggers_unchanged: usize,
     pub triggers_dropped: usize,
+    /// Row triggers put back on tables a setup before had captured (and that are still
+    /// switched on): the changes made to those tables while they were gone were not
+    /// captured ([`super::drift`] named them).
+    pub triggers_restored: Vec<String>,
     pub plan_fingerprint: String,
 }
 
@@ -52,6 +56,13 @@ pub async fn setup(
         plan_fingerprint: fingerprint,
         ..Default::default()
     };
+    // The tables an earlier setup captured, and that are switched on.
+    let captured: Vec<String> = conn
+        .query(format!(
+            "SELECT table_name FROM {TABLE_STATE} WHERE enabled = 1"
+        ))
+        .await
+        .map_err(DbError::query("reading ferry_table"))?;
     for (name, _) in plan.synced() {
         let table = &schema.tables[name];
         conn.exec_drop(
@@ -88,6 +99,21 @@ pub async fn setup(
         );
     }
     let installed = installed_triggers(conn).await?;
+    report.triggers_restored = wanted
+        .values()
+        .filter(|t| {
+            Event::ALL.contains(&t.event)
+                && captured.contains(&t.table)
+                && !installed.contains_key(&t.name)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    if !report.triggers_restored.is_empty() {
+        tracing::warn!(
+            triggers = report.triggers_restored.join(", "),
+            "capture triggers were missing and are back: changes made to their tables while they were gone were not captured"
+        );
+    }
     for (name, (table, body)) in &installed {
         match wanted.get(name) {
             Some(t) if t.is_installed(table, body) => {

@@ -155,6 +155,15 @@ pub async fn setup(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Res
             report.triggers_dropped,
             &report.plan_fingerprint[..16]
         ));
+        if !report.triggers_restored.is_empty() {
+            out.line(format!(
+                "warning: these capture triggers were missing and are back: {}\n\
+                 changes made to their tables while they were gone were not captured; to \
+                 find the rows that differ, see `ferry verify --rows --against` in the \
+                 operations guide (\"capture trigger … missing\")",
+                report.triggers_restored.join(", ")
+            ));
+        }
         if report.triggers_created > 0 && report.triggers_unchanged == 0 {
             out.line(
                 "note: capture starts now; rows already in the database do not travel to peers \
