@@ -595,7 +595,7 @@ fn a_missing_or_altered_capture_trigger_is_drift_until_setup() {
             {
                 "table": "location",
                 "change": "capture trigger ferry_location_ai missing: changes to location \
-                           since then were not captured"
+                           since it went missing were not captured"
             },
             {
                 "table": "location",
@@ -633,6 +633,38 @@ fn a_missing_or_altered_capture_trigger_is_drift_until_setup() {
         1,
         "captured again"
     );
+
+    let sql = |s: &str| ferry::dev::mariadb::run_sql_blocking(&site.url, s).unwrap();
+    // A table switched off, changed, then switched on (refused until setup, which
+    // installs its triggers): setup names none of them, the operator had it off.
+    node.ok(&["tables", "disable", "location"]);
+    sql("ALTER TABLE location ADD COLUMN ferry_note VARCHAR(20) NULL");
+    let (code, out, err) = node.run(&["tables", "enable", "location"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let report = node.json(&["setup", "--json"]);
+    assert_eq!(
+        report["triggers_restored"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    assert_eq!(
+        node.json(&["status", "--json"])["drift"],
+        serde_json::json!([])
+    );
+    // A new table whose key deletes with location: drift names the table, not
+    // location's before-delete trigger, which must change for it but lost nothing.
+    sql(
+        "CREATE TABLE location_note (location_note_id INT AUTO_INCREMENT PRIMARY KEY, \
+         location_id INT NOT NULL, uuid CHAR(38) NOT NULL, UNIQUE KEY (uuid), \
+         CONSTRAINT location_note_location FOREIGN KEY (location_id) \
+         REFERENCES location (location_id) ON DELETE CASCADE)",
+    );
+    assert_eq!(
+        node.json(&["status", "--json"])["drift"],
+        serde_json::json!([
+            {"table": "location_note", "change": "new table, not captured yet"}
+        ])
+    );
 }
 
 /// Issue 4 (regression test): an update that gives a row a new uuid is logged as a
@@ -648,6 +680,15 @@ fn an_identity_change_takes_consecutive_positions_while_others_write() {
     node.ok(&["setup"]);
     block_on(async {
         let mut c = conn(&site.url).await;
+        let mode: Option<u32> = c
+            .query_first("SELECT @@innodb_autoinc_lock_mode")
+            .await
+            .unwrap();
+        assert_ne!(
+            mode,
+            Some(2),
+            "the test server runs MariaDB's default lock mode"
+        );
         c.query_drop("DELETE FROM ferry_change").await.unwrap();
         let renamer = async {
             let mut c = conn(&site.url).await;

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use super::bookkeeping::TABLE_STATE;
 use super::setup::{enabled_tables, installed_clock_offset, installed_triggers, wanted_triggers};
+use super::triggers::{Event, TriggerSql};
 use super::CaptureError;
 use crate::db::DbError;
 use crate::schema::{Schema, SyncPlan, Table};
@@ -72,33 +73,60 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
         }
     }
     // The triggers of the tables whose shape is as setup left it (the others' are
-    // outdated anyway, and setup replaces them).
+    // outdated anyway, and setup replaces them). A before-delete trigger also depends on
+    // the tables whose keys refer to its table: one of those drifted (a new table with
+    // such a key, say) changes what it must log, which is not a loss.
     let drifted: BTreeSet<String> = out.iter().map(|d| d.table.clone()).collect();
+    let depends_on_drift = |t: &TriggerSql| {
+        drifted.contains(&t.table)
+            || (t.event == Event::Cascade
+                && drifted.iter().any(|d| {
+                    schema
+                        .tables
+                        .get(d)
+                        .is_some_and(|c| c.foreign_keys.iter().any(|fk| fk.ref_table == t.table))
+                }))
+    };
     let enabled = enabled_tables(conn).await?;
     let offset = installed_clock_offset(conn).await?;
     let installed = installed_triggers(conn).await?;
-    let mut missing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // Per table: missing row triggers, a missing before-delete trigger, differing ones.
+    let mut missing: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
     let mut outdated: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, t) in wanted_triggers(&plan, &schema, &enabled, offset) {
-        if drifted.contains(&t.table) {
+        if depends_on_drift(&t) {
             continue;
         }
         match installed.get(&name) {
-            None => missing.entry(t.table).or_default().push(name),
+            None if t.event == Event::Cascade => missing.entry(t.table).or_default().1.push(name),
+            None => missing.entry(t.table).or_default().0.push(name),
             Some((table, body)) if !t.is_installed(table, body) => {
                 outdated.entry(t.table).or_default().push(name)
             }
             Some(_) => {}
         }
     }
-    for (table, names) in missing {
-        out.push(DriftItem {
-            change: format!(
-                "{} missing: changes to {table} since then were not captured",
-                triggers(&names)
-            ),
-            table,
-        });
+    for (table, (rows, cascade)) in missing {
+        if !rows.is_empty() {
+            out.push(DriftItem {
+                change: format!(
+                    "{} missing: changes to {table} since {} went missing were not captured",
+                    triggers(&rows),
+                    if rows.len() == 1 { "it" } else { "they" }
+                ),
+                table: table.clone(),
+            });
+        }
+        if !cascade.is_empty() {
+            out.push(DriftItem {
+                change: format!(
+                    "{} missing: rows that a delete of {table} took with it (ON DELETE \
+                     CASCADE or SET NULL) since it went missing were not captured",
+                    triggers(&cascade)
+                ),
+                table,
+            });
+        }
     }
     for (table, names) in outdated {
         out.push(DriftItem {

@@ -6,7 +6,7 @@
 //! through uncaptured), unwanted ones dropped. Running it twice equals running it once.
 //! Teardown drops every `ferry_*` trigger and table and nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use mysql_async::prelude::*;
 use mysql_async::Conn;
@@ -27,9 +27,9 @@ pub struct SetupReport {
     pub triggers_created: usize,
     pub triggers_unchanged: usize,
     pub triggers_dropped: usize,
-    /// Row triggers put back on tables a setup before had captured (and that are still
-    /// switched on): the changes made to those tables while they were gone were not
-    /// captured ([`super::drift`] named them).
+    /// Row triggers put back on tables whose capture was in place before
+    /// ([`CAPTURED_META`]) and that are switched on: the changes made to those tables
+    /// while they were gone were not captured ([`super::drift`] named them).
     pub triggers_restored: Vec<String>,
     pub plan_fingerprint: String,
 }
@@ -56,13 +56,7 @@ pub async fn setup(
         plan_fingerprint: fingerprint,
         ..Default::default()
     };
-    // The tables an earlier setup captured, and that are switched on.
-    let captured: Vec<String> = conn
-        .query(format!(
-            "SELECT table_name FROM {TABLE_STATE} WHERE enabled = 1"
-        ))
-        .await
-        .map_err(DbError::query("reading ferry_table"))?;
+    let captured = captured_tables(conn).await?;
     for (name, _) in plan.synced() {
         let table = &schema.tables[name];
         conn.exec_drop(
@@ -108,12 +102,6 @@ pub async fn setup(
         })
         .map(|t| t.name.clone())
         .collect();
-    if !report.triggers_restored.is_empty() {
-        tracing::warn!(
-            triggers = report.triggers_restored.join(", "),
-            "capture triggers were missing and are back: changes made to their tables while they were gone were not captured"
-        );
-    }
     for (name, (table, body)) in &installed {
         match wanted.get(name) {
             Some(t) if t.is_installed(table, body) => {
@@ -133,7 +121,36 @@ pub async fn setup(
             .map_err(DbError::query(format!("creating trigger {}", t.name)))?;
         report.triggers_created += 1;
     }
+    let now_captured = plan
+        .synced()
+        .filter(|(name, _)| enabled.get(*name) == Some(&true))
+        .map(|(name, _)| name.to_string())
+        .collect();
+    record_captured(conn, &now_captured).await?;
     Ok(report)
+}
+
+/// The meta entry naming the tables whose capture triggers were last put in place
+/// (by a setup that finished, or `ferry tables enable`): a row trigger missing on one
+/// of them means capture stopped there, not that it never started.
+pub const CAPTURED_META: &str = "captured_tables";
+
+/// The tables of [`CAPTURED_META`] (none before the first setup that finished).
+pub async fn captured_tables(conn: &mut Conn) -> Result<BTreeSet<String>, CaptureError> {
+    match bookkeeping::get_meta(conn, CAPTURED_META).await? {
+        None => Ok(BTreeSet::new()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| CaptureError::Corrupt(format!("{CAPTURED_META}: {e}"))),
+    }
+}
+
+/// Records the tables of [`CAPTURED_META`].
+pub async fn record_captured(
+    conn: &mut Conn,
+    tables: &BTreeSet<String>,
+) -> Result<(), CaptureError> {
+    let text = serde_json::to_string(tables).expect("a set of names serializes");
+    Ok(bookkeeping::set_meta(conn, CAPTURED_META, &text).await?)
 }
 
 /// The triggers capture wants, by name: those of every synced table switched on

@@ -11,7 +11,10 @@ use mysql_async::Conn;
 use serde::Serialize;
 
 use super::bookkeeping::{CHANGE_TABLE, TABLE_STATE};
-use super::setup::{drop_table_triggers, enabled_tables, install_table_triggers, stored_plan};
+use super::setup::{
+    captured_tables, drop_table_triggers, enabled_tables, install_table_triggers, record_captured,
+    stored_plan,
+};
 use super::CaptureError;
 use crate::db::DbError;
 use crate::schema::{Disposition, Schema};
@@ -106,8 +109,11 @@ pub async fn set_enabled(
     )
     .await
     .map_err(DbError::query(format!("switching table {table}")))?;
+    let mut captured = captured_tables(conn).await?;
     if !enable {
         drop_table_triggers(conn, table).await?;
+        captured.remove(table);
+        record_captured(conn, &captured).await?;
         return Ok(was);
     }
     let schema = Schema::read(conn, database).await?;
@@ -126,5 +132,7 @@ pub async fn set_enabled(
         });
     }
     install_table_triggers(conn, &plan, &schema, table).await?;
+    captured.insert(table.to_string());
+    record_captured(conn, &captured).await?;
     Ok(!was)
 }
