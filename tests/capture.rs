@@ -734,3 +734,42 @@ fn an_identity_change_takes_consecutive_positions_while_others_write() {
         assert_eq!(pairs, RENAMES);
     });
 }
+
+/// Issue 4: capture relies on a statement's log entries taking consecutive positions,
+/// which `innodb_autoinc_lock_mode` 2 does not promise. A server set so is named by
+/// `ferry status` (and setup), with what to change.
+#[test]
+fn a_server_with_interleaved_auto_increment_is_named_in_status() {
+    use ferry::dev::mariadb::{load_sql_file, run_sql_blocking, MariaServer, ServerOptions};
+    let server = MariaServer::start_with(ServerOptions {
+        extra_args: vec!["--innodb-autoinc-lock-mode=2".into()],
+        ..ServerOptions::default()
+    })
+    .unwrap();
+    run_sql_blocking(
+        &server.server_url(),
+        "CREATE DATABASE ferry_lock_mode CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci",
+    )
+    .unwrap();
+    let url = server.url("ferry_lock_mode");
+    let fixture = common::fixture_dir();
+    load_sql_file(&url, &fixture.join("schema.sql")).unwrap();
+    load_sql_file(&url, &fixture.join("metadata.sql")).unwrap();
+    let node = Node::new("clinic-a", &url);
+    let (code, _, err) = node.run(&["setup"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("innodb_autoinc_lock_mode is 2"), "{err}");
+    let status = node.json(&["status", "--json"]);
+    let warnings = status["server_warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{status}");
+    assert!(
+        warnings[0]
+            .as_str()
+            .unwrap()
+            .contains("set it to 1 (MariaDB's default)"),
+        "{status}"
+    );
+    assert!(node
+        .ok(&["status"])
+        .contains("warning   innodb_autoinc_lock_mode is 2"));
+}

@@ -83,14 +83,8 @@ pub async fn setup(
             "{what}; MariaDB fires no trigger for rows a cascade changes, so such a delete reaches the peers incomplete"
         );
     }
-    let lock_mode: Option<u32> = conn
-        .query_first("SELECT @@innodb_autoinc_lock_mode")
-        .await
-        .map_err(DbError::query("reading innodb_autoinc_lock_mode"))?;
-    if lock_mode == Some(2) {
-        tracing::warn!(
-            "innodb_autoinc_lock_mode is 2: the two entries of an update that changes a row's uuid can be split by another session's entry, and export then sends the new uuid without checking the rows that refer to the old one; set it to 1 (MariaDB's default) in the server's configuration"
-        );
+    for warning in server_warnings(conn).await? {
+        tracing::warn!("{warning}");
     }
     let installed = installed_triggers(conn).await?;
     report.triggers_restored = wanted
@@ -151,6 +145,27 @@ pub async fn record_captured(
 ) -> Result<(), CaptureError> {
     let text = serde_json::to_string(tables).expect("a set of names serializes");
     Ok(bookkeeping::set_meta(conn, CAPTURED_META, &text).await?)
+}
+
+/// What in the server's settings works against capture, one sentence each (setup
+/// logs them, `ferry status` shows them): `innodb_autoinc_lock_mode` 2, under which
+/// the two entries of an identity change can be split ([`super::triggers`]).
+pub async fn server_warnings(conn: &mut Conn) -> Result<Vec<String>, DbError> {
+    let lock_mode: Option<u32> = conn
+        .query_first("SELECT @@innodb_autoinc_lock_mode")
+        .await
+        .map_err(DbError::query("reading innodb_autoinc_lock_mode"))?;
+    Ok(if lock_mode == Some(2) {
+        vec![
+            "innodb_autoinc_lock_mode is 2: another session's change can come between the two \
+              entries of an update that changes a row's uuid, and export then misses the rows \
+              that still refer to the old uuid; set it to 1 (MariaDB's default) in the \
+              server's configuration"
+                .to_string(),
+        ]
+    } else {
+        Vec::new()
+    })
 }
 
 /// The triggers capture wants, by name: those of every synced table switched on

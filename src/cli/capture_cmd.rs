@@ -212,6 +212,8 @@ pub struct StatusReport {
     pub pending_forwarded: u64,
     pub oldest_pending_age_s: Option<i64>,
     pub drift: Vec<capture::drift::DriftItem>,
+    /// Server settings that work against capture (`setup::server_warnings`).
+    pub server_warnings: Vec<String>,
     pub peers: Vec<crate::state::PeerStatus>,
     /// Unresolved conflicts per table (`ferry conflicts`).
     pub conflicts: std::collections::BTreeMap<String, u64>,
@@ -235,6 +237,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         pending_forwarded: 0,
         oldest_pending_age_s: None,
         drift: Vec::new(),
+        server_warnings: Vec::new(),
         peers: Vec::new(),
         conflicts: Default::default(),
         clock_skew: Vec::new(),
@@ -261,6 +264,7 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         report.pending_forwarded = forwarded;
         report.oldest_pending_age_s = oldest.map(|us| (now_us() - us) / 1_000_000);
         report.drift = capture::drift::detect(&mut conn, &database).await?;
+        report.server_warnings = capture::setup::server_warnings(&mut conn).await?;
         report.peers = peer_status(config, &mut conn).await?;
         report.conflicts = crate::apply::operator::unresolved_per_table(&mut conn).await?;
         report.clock_skew = crate::apply::operator::skews(&mut conn).await?;
@@ -288,6 +292,9 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
     ));
     if !report.tables_disabled.is_empty() {
         out.line(format!("disabled  {}", report.tables_disabled.join(", ")));
+    }
+    for w in &report.server_warnings {
+        out.line(format!("warning   {w}"));
     }
     out.line(format!(
         "changes   {} local and {} forwarded waiting{}",
