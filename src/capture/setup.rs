@@ -73,10 +73,8 @@ pub async fn setup(
     report.local_tables = plan.tables.len() - report.synced_tables;
     let enabled = enabled_tables(conn).await?;
 
-    report.enabled_tables = plan
-        .synced()
-        .filter(|(name, _)| enabled.get(*name) == Some(&true))
-        .count();
+    let switched_on: BTreeSet<String> = switched_on(&plan, &enabled).map(String::from).collect();
+    report.enabled_tables = switched_on.len();
     let mut wanted = wanted_triggers(&plan, &schema, &enabled, clock_offset_us);
     for what in uncaptured_cascades(&plan, &schema) {
         tracing::warn!(
@@ -115,12 +113,7 @@ pub async fn setup(
             .map_err(DbError::query(format!("creating trigger {}", t.name)))?;
         report.triggers_created += 1;
     }
-    let now_captured = plan
-        .synced()
-        .filter(|(name, _)| enabled.get(*name) == Some(&true))
-        .map(|(name, _)| name.to_string())
-        .collect();
-    record_captured(conn, &now_captured).await?;
+    record_captured(conn, &switched_on).await?;
     Ok(report)
 }
 
@@ -168,6 +161,16 @@ pub async fn server_warnings(conn: &mut Conn) -> Result<Vec<String>, DbError> {
     })
 }
 
+/// The synced tables switched on (`enabled`, from `ferry_table`).
+fn switched_on<'p>(
+    plan: &'p SyncPlan,
+    enabled: &'p BTreeMap<String, bool>,
+) -> impl Iterator<Item = &'p str> + 'p {
+    plan.synced()
+        .map(|(name, _)| name)
+        .filter(|name| enabled.get(*name) == Some(&true))
+}
+
 /// The triggers capture wants, by name: those of every synced table switched on
 /// (`enabled`, from `ferry_table`).
 pub fn wanted_triggers(
@@ -176,9 +179,8 @@ pub fn wanted_triggers(
     enabled: &BTreeMap<String, bool>,
     clock_offset_us: i64,
 ) -> BTreeMap<String, TriggerSql> {
-    plan.synced()
-        .filter(|(name, _)| enabled.get(*name) == Some(&true))
-        .flat_map(|(name, _)| {
+    switched_on(plan, enabled)
+        .flat_map(|name| {
             triggers_for(plan, schema, name, clock_offset_us).expect("synced table has triggers")
         })
         .map(|t| (t.name.clone(), t))

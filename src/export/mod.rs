@@ -161,6 +161,11 @@ pub async fn export(
         return Err(ExportError::UnknownPeer { peer: p.clone() });
     }
     crate::capture::bookkeeping::check_node(conn, node.name()).await?;
+    // Once for every peer: it reads the schema and every trigger.
+    let drift = drift::detect(conn, &node.db.database).await?;
+    if !drift.is_empty() {
+        return Err(ExportError::Drift(drift));
+    }
     let mut out = Vec::new();
     for p in names {
         out.push(export_peer(conn, fetch, node, &p, opts).await?);
@@ -226,10 +231,6 @@ async fn export_peer(
     let entered = Instant::now();
     let database = node.db.database.clone();
     let plan = stored_plan(conn, &database).await?;
-    let drift = drift::detect(conn, &database).await?;
-    if !drift.is_empty() {
-        return Err(ExportError::Drift(drift));
-    }
     check_clock(conn, node).await?;
     // Serialise exports of this database (a second `ferry export` waits; one that waited
     // in vain still meets the sequence check at commit).
