@@ -18,6 +18,7 @@ pub mod db;
 pub mod dev;
 pub mod export;
 pub mod node;
+pub mod rejoin;
 pub mod schema;
 pub mod state;
 pub mod transport;

@@ -40,6 +40,10 @@ pub struct PeerState {
     pub in_at: Option<i64>,
     /// The peer's ack vector, as its last applied bundle stated it.
     pub acks: BTreeMap<String, u64>,
+    /// Since when the peer needs every row again, its own included: its bundles showed
+    /// that its database went back in time ([`crate::rejoin`]). The next export to it
+    /// is a full one.
+    pub rebuild_us: Option<i64>,
 }
 
 fn hash_from(text: Option<String>) -> [u8; 32] {
@@ -63,6 +67,7 @@ type PeerRow = (
     Option<String>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
 );
 
 /// Reads a peer's state, creating it if new. With `lock`, the row stays locked until
@@ -74,7 +79,7 @@ pub async fn peer(conn: &mut Conn, name: &str, lock: bool) -> Result<PeerState, 
     let row: Option<PeerRow> = conn
         .exec_first(
             format!(
-                "SELECT out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks \
+                "SELECT out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks, rebuild_us \
                  FROM ferry_peer WHERE peer = ?{}",
                 if lock { " FOR UPDATE" } else { "" }
             ),
@@ -82,7 +87,7 @@ pub async fn peer(conn: &mut Conn, name: &str, lock: bool) -> Result<PeerState, 
         )
         .await
         .map_err(DbError::query(format!("reading peer {name}")))?;
-    let (out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks) =
+    let (out_seq, out_hash, out_cursor, out_at, in_seq, in_hash, in_at, acks, rebuild_us) =
         row.unwrap_or_default();
     Ok(PeerState {
         peer: name.to_string(),
@@ -94,6 +99,7 @@ pub async fn peer(conn: &mut Conn, name: &str, lock: bool) -> Result<PeerState, 
         in_hash: hash_from(in_hash),
         in_at,
         acks: parse_acks(acks),
+        rebuild_us,
     })
 }
 
@@ -313,6 +319,10 @@ pub const ACKNOWLEDGED_BUNDLE: &str = "(cursor_seq < ? OR (cursor_seq = ? \
 /// The condition is never NULL (`<=>`, `IFNULL`): `NOT` of it must hold for every entry
 /// still owed to the peer. With `=`, a local entry (origin and via NULL) made the whole
 /// condition NULL, and `ferry status` counted no unacknowledged local changes (issue 4).
+///
+/// An entry of this node's own origin that came back through a peer (a full export to
+/// a node that rejoined after a restore, `crate::rejoin`) is held like a local one: by
+/// its position, once the peer acknowledged a bundle that covered it.
 fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> String {
     let q = crate::db::literal;
     let mine = acks.get(me).copied().unwrap_or(0);
@@ -328,9 +338,10 @@ fn done_for(me: &str, peer: &str, acks: &BTreeMap<String, u64>, seq: &str) -> St
         format!("IFNULL(origin_seq <= CASE origin{arms} ELSE 0 END, FALSE)")
     };
     format!(
-        "((origin IS NULL AND {seq} <= {mine}) OR origin <=> {p} OR via <=> {p} \
-         OR (origin IS NOT NULL AND {forwarded}))",
-        p = q(peer)
+        "(((origin IS NULL OR origin <=> {me}) AND {seq} <= {mine}) OR origin <=> {p} \
+         OR via <=> {p} OR (origin IS NOT NULL AND {forwarded}))",
+        p = q(peer),
+        me = q(me)
     )
 }
 
@@ -506,6 +517,10 @@ mod tests {
         assert!(!c.contains("WHEN 'a'"), "{c}");
         assert!(c.contains("via <=> 'hub'"), "{c}");
         assert!(c.contains("origin <=> 'hub'"), "{c}");
+        assert!(
+            c.contains("(origin IS NULL OR origin <=> 'a') AND change_id <= 3"),
+            "{c}"
+        );
     }
 }
 
@@ -536,6 +551,12 @@ pub struct PeerStatus {
     /// When the peer became a peer after the log was pruned up to this position: the
     /// changes up to it never reach it ([`note_missed`]).
     pub missed_before: Option<u64>,
+    /// Since when the peer needs every row: its database went back in time (restored
+    /// from a backup). The next export sends every row.
+    pub rebuild_since_us: Option<i64>,
+    /// This node rejoined after a restore from a backup and waits for the peer to send
+    /// every row: `to_ask` (the next bundle for the peer asks) or `asked`.
+    pub rejoining: Option<&'static str>,
 }
 
 /// The status of every configured peer.
@@ -549,6 +570,7 @@ pub async fn peer_status(
     now_us: i64,
 ) -> Result<Vec<PeerStatus>, DbError> {
     let mut out = Vec::new();
+    let rejoin = crate::rejoin::Rejoin::load(conn).await?;
     for p in peers {
         let ps = peer(conn, p, false).await?;
         let (changes, oldest) = pending_for(conn, me, p, &ps.acks).await?;
@@ -584,6 +606,12 @@ pub async fn peer_status(
                 .err()
                 .map(|e| e.to_string()),
             missed_before: missed_before(conn, p).await?,
+            rebuild_since_us: ps.rebuild_us,
+            rejoining: rejoin.as_ref().and_then(|r| match r.peers.get(p.as_str()) {
+                Some(w) if w.asked_at.is_some() => Some("asked"),
+                Some(_) => Some("to_ask"),
+                None => None,
+            }),
         });
     }
     Ok(out)

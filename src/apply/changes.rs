@@ -154,6 +154,11 @@ pub struct Applier<'a> {
     /// Whether a multi-row insert gets consecutive auto-increment ids (InnoDB's lock
     /// mode 0 or 1), so that the ids are known from the first.
     pub consecutive_ids: bool,
+    /// After a restore from a backup (`ferry rejoin`): the log position at or below
+    /// which a row's head is the backup's version, which the peers were sent before the
+    /// failure. A greater version arriving for such a row was made after it, or met it
+    /// as a conflict where it was made: it applies as a fast-forward, recording nothing.
+    pub backup_upto: Option<u64>,
     /// Tables whose rows' versions need no probe unless this run settled them.
     pub fresh: FreshTables,
     pub stats: ApplyStats,
@@ -200,6 +205,7 @@ impl<'a> Applier<'a> {
             timings: ApplyTimings::default(),
             ids: IdCache::default(),
             consecutive_ids: false,
+            backup_upto: None,
             fresh: FreshTables::default(),
             stats: ApplyStats::default(),
             buffer: Vec::new(),
@@ -532,29 +538,35 @@ impl<'a> Applier<'a> {
                 // recorded as the loser where its values differ.
                 concurrent.push((i, Version::genesis(&self.me), false, true));
             } else {
-                match decide(
-                    &c.version,
-                    c.base_version.as_ref(),
-                    local.as_ref().map(|l| (&l.0, l.1)),
-                ) {
+                let from_backup = local.as_ref().is_some_and(|l| l.2 && c.version > l.0);
+                let decision = if from_backup {
+                    Decision::FastForward
+                } else {
+                    decide(
+                        &c.version,
+                        c.base_version.as_ref(),
+                        local.as_ref().map(|l| (&l.0, l.1)),
+                    )
+                };
+                match decision {
                     Decision::Stale => {
                         self.stats.skipped += 1;
                         continue;
                     }
                     Decision::LosesConcurrent => {
                         self.stats.skipped += 1;
-                        let (v, d) = local.expect("a local version");
+                        let (v, d, _) = local.expect("a local version");
                         concurrent.push((i, v, d, false));
                         continue;
                     }
                     Decision::WinsConcurrent => {
-                        let (v, d) = local.expect("a local version");
+                        let (v, d, _) = local.expect("a local version");
                         concurrent.push((i, v, d, true));
                     }
                     Decision::FastForward => {}
                 }
             }
-            versions.insert(rk, (c.version.clone(), c.op == Op::Delete));
+            versions.insert(rk, (c.version.clone(), c.op == Op::Delete, false));
             applied.push(i);
             let key = keys[i].clone();
             let row = key.as_ref().and_then(|k| existing.get(&key_text(k)));
@@ -793,7 +805,7 @@ impl<'a> Applier<'a> {
         conn: &mut Conn,
         table: &str,
         keys: &[&str],
-    ) -> Result<HashMap<String, (Version, bool)>, ImportError> {
+    ) -> Result<HashMap<String, (Version, bool, bool)>, ImportError> {
         let fresh = &self.fresh;
         let may_have_record = |k: &str| fresh.may_have_record(table, k);
         Ok(heads_where(
@@ -807,7 +819,10 @@ impl<'a> Applier<'a> {
         )
         .await?
         .into_iter()
-        .map(|(k, h)| (k, (h.version, h.deleted)))
+        .map(|(k, h)| {
+            let from_backup = self.backup_upto.is_some_and(|b| h.position <= b);
+            (k, (h.version, h.deleted, from_backup))
+        })
         .collect())
     }
 

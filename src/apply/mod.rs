@@ -43,15 +43,17 @@ use mysql_async::Conn;
 use serde::Serialize;
 
 use crate::bundle::{self, BundleError, BundleName};
+use crate::capture::clock::db_now_us;
 use crate::capture::setup::stored_plan;
 use crate::capture::versions::{raise_floor, Floors};
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
 use crate::export::{begin, finish};
 use crate::node::NodeContext;
+use crate::rejoin::{self, Rejoin};
 use crate::schema::Schema;
 use crate::state;
-use crate::transport::sequences::Sequences;
+use crate::transport::sequences::{Committed, Sequences};
 use crate::transport::state::{copy_atomic, file_sha256, TransportError};
 use changes::{Applier, ApplyStats};
 use fresh::FreshTables;
@@ -458,13 +460,18 @@ async fn import_sender(
     let mut ps = state::peer(conn, sender, false).await?;
     Sequences::load(&node.dirs).check(sender, ps.out_seq, ps.in_seq)?;
     let mut next: Vec<(BundleName, PathBuf)> = Vec::new();
+    // A database restored from a backup lost the ledger entries of bundles applied
+    // since; `ferry rejoin` noted their numbers.
+    let rejoin = Rejoin::load(conn).await?;
     for (name, path) in files {
         if name.seq <= ps.in_seq {
             match bundle::verify_named(&path, &file_name(&path), &node.peers) {
                 Err(e) => quarantine(node, &path, &ImportError::Bundle(e), report)?,
                 Ok(v) => {
                     let applied = state::ledger_hash(conn, sender, name.seq).await?;
-                    if applied.as_deref() == Some(hex::encode(v.hash).as_str()) {
+                    let lost = applied.is_none()
+                        && rejoin.as_ref().is_some_and(|r| r.lost(sender, name.seq));
+                    if lost || applied.as_deref() == Some(hex::encode(v.hash).as_str()) {
                         fs::remove_file(&path).map_err(|source| ImportError::Io {
                             path: path.clone(),
                             source,
@@ -522,7 +529,12 @@ async fn import_sender(
                     report.applied.push(a);
                 }
                 ps = state::peer(conn, sender, false).await?;
-                Sequences::record_applied(&node.dirs, sender, ps.in_seq)?;
+                let committed = Committed {
+                    seq: ps.in_seq,
+                    hash: ps.in_hash,
+                    db_us: db_now_us(conn, node.clock.offset_us).await?,
+                };
+                Sequences::record_applied(&node.dirs, sender, &committed)?;
                 node.dirs.clear_blocked(sender)?;
                 i += width;
                 continue;
@@ -652,6 +664,13 @@ async fn apply_run(
             .await
             .map_err(DbError::query("reading the auto-increment settings"))?;
         applier.consecutive_ids = matches!(modes, Some((0 | 1, 1)));
+        // After a restore from a backup, the rows' versions from the backup are known
+        // to the peers: greater ones arriving are no conflicts (`rejoin`).
+        applier.backup_upto = Rejoin::load(conn).await?.map(|r| r.boundary);
+        // The greatest ack of this node's positions the sender made before; a lower one
+        // means its database went back in time.
+        let mut claimed = now.acks.get(node.name()).copied();
+        let mut went_back = false;
         // Taken back only on success: after a failure the run probes every key.
         applier.fresh = std::mem::take(fresh);
         let mut done = Vec::new();
@@ -688,6 +707,10 @@ async fn apply_run(
                 });
             }
             let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
+            if let Some(&c) = acks.get(node.name()) {
+                went_back |= claimed.is_some_and(|before| c < before);
+                claimed = Some(claimed.map_or(c, |before| before.max(c)));
+            }
             applier.start_bundle(conn, acks.clone()).await?;
             applier.created_us = header.created_us;
             let before = applier.stats.clone();
@@ -749,6 +772,27 @@ async fn apply_run(
             .await?;
             state::record_in(conn, &header.sender, header.seq, &hash, at, &acks).await?;
             state::merge_applied(conn, node.name(), &acks).await?;
+            if let Some(&c) = acks.get(node.name()) {
+                if rejoin::note_answered(conn, &header.sender, c).await? {
+                    tracing::info!(
+                        peer = header.sender,
+                        seq = header.seq,
+                        "the peer has sent every row: the rejoin with it is complete"
+                    );
+                }
+            }
+        }
+        if went_back {
+            tracing::warn!(
+                peer = sender,
+                "the peer's database went back in time (restored from a backup): the next export sends it every row"
+            );
+            conn.exec_drop(
+                "UPDATE ferry_peer SET rebuild_us = COALESCE(rebuild_us, ?) WHERE peer = ?",
+                (node.clock.now_us(), &sender),
+            )
+            .await
+            .map_err(DbError::query("noting that the peer needs every row"))?;
         }
         if let Some(seen) = applier.seen.clone() {
             raise_floor(conn, &seen).await?;

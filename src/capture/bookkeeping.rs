@@ -16,7 +16,8 @@
 //! - `ferry_floor`: from which log position local versions must exceed which version
 //!   (the greatest one this node has received by then).
 //! - `ferry_peer`: per peer, the outgoing and incoming bundle sequence and hash chain,
-//!   the export cursor (a log position), and the peer's last ack vector.
+//!   the export cursor (a log position), the peer's last ack vector, and since when
+//!   the peer needs every row back (its database went back in time: [`crate::rejoin`]).
 //! - `ferry_applied`: this node's ack vector (per origin, the highest position applied).
 //! - `ferry_outbox`: every bundle sealed and not yet acknowledged, with the change-log
 //!   horizon it covers and the one before it (a peer acknowledges a bundle that moved
@@ -167,6 +168,9 @@ pub const MIGRATIONS: &[&str] = &[
     // move it (a heartbeat that could not reach its marker) is not taken as
     // acknowledged by the ack of the bundle before it.
     "ALTER TABLE ferry_outbox ADD COLUMN prev_cursor BIGINT UNSIGNED NULL",
+    // 21: when the peer's bundles showed that its database went back in time (restored
+    // from a backup): its next export is a full one, its own rows included (`rejoin`).
+    "ALTER TABLE ferry_peer ADD COLUMN rebuild_us BIGINT NULL",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.

@@ -23,3 +23,17 @@ impl WallClock {
         real + self.offset_us
     }
 }
+
+/// The database's clock as the capture triggers read it (µs since the epoch, shifted by
+/// the node's offset): what a log entry written now would hold as its wall time.
+pub async fn db_now_us(
+    conn: &mut mysql_async::Conn,
+    offset_us: i64,
+) -> Result<i64, crate::db::DbError> {
+    use mysql_async::prelude::*;
+    let now: Option<i64> = conn
+        .query_first(format!("SELECT {}", super::triggers::now_us(offset_us)))
+        .await
+        .map_err(crate::db::DbError::query("reading the database's clock"))?;
+    Ok(now.unwrap_or(0))
+}

@@ -430,7 +430,7 @@ fn local_id(table: &Table, row: &str) -> String {
 
 /// Wall time in microseconds since the epoch at the moment of the write, independent of
 /// the session time zone, shifted by `offset_us`.
-fn now_us(offset_us: i64) -> String {
+pub fn now_us(offset_us: i64) -> String {
     let now = "CAST(UNIX_TIMESTAMP(SYSDATE(6)) * 1000000 AS SIGNED)";
     match offset_us {
         0 => now.to_string(),

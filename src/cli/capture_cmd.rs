@@ -404,6 +404,24 @@ fn print_peer(p: &crate::state::PeerStatus) -> String {
             super::sync_cmd::missed_line(&p.peer, upto)
         ));
     }
+    if let Some(since) = p.rebuild_since_us {
+        line.push_str(&format!(
+            "\n          {}'s database went back in time (restored from a backup; seen {}): the next export sends it every row",
+            p.peer,
+            ago(Some(since))
+        ));
+    }
+    match p.rejoining {
+        Some("to_ask") => line.push_str(&format!(
+            "\n          this node rejoined after a restore: the next bundle for {} asks it for every row (export, and carry it)",
+            p.peer
+        )),
+        Some(_) => line.push_str(&format!(
+            "\n          this node rejoined after a restore: waiting for every row from {} (it sends them once it has applied this node's bundles)",
+            p.peer
+        )),
+        None => {}
+    }
     if let Some(e) = &p.behind_record {
         for l in e.lines() {
             line.push_str(&format!("\n          {l}"));

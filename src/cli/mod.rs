@@ -71,6 +71,11 @@ pub enum Command {
     /// Verify and apply bundles: the given files, or everything waiting in the inbox.
     /// Each bundle applies whole or not at all, once, in its sender's order.
     Import(sync_cmd::ImportArgs),
+    /// After this node's database was restored from a backup (export and import say
+    /// "this database is behind this node's own record"): put it back in step with the
+    /// bundles its peers hold, so that sync goes on. The peers then send every row back
+    /// by themselves. Run it once, with OpenMRS running or not.
+    Rejoin(capture_cmd::JsonArgs),
     /// Developer tools for tests, benchmarks and the demo (no config file needed).
     #[command(subcommand)]
     Dev(dev_cmd::DevCommand),
@@ -186,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(cmd) => dev_cmd::run(cmd, &out).await,
         Command::Export(args) => sync_cmd::run_export(load(&cli.config)?, args, &out).await,
         Command::Import(args) => sync_cmd::run_import(load(&cli.config)?, args, &out).await,
+        Command::Rejoin(args) => sync_cmd::run_rejoin(load(&cli.config)?, args, &out).await,
         Command::Key => bundle_cmd::key(&cli.config, &out),
         Command::Peer(cmd) => bundle_cmd::peer(&cli.config, cmd, &out),
         Command::Send(args) => bundle_cmd::send(&cli.config, args, &out),

@@ -75,7 +75,54 @@ pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyho
         if let Some(upto) = r.missed_before {
             out.line(missed_line(&r.peer, upto));
         }
+        if r.rebuild && r.bundle.is_some() {
+            out.line(format!(
+                "{}: its database went back in time (restored from a backup): this bundle gives it every row",
+                r.peer
+            ));
+        }
     }
+    Ok(())
+}
+
+/// `ferry rejoin`.
+pub async fn run_rejoin(
+    config: Config,
+    args: super::capture_cmd::JsonArgs,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let node = NodeContext::load(config)?;
+    let report = crate::rejoin::rejoin(&node).await?;
+    if args.json {
+        out.json(&report);
+        return Ok(());
+    }
+    out.line(
+        "rejoined: this database was restored from a backup; its bundle numbers are back in step",
+    );
+    for p in &report.peers {
+        out.line(format!(
+            "  {}: bundles sealed for it {} -> {}, applied from it {} -> {}",
+            p.peer, p.sealed.0, p.sealed.1, p.applied.0, p.applied.1
+        ));
+    }
+    if report.moved_entries > 0 {
+        out.line(format!(
+            "  {} change(s) made here since the restore keep their order after the changes the peers know",
+            report.moved_entries
+        ));
+    }
+    let names: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+    out.line(format!(
+        "next: export and carry bundles as usual. The next bundle for {} asks for every row; \
+         each sends them back with its next export once it has applied that bundle. \
+         `ferry status` shows the rejoin until then.",
+        names.join(", ")
+    ));
+    out.line(
+        "warning: changes made here after the backup that no bundle carried before the failure are lost; \
+         see \"A database restored from a backup\" in docs/operations.md",
+    );
     Ok(())
 }
 

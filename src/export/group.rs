@@ -196,6 +196,9 @@ pub struct Sealer<'a> {
     cursor: u64,
     /// Sealing every row at its head (`seal_full`), not the log range's changes.
     full: bool,
+    /// A full export that seals the rows whose head the peer made or sent too: its
+    /// database went back in time and lost them ([`crate::rejoin`]).
+    pub include_peer_rows: bool,
     /// The version of a row no captured change touched, for a full export.
     genesis: Version,
     writer: BundleWriter,
@@ -241,6 +244,7 @@ impl<'a> Sealer<'a> {
             peer: peer.to_string(),
             cursor,
             full: false,
+            include_peer_rows: false,
             genesis: Version::genesis(me),
             writer,
             rows_conns,
@@ -550,8 +554,9 @@ impl<'a> Sealer<'a> {
                     let tombstone = g.first.op == b'D';
                     match found.get(&g.key) {
                         Some(h)
-                            if h.origin.as_deref() == Some(self.peer.as_str())
-                                || h.via.as_deref() == Some(self.peer.as_str()) =>
+                            if !self.include_peer_rows
+                                && (h.origin.as_deref() == Some(self.peer.as_str())
+                                    || h.via.as_deref() == Some(self.peer.as_str())) =>
                         {
                             continue; // the peer's own version
                         }

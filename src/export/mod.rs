@@ -53,16 +53,18 @@ use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
+use crate::capture::clock::db_now_us;
 use crate::capture::drift::{self, DriftItem};
 use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
 use crate::capture::versions::Floors;
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
 use crate::node::NodeContext;
+use crate::rejoin::Rejoin;
 use crate::schema::Schema;
 use crate::state;
 use crate::transport::atomic;
-use crate::transport::sequences::Sequences;
+use crate::transport::sequences::{Committed, Sequences};
 use crate::transport::state::TransportError;
 use fetch::FetchError;
 use group::Sealer;
@@ -141,6 +143,9 @@ pub struct PeerExport {
     /// When the peer became a peer after the log was pruned up to this position: the
     /// changes up to it do not reach it (`state::note_missed`).
     pub missed_before: Option<u64>,
+    /// The bundle gives the peer every row, its own included: its database went back
+    /// in time (restored from a backup), and it rejoined ([`crate::rejoin`]).
+    pub rebuild: bool,
 }
 
 /// Exports to every configured peer (or the named ones). `fetch` is a second
@@ -244,8 +249,16 @@ async fn export_peer(
             // must not be behind what this node did (a database restored from a backup).
             Sequences::load(&node.dirs).check(peer, ps.out_seq, ps.in_seq)?;
             recover_pending(node, peer, ps.out_seq)?;
+            // A peer whose database went back in time gets every row, its own too.
+            let rebuild = ps.rebuild_us;
+            let full = opts.full || rebuild.is_some();
+            // This node rejoined after a restore: its first bundle for the peer asks
+            // for every row; the next ones claim nothing of the peer's until it answered.
+            let rejoin = Rejoin::load(conn).await?;
+            let asking = rejoin.as_ref().is_some_and(|r| r.asks(peer));
+            let waiting = !asking && rejoin.as_ref().is_some_and(|r| r.peers.contains_key(peer));
             // A full export gives the peer every row: nothing is missed.
-            let missed_before = if opts.full {
+            let missed_before = if full {
                 None
             } else {
                 state::note_missed(conn, peer, ps.out_cursor).await?
@@ -265,8 +278,11 @@ async fn export_peer(
                 bytes: 0,
                 entries: 0,
                 missed_before,
+                rebuild: rebuild.is_some(),
             };
-            if opts.heartbeat {
+            // A bundle that asks takes a position of its own, above every one the peer
+            // knows: its ack of it is the answer.
+            if opts.heartbeat || asking {
                 crate::capture::versions::mark_position(conn, node.clock.now_us()).await?;
             }
             let settled = horizon::barrier(conn).await?;
@@ -287,7 +303,7 @@ async fn export_peer(
                 let read = started.elapsed();
                 report.entries = range.entries;
                 let horizon = range.horizon;
-                let always = opts.heartbeat || opts.full;
+                let always = opts.heartbeat || full || asking;
                 if horizon <= ps.out_cursor && !always {
                     return Ok(None);
                 }
@@ -304,6 +320,8 @@ async fn export_peer(
                 // by another node first, so that entry is the horizon of the last bundle
                 // from the peer itself applied here, not all this node holds (issue 4).
                 match ps.acks.get(peer) {
+                    _ if asking => acks.insert(peer.to_string(), 0),
+                    _ if waiting => acks.remove(peer),
                     Some(&direct) => acks.insert(peer.to_string(), direct),
                     None => acks.remove(peer),
                 };
@@ -346,7 +364,8 @@ async fn export_peer(
                     writer,
                     row_readers(node).await?,
                 );
-                let changes = if opts.full {
+                sealer.include_peer_rows = rebuild.is_some();
+                let changes = if full {
                     // Every row as it stands in the snapshot covers the range's changes
                     // (the range was read only for its horizon, the peer's next cursor).
                     drop(range.sorter);
@@ -359,7 +378,7 @@ async fn export_peer(
                 let finishing = Instant::now();
                 let sealed = sealer.finish(&pending)?;
                 let finished = finishing.elapsed();
-                if changes == 0 && !opts.heartbeat {
+                if changes == 0 && !opts.heartbeat && !asking {
                     let _ = fs::remove_file(&pending);
                     return Ok(Some((horizon, None, read)));
                 }
@@ -424,8 +443,19 @@ async fn export_peer(
             )
             .await
             .map_err(DbError::query("recording the outbox"))?;
-                    if opts.full {
+                    if full {
                         state::clear_missed(conn, peer).await?;
+                    }
+                    if let Some(since) = rebuild {
+                        conn.exec_drop(
+                            "UPDATE ferry_peer SET rebuild_us = NULL WHERE peer = ? AND rebuild_us = ?",
+                            (peer, since),
+                        )
+                        .await
+                        .map_err(DbError::query("noting the peer has every row"))?;
+                    }
+                    if asking && horizon > ps.out_cursor {
+                        crate::rejoin::note_asked(conn, peer, horizon).await?;
                     }
                     Ok(())
                 }
@@ -444,7 +474,13 @@ async fn export_peer(
                 path: final_path.clone(),
                 source,
             })?;
-            Sequences::record_sent(&node.dirs, peer, name.seq)?;
+            let db_us = db_now_us(conn, node.clock.offset_us).await?;
+            let committed = Committed {
+                seq: name.seq,
+                hash: sealed.hash,
+                db_us,
+            };
+            Sequences::record_sent(&node.dirs, peer, &committed, horizon)?;
             report.bundle = Some(name.file_name());
             report.seq = Some(name.seq);
             report.changes = changes;
@@ -469,7 +505,7 @@ async fn row_readers(node: &NodeContext) -> Result<Vec<mysql_async::Conn>, Expor
 }
 
 /// The named lock exports take (per database).
-const EXPORT_LOCK: &str = "ferry-export-";
+pub const EXPORT_LOCK: &str = "ferry-export-";
 
 /// Time spent per stage of sealing (for the stage log).
 #[derive(Debug, Clone, Copy, Default)]

@@ -10,8 +10,13 @@
 //! why. So export and import check the record first and stop with an error that says
 //! what happened ([`TransportError::Behind`]).
 //!
+//! The record also keeps what `ferry rejoin` needs to put such a database back in step
+//! ([`crate::rejoin`]): each last bundle's hash (the next one names it), the log
+//! position up to which the last bundle sealed for the peer covered the log, and the
+//! database's clock just after each commit (a time the restored database never saw).
+//!
 //! A missing or unreadable record counts as empty: a node from before this record
-//! starts one at its next export or import.
+//! starts one at its next export or import. Fields added later read as absent.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,12 +31,37 @@ use super::state::{io_error, StateDirs, TransportError};
 pub const SEQUENCES_FILE: &str = "sequences.json";
 
 /// One peer's numbers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerSequences {
     /// The last bundle sealed for the peer.
     pub sent: u64,
     /// The last bundle from the peer applied here.
     pub applied: u64,
+    /// The hash of bundle `sent` (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_hash: Option<String>,
+    /// The log position bundle `sent` covered the log up to (the peer's export cursor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_upto: Option<u64>,
+    /// The database's clock (as the capture triggers read it, µs) just after bundle
+    /// `sent` was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_db_us: Option<i64>,
+    /// The hash of bundle `applied` (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_hash: Option<String>,
+    /// The database's clock just after bundle `applied` was committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_db_us: Option<i64>,
+}
+
+/// What the record keeps of one sealed or applied bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    /// The database's clock just after the commit (µs, as the triggers read it).
+    pub db_us: i64,
 }
 
 /// The record, per peer.
@@ -74,14 +104,37 @@ impl Sequences {
         Ok(())
     }
 
-    /// Records that bundle `seq` was sealed for `peer` (committed).
-    pub fn record_sent(dirs: &StateDirs, peer: &str, seq: u64) -> Result<(), TransportError> {
-        Self::update(dirs, peer, |p| p.sent = p.sent.max(seq))
+    /// Records that bundle `b` was sealed for `peer` (committed), covering the log up to
+    /// position `upto`.
+    pub fn record_sent(
+        dirs: &StateDirs,
+        peer: &str,
+        b: &Committed,
+        upto: u64,
+    ) -> Result<(), TransportError> {
+        Self::update(dirs, peer, |p| {
+            if b.seq >= p.sent {
+                p.sent = b.seq;
+                p.sent_hash = Some(hex::encode(b.hash));
+                p.sent_upto = Some(upto);
+                p.sent_db_us = Some(b.db_us);
+            }
+        })
     }
 
-    /// Records that bundles from `peer` up to `seq` are applied (committed).
-    pub fn record_applied(dirs: &StateDirs, peer: &str, seq: u64) -> Result<(), TransportError> {
-        Self::update(dirs, peer, |p| p.applied = p.applied.max(seq))
+    /// Records that bundles from `peer` up to `b` are applied (committed).
+    pub fn record_applied(
+        dirs: &StateDirs,
+        peer: &str,
+        b: &Committed,
+    ) -> Result<(), TransportError> {
+        Self::update(dirs, peer, |p| {
+            if b.seq >= p.applied {
+                p.applied = b.seq;
+                p.applied_hash = Some(hex::encode(b.hash));
+                p.applied_db_us = Some(b.db_us);
+            }
+        })
     }
 
     fn update(
@@ -90,9 +143,9 @@ impl Sequences {
         f: impl FnOnce(&mut PeerSequences),
     ) -> Result<(), TransportError> {
         let mut s = Sequences::load(dirs);
-        let before = s.peers.get(peer).copied();
+        let before = s.peers.get(peer).cloned();
         f(s.peers.entry(peer.to_string()).or_default());
-        if s.peers.get(peer).copied() == before {
+        if s.peers.get(peer).cloned() == before {
             return Ok(());
         }
         let p = path(dirs);
@@ -111,15 +164,20 @@ mod tests {
         let dirs = StateDirs::new(dir.path());
         // No record yet: anything passes.
         Sequences::load(&dirs).check("hub", 0, 0).unwrap();
-        Sequences::record_sent(&dirs, "hub", 20).unwrap();
-        Sequences::record_applied(&dirs, "hub", 30).unwrap();
-        Sequences::record_sent(&dirs, "hub", 19).unwrap(); // never goes back
+        Sequences::record_sent(&dirs, "hub", &committed(20), 700).unwrap();
+        Sequences::record_applied(&dirs, "hub", &committed(30)).unwrap();
+        Sequences::record_sent(&dirs, "hub", &committed(19), 600).unwrap(); // never goes back
         let s = Sequences::load(&dirs);
         assert_eq!(
             s.peers["hub"],
             PeerSequences {
                 sent: 20,
-                applied: 30
+                applied: 30,
+                sent_hash: Some(hex::encode([20; 32])),
+                sent_upto: Some(700),
+                sent_db_us: Some(20_000),
+                applied_hash: Some(hex::encode([30; 32])),
+                applied_db_us: Some(30_000),
             }
         );
         s.check("hub", 20, 30).unwrap();
@@ -142,7 +200,29 @@ mod tests {
         let dirs = StateDirs::new(dir.path());
         std::fs::write(dir.path().join(SEQUENCES_FILE), b"{not json").unwrap();
         assert_eq!(Sequences::load(&dirs), Sequences::default());
-        Sequences::record_sent(&dirs, "hub", 2).unwrap();
+        Sequences::record_sent(&dirs, "hub", &committed(2), 5).unwrap();
         assert_eq!(Sequences::load(&dirs).peers["hub"].sent, 2);
+    }
+
+    #[test]
+    fn a_record_from_before_the_rejoin_fields_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = StateDirs::new(dir.path());
+        std::fs::write(
+            dir.path().join(SEQUENCES_FILE),
+            br#"{"peers":{"hub":{"sent":4,"applied":3}}}"#,
+        )
+        .unwrap();
+        let s = Sequences::load(&dirs);
+        assert_eq!((s.peers["hub"].sent, s.peers["hub"].applied), (4, 3));
+        assert_eq!(s.peers["hub"].sent_hash, None);
+    }
+
+    fn committed(seq: u64) -> Committed {
+        Committed {
+            seq,
+            hash: [seq as u8; 32],
+            db_us: seq as i64 * 1000,
+        }
     }
 }

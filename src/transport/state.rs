@@ -28,7 +28,7 @@ pub enum TransportError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("this database is behind this node's own record: bundle {recorded} was {what} {peer}, but the database says {found}\nhint: the database was probably restored from a backup, or made anew; nothing was done. Do not export or import with it: {peer} holds bundles that the numbers here would repeat, and changes made after the backup are no longer here. Put the database back as it was if you can, else ask for help (see \"A database restored from a backup\" in docs/operations.md)")]
+    #[error("this database is behind this node's own record: bundle {recorded} was {what} {peer}, but the database says {found}\nhint: the database was probably restored from a backup, or made anew; nothing was done. If it was restored from a backup, run `ferry rejoin` on this node: it puts the numbers back in step, and {peer} then sends back what the backup lacks. A database made anew needs a new node name instead. See \"A database restored from a backup\" in docs/operations.md")]
     Behind {
         peer: String,
         what: &'static str,
