@@ -5,7 +5,8 @@
 //! [`bundle`] seals changes into signed, encrypted files, [`transport`] moves those
 //! files between directories (outbox, inbox, a USB stick), and the apply stage writes
 //! them into another database; [`verify`] proves that two nodes hold the same synced
-//! content. [`cli`] and [`config`] sit at the edges; [`dev`] holds
+//! content. [`rejoin`] puts a node whose database was restored from a backup back in
+//! step. [`cli`] and [`config`] sit at the edges; [`dev`] holds
 //! the tools that tests, benchmarks and the demo share (private MariaDB servers, the
 //! workload generator). See ARCHITECTURE.md for the map and the invariants.
 

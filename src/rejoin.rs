@@ -285,7 +285,9 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
                 .await
                 .map_err(DbError::query(format!("restoring the chain to {peer}")))?;
             }
-            let entry = rejoin.peers.entry(peer.clone()).or_default();
+            // A peer no longer configured gets its numbers back (it may be added again)
+            // but is not asked: no bundle goes to it.
+            let mut entry = rejoin.peers.get(peer).cloned().unwrap_or_default();
             entry.asked_at = None;
             if ps.in_seq < rec.applied {
                 conn.exec_drop(
@@ -296,6 +298,9 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
                 .map_err(DbError::query(format!("restoring the chain from {peer}")))?;
                 let first = entry.lost.map_or(ps.in_seq + 1, |l| l.0.min(ps.in_seq + 1));
                 entry.lost = Some((first, rec.applied));
+            }
+            if node.config.peer(peer).is_some() {
+                rejoin.peers.insert(peer.clone(), entry);
             }
             report.peers.push(PeerRejoin {
                 peer: peer.clone(),

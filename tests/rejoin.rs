@@ -125,6 +125,41 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("run `ferry rejoin` on this node"), "{err}");
 
+    // Refusals that change nothing: a record from before rejoin existed, and a log
+    // whose entries since the restore are out of order with the clock.
+    let record = c.node("site-a").dir.path().join("sequences.json");
+    let kept = std::fs::read_to_string(&record).unwrap();
+    let mut old: Json = serde_json::from_str(&kept).unwrap();
+    for p in old["peers"].as_object_mut().unwrap().values_mut() {
+        let p = p.as_object_mut().unwrap();
+        p.retain(|k, _| k == "sent" || k == "applied");
+    }
+    std::fs::write(&record, old.to_string()).unwrap();
+    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("the state directory's record of hub lacks what rejoin needs")
+            && err.contains("hint:"),
+        "{err}"
+    );
+    std::fs::write(&record, kept).unwrap();
+    exec(
+        c.url("site-a"),
+        "INSERT INTO ferry_change (table_name, row_key, op, wall_us) VALUES ('location', 'x', 'U', 1)",
+    );
+    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot tell the changes made since the restore"),
+        "{err}"
+    );
+    exec(
+        c.url("site-a"),
+        "DELETE FROM ferry_change WHERE row_key = 'x' AND wall_us = 1",
+    );
+    let (code, _, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "still behind: {err}");
+
     let report = c.node("site-a").json(&["rejoin", "--json"]);
     assert_eq!(report["peers"][0]["peer"], "hub", "{report}");
     let sealed = &report["peers"][0]["sealed"];
