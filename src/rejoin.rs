@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::bookkeeping::{check_node, delete_meta, get_meta, set_meta};
 use crate::capture::clock::db_now_us;
+use crate::capture::versions::last_position;
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
 use crate::export::{begin, finish};
@@ -339,17 +340,10 @@ async fn move_entries(
         .await
         .map_err(DbError::query("finding the entries made since the restore"))?;
     let first = first.flatten();
-    let counter: Option<Option<u64>> = conn
-        .query_first(
-            "SELECT AUTO_INCREMENT FROM information_schema.TABLES \
-             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'ferry_change'",
-        )
-        .await
-        .map_err(DbError::query("reading the log's counter"))?;
-    let counter = counter.flatten().unwrap_or(1);
     let Some(first) = first else {
-        // Nothing written since the restore: new entries start after every known one.
-        report.boundary = known_upto.max(counter.saturating_sub(1)) + 1;
+        // Nothing written since the restore: new entries start after every known one
+        // (and after the counter, where a version settled outside the log sits).
+        report.boundary = known_upto.max(last_position(conn).await?) + 1;
         set_counter(conn, report.boundary + 1).await?;
         return Ok(());
     };

@@ -6,9 +6,8 @@
 
 mod common;
 
-use common::{block_on, conn, row_head, row_version, Cluster, Source};
+use common::{block_on, conflicts, conn, row_head, row_version, Cluster, Source};
 use mysql_async::prelude::*;
-use serde_json::Value as Json;
 
 const YEAR: i64 = 365 * 86_400;
 
@@ -62,15 +61,6 @@ fn set_clock(c: &Cluster, node: &str, offset_s: i64) {
         .collect();
     std::fs::write(path, format!("clock_offset_seconds = {offset_s}\n{kept}")).unwrap();
     c.node(node).ok(&["setup"]);
-}
-
-/// Every conflict recorded at a node.
-fn conflicts(c: &Cluster, at: &str) -> Vec<Json> {
-    c.node(at)
-        .json(&["conflicts", "--all", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 /// Every spoke to the hub, then the hub to every spoke; twice, so that what the hub

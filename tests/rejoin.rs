@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{block_on, conn, Cluster, Source};
+use common::{block_on, conflicts, conn, Cluster, Source};
 use mysql_async::prelude::*;
 use serde_json::Value as Json;
 
@@ -24,12 +24,12 @@ fn first_string(url: &str, sql: &str) -> Option<String> {
     })
 }
 
-fn conflicts(c: &Cluster, at: &str) -> Vec<Json> {
-    c.node(at)
-        .json(&["conflicts", "--all", "--json"])
-        .as_array()
-        .unwrap()
-        .clone()
+/// Each spoke to the hub, then the hub to each spoke.
+fn round(c: &Cluster) {
+    c.carry("site-a", "hub");
+    c.carry("site-b", "hub");
+    c.carry("hub", "site-a");
+    c.carry("hub", "site-b");
 }
 
 /// The conflicts recorded at a node: (table, identity, winner's node, loser's node).
@@ -85,12 +85,6 @@ fn has_location(c: &Cluster, at: &str, uuid: &str) -> bool {
 #[test]
 fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     let c = Cluster::star(&["hub", "site-a", "site-b"], &Source::Fixture);
-    let round = |c: &Cluster| {
-        c.carry("site-a", "hub");
-        c.carry("site-b", "hub");
-        c.carry("hub", "site-a");
-        c.carry("hub", "site-b");
-    };
     common::generate(c.url("site-a"), 11, 3, 1, 3);
     common::generate(c.url("site-b"), 12, 3, 1, 3);
     round(&c);
@@ -276,12 +270,6 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
 #[test]
 fn a_hub_restored_from_a_backup_rejoins_and_relays_again() {
     let c = Cluster::star(&["hub", "site-a", "site-b"], &Source::Fixture);
-    let round = |c: &Cluster| {
-        c.carry("site-a", "hub");
-        c.carry("site-b", "hub");
-        c.carry("hub", "site-a");
-        c.carry("hub", "site-b");
-    };
     common::generate(c.url("site-a"), 21, 3, 1, 3);
     common::generate(c.url("site-b"), 22, 3, 1, 3);
     round(&c);

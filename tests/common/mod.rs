@@ -300,6 +300,15 @@ pub fn visit_to_unsent(c: &Cluster, from: &str, location: &str, visit: &str) {
     c.node(from).ok(&["tables", "enable", "location"]);
 }
 
+/// Every conflict recorded at a node (`ferry conflicts --all --json`).
+pub fn conflicts(c: &Cluster, at: &str) -> Vec<serde_json::Value> {
+    c.node(at)
+        .json(&["conflicts", "--all", "--json"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
 /// The sequence numbers an `import --json` report says it applied, in order.
 pub fn applied_seqs(report: &serde_json::Value) -> Vec<u64> {
     report["applied"]
