@@ -64,10 +64,10 @@ pub enum RejoinError {
     Busy,
     #[error("the state directory's record of {peer} lacks what rejoin needs (the {what}): it was written by a ferry from before `ferry rejoin`\nhint: nothing was changed. Put the database back as it was before the restore if you can; else set this node up anew under a new name (see \"A database restored from a backup\" in docs/operations.md)")]
     Unrecorded { peer: String, what: &'static str },
-    #[error("the database's clock reads {now_us} µs, not later than when this node last sealed or applied a bundle ({last_us} µs)\nhint: nothing was changed. Set this machine's clock right (and the database server's), then run `ferry rejoin` again")]
-    ClockBehind { now_us: i64, last_us: i64 },
-    #[error("cannot tell the changes made since the restore from those in the backup: log entry {position} was written at {wall_us} µs, out of order with the entries around it\nhint: nothing was changed. The database's clock was probably wrong for a while after the restore. Ask for help before syncing this node (see \"A database restored from a backup\" in docs/operations.md)")]
-    Unclear { position: u64, wall_us: i64 },
+    #[error("the database's clock reads {now} UTC, not later than when this node last sealed or applied a bundle ({last} UTC)\nhint: nothing was changed. Set this machine's clock right (and the database server's), then run `ferry rejoin` again")]
+    ClockBehind { now: String, last: String },
+    #[error("cannot tell the changes made since the restore from those in the backup: log entry {position} was written at {written} UTC, out of order with the entries around it\nhint: nothing was changed. The database's clock was probably wrong for a while after the restore. Ask for help before syncing this node (see \"A database restored from a backup\" in docs/operations.md)")]
+    Unclear { position: u64, written: String },
 }
 
 /// A rejoin in progress, as `ferry_meta` keeps it.
@@ -254,8 +254,8 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
     let now_us = db_now_us(conn, node.clock.offset_us).await?;
     if now_us <= after_backup_us {
         return Err(RejoinError::ClockBehind {
-            now_us,
-            last_us: after_backup_us,
+            now: utc(conn, now_us).await?,
+            last: utc(conn, after_backup_us).await?,
         });
     }
 
@@ -360,7 +360,8 @@ async fn move_entries(
             "checking the entries made since the restore",
         ))?;
     if let Some((position, wall_us)) = odd {
-        return Err(RejoinError::Unclear { position, wall_us });
+        let written = utc(conn, wall_us).await?;
+        return Err(RejoinError::Unclear { position, written });
     }
     let (count, last): (u64, u64) = conn
         .exec_first(
@@ -388,6 +389,18 @@ async fn move_entries(
     report.moved_from = Some(first);
     report.moved_to = Some(first + shift);
     Ok(())
+}
+
+/// A clock reading (µs since the epoch) as a UTC date and time, for a message.
+async fn utc(conn: &mut Conn, us: i64) -> Result<String, DbError> {
+    let text: Option<String> = conn
+        .exec_first(
+            "SELECT DATE_FORMAT(TIMESTAMP '1970-01-01 00:00:00' + INTERVAL ? MICROSECOND, '%Y-%m-%d %H:%i:%s')",
+            (us,),
+        )
+        .await
+        .map_err(DbError::query("formatting a time"))?;
+    Ok(text.unwrap_or_else(|| format!("{us} µs")))
 }
 
 async fn set_counter(conn: &mut Conn, next: u64) -> Result<(), DbError> {
