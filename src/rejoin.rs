@@ -18,10 +18,10 @@
 //!   every position the peers know ([`Rejoin::boundary`]), and the counter with them.
 //! - **The rows the backup lacks.** What this node applied from a peer, and what it
 //!   sent a peer, after the backup is no longer here, but the peer holds it. The first
-//!   bundle sealed for such a peer after the rejoin says so: it acknowledges none of
-//!   the peer's changes (its entry for the peer is 0, lower than any earlier bundle
-//!   said). The peer then sends every row with its next export, this node's own rows
-//!   too (`ferry_peer.rebuild_us`). A bundle from the peer that acknowledges that
+//!   bundle sealed for such a peer after the rejoin says so: its entry for the peer is
+//!   0, which no other bundle states (an entry that would be 0 is left out). The peer
+//!   then sends every row with its next export, this node's own rows too
+//!   (`ferry_peer.rebuild_us`). A bundle from the peer that acknowledges that
 //!   first bundle comes after it: the rejoin with that peer is complete.
 //! - **No false conflicts.** A row whose version here is from the backup (its head at
 //!   or below the boundary) was sent to the peers before the failure. A greater

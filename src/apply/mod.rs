@@ -667,9 +667,9 @@ async fn apply_run(
         // After a restore from a backup, the rows' versions from the backup are known
         // to the peers: greater ones arriving are no conflicts (`rejoin`).
         applier.backup_upto = Rejoin::load(conn).await?.map(|r| r.boundary);
-        // The greatest ack of this node's positions the sender made before; a lower one
-        // means its database went back in time.
-        let mut claimed = now.acks.get(node.name()).copied();
+        // A sender whose database went back in time (restored from a backup, then
+        // `ferry rejoin`) asks for every row: its entry for this node is 0, which no
+        // other bundle states.
         let mut went_back = false;
         // Taken back only on success: after a failure the run probes every key.
         applier.fresh = std::mem::take(fresh);
@@ -707,10 +707,7 @@ async fn apply_run(
                 });
             }
             let acks: BTreeMap<String, u64> = header.acks.iter().cloned().collect();
-            if let Some(&c) = acks.get(node.name()) {
-                went_back |= claimed.is_some_and(|before| c < before);
-                claimed = Some(claimed.map_or(c, |before| before.max(c)));
-            }
+            went_back |= acks.get(node.name()) == Some(&0);
             applier.start_bundle(conn, acks.clone()).await?;
             applier.created_us = header.created_us;
             let before = applier.stats.clone();

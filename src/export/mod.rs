@@ -319,11 +319,13 @@ async fn export_peer(
                 // applied here (they leave its outbox). In a mesh its changes can arrive
                 // by another node first, so that entry is the horizon of the last bundle
                 // from the peer itself applied here, not all this node holds (issue 4).
+                // An entry of 0 for the peer is stated only by a bundle that asks for
+                // every row (0 claims nothing; otherwise it is left out).
                 match ps.acks.get(peer) {
                     _ if asking => acks.insert(peer.to_string(), 0),
                     _ if waiting => acks.remove(peer),
-                    Some(&direct) => acks.insert(peer.to_string(), direct),
-                    None => acks.remove(peer),
+                    Some(&direct) if direct > 0 => acks.insert(peer.to_string(), direct),
+                    _ => acks.remove(peer),
                 };
                 acks.insert(node.name().to_string(), horizon);
                 let recipient_key = node
