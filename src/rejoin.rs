@@ -23,10 +23,12 @@
 //!   then sends every row with its next export, this node's own rows too
 //!   (`ferry_peer.rebuild_us`). A bundle from the peer that acknowledges that
 //!   first bundle comes after it: the rejoin with that peer is complete.
-//! - **No false conflicts.** A row whose version here is from the backup (its head at
-//!   or below the boundary) was sent to the peers before the failure. A greater
-//!   version arriving for it was made after it, or was recorded as a conflict where it
-//!   met it: it applies as a fast-forward, not as a conflict.
+//! - **No false conflicts.** Until a peer has answered, a row whose version here is
+//!   from the backup and was sent to that peer before the failure (its head at or
+//!   below [`RejoinPeer::seen_upto`]) takes a greater version from the peer as a
+//!   fast-forward: the peer made it after seeing ours, or recorded the conflict where
+//!   the two met. A row changed here since then takes its backup version, arriving
+//!   again in the answer, as stale.
 //!
 //! What no node holds is lost: changes made here after the backup that no bundle
 //! carried before the failure. The report says so; docs/operations.md tells the
@@ -40,7 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capture::bookkeeping::{check_node, delete_meta, get_meta, set_meta};
 use crate::capture::clock::db_now_us;
-use crate::capture::versions::last_position;
+use crate::capture::versions::{last_position, MARKER};
 use crate::capture::CaptureError;
 use crate::db::{release_lock, take_lock, DbError};
 use crate::export::{begin, finish};
@@ -60,6 +62,8 @@ pub enum RejoinError {
     Capture(#[from] CaptureError),
     #[error("this database is not behind this node's record: there is nothing to rejoin\nhint: `ferry rejoin` is for a database restored from a backup (export and import say so); export and import work as they are")]
     NotBehind,
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
     #[error("another ferry export or import is running on this database\nhint: wait for it to finish, then run `ferry rejoin` again")]
     Busy,
     #[error("the state directory's record of {peer} lacks what rejoin needs (the {what}): it was written by a ferry from before `ferry rejoin`\nhint: nothing was changed. Put the database back as it was before the restore if you can; else set this node up anew under a new name (see \"A database restored from a backup\" in docs/operations.md)")]
@@ -75,19 +79,24 @@ pub enum RejoinError {
 pub struct Rejoin {
     /// When it ran (µs).
     pub at_us: i64,
-    /// Every row whose head is at or below this log position has its version from the
-    /// backup (or from before it).
+    /// Every entry of the backup is at or below this log position; the entries made
+    /// since the restore, and every later one, are above it.
     pub boundary: u64,
     /// The peers that hold what the backup lacks, until each has sent every row.
     pub peers: BTreeMap<String, RejoinPeer>,
+    /// Per peer, the bundles from it applied before the failure and lost with the
+    /// restore (first, last): a copy arriving again, even long after, is a duplicate.
+    #[serde(default)]
+    pub lost: BTreeMap<String, (u64, u64)>,
 }
 
 /// One peer of a rejoin in progress.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RejoinPeer {
-    /// The bundles from the peer applied before the failure and lost with the restore
-    /// (first, last): a copy arriving again is a duplicate.
-    pub lost: Option<(u64, u64)>,
+    /// The log position up to which this node had sent the peer everything before the
+    /// failure: a row whose version here is from there was seen by the peer.
+    #[serde(default)]
+    pub seen_upto: u64,
     /// The horizon of the first bundle sealed for the peer after the rejoin, which
     /// asked it for every row (`None` until it is sealed).
     pub asked_at: Option<u64>,
@@ -101,8 +110,20 @@ impl Rejoin {
             .and_then(|v| serde_json::from_str(&v).ok()))
     }
 
+    /// The same, locked until the transaction ends: export and import both change it.
+    async fn load_for_update(conn: &mut Conn) -> Result<Option<Rejoin>, DbError> {
+        let v: Option<String> = conn
+            .exec_first(
+                "SELECT value FROM ferry_meta WHERE name = ? FOR UPDATE",
+                (REJOIN_META,),
+            )
+            .await
+            .map_err(DbError::query("reading the rejoin in progress"))?;
+        Ok(v.and_then(|v| serde_json::from_str(&v).ok()))
+    }
+
     async fn store(&self, conn: &mut Conn) -> Result<(), DbError> {
-        if self.peers.is_empty() {
+        if self.peers.is_empty() && self.lost.is_empty() {
             delete_meta(conn, REJOIN_META).await
         } else {
             set_meta(
@@ -117,10 +138,15 @@ impl Rejoin {
     /// Whether bundle `seq` from `peer` was applied before the failure (lost with the
     /// restore, and arriving again).
     pub fn lost(&self, peer: &str, seq: u64) -> bool {
-        self.peers
+        self.lost
             .get(peer)
-            .and_then(|p| p.lost)
-            .is_some_and(|(first, last)| (first..=last).contains(&seq))
+            .is_some_and(|&(first, last)| (first..=last).contains(&seq))
+    }
+
+    /// While `peer` has not sent every row: the log position at or below which a
+    /// row's version here is from the backup and was seen by the peer.
+    pub fn seen_by(&self, peer: &str) -> Option<u64> {
+        self.peers.get(peer).map(|p| p.seen_upto)
     }
 
     /// Whether the next bundle sealed for `peer` must ask it for every row.
@@ -132,7 +158,7 @@ impl Rejoin {
 /// Export's part, in the transaction that records a bundle sealed for `peer` up to
 /// `horizon`: notes that it asked the peer for every row.
 pub async fn note_asked(conn: &mut Conn, peer: &str, horizon: u64) -> Result<(), DbError> {
-    let Some(mut r) = Rejoin::load(conn).await? else {
+    let Some(mut r) = Rejoin::load_for_update(conn).await? else {
         return Ok(());
     };
     if let Some(p) = r.peers.get_mut(peer) {
@@ -148,7 +174,7 @@ pub async fn note_asked(conn: &mut Conn, peer: &str, horizon: u64) -> Result<(),
 /// node's positions up to `acked`: once that covers the bundle that asked, the peer
 /// has sent every row, and the rejoin with it is complete. Returns whether it was.
 pub async fn note_answered(conn: &mut Conn, peer: &str, acked: u64) -> Result<bool, DbError> {
-    let Some(mut r) = Rejoin::load(conn).await? else {
+    let Some(mut r) = Rejoin::load_for_update(conn).await? else {
         return Ok(false);
     };
     let done = r
@@ -180,6 +206,9 @@ pub struct RejoinReport {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PeerRejoin {
     pub peer: String,
+    /// Whether its next bundle asks it for every row (a peer no longer configured gets
+    /// its numbers back, and nothing is sealed for it).
+    pub asked: bool,
     /// Bundles sealed for the peer: (the database said, the record says).
     pub sealed: (u64, u64),
     /// Bundles applied from the peer: (the database said, the record says).
@@ -190,6 +219,10 @@ pub struct PeerRejoin {
 pub async fn rejoin(node: &NodeContext) -> Result<RejoinReport, RejoinError> {
     let mut conn = node.db.connect().await?;
     check_node(&mut conn, node.name()).await?;
+    // A backup from before the last upgrade of ferry: its tables first.
+    crate::capture::bookkeeping::install(&mut conn).await?;
+    // The triggers' clock offset is the config's (else `ferry setup` first).
+    crate::export::check_clock(&mut conn, node).await?;
     if !take_lock(&mut conn, crate::export::EXPORT_LOCK, 0).await? {
         return Err(RejoinError::Busy);
     }
@@ -212,9 +245,17 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
     // Every log position a peer may know of: up to the last bundle sealed for it.
     let mut known_upto = 0u64;
     let mut behind = Vec::new();
+    // The backup's last export: entries after its horizon were written after it.
+    let mut last_export = Backup::default();
     for (peer, rec) in &record.peers {
         let ps = state::peer(conn, peer, false).await?;
         known_upto = known_upto.max(ps.out_cursor);
+        if ps.out_cursor > last_export.horizon {
+            last_export = Backup {
+                horizon: ps.out_cursor,
+                sealed_us: ps.out_at.unwrap_or(0),
+            };
+        }
         let sealed = ps.out_seq < rec.sent;
         let applied = ps.in_seq < rec.applied;
         if sealed {
@@ -264,7 +305,7 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
     conn.query_drop("LOCK TABLES ferry_change WRITE")
         .await
         .map_err(DbError::query("locking the change log"))?;
-    let moved = move_entries(conn, after_backup_us, known_upto, &mut report).await;
+    let moved = move_entries(conn, after_backup_us, &last_export, known_upto, &mut report).await;
     let unlocked = conn.query_drop("UNLOCK TABLES").await;
     moved?;
     unlocked.map_err(DbError::query("unlocking the change log"))?;
@@ -272,7 +313,7 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
     // The chains, and the rejoin in progress.
     begin(conn).await?;
     let stored = async {
-        let mut rejoin = Rejoin::load(conn).await?.unwrap_or_default();
+        let mut rejoin = Rejoin::load_for_update(conn).await?.unwrap_or_default();
         rejoin.at_us = node.clock.now_us();
         rejoin.boundary = rejoin.boundary.max(report.boundary);
         for (peer, ps, rec) in &behind {
@@ -288,8 +329,10 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
             }
             // A peer no longer configured gets its numbers back (it may be added again)
             // but is not asked: no bundle goes to it.
-            let mut entry = rejoin.peers.get(peer).cloned().unwrap_or_default();
-            entry.asked_at = None;
+            let entry = RejoinPeer {
+                seen_upto: ps.out_cursor.max(rec.sent_upto.unwrap_or(0)),
+                asked_at: None,
+            };
             if ps.in_seq < rec.applied {
                 conn.exec_drop(
                     "UPDATE ferry_peer SET in_seq = ?, in_hash = ? WHERE peer = ?",
@@ -297,14 +340,19 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
                 )
                 .await
                 .map_err(DbError::query(format!("restoring the chain from {peer}")))?;
-                let first = entry.lost.map_or(ps.in_seq + 1, |l| l.0.min(ps.in_seq + 1));
-                entry.lost = Some((first, rec.applied));
+                let first = rejoin
+                    .lost
+                    .get(peer)
+                    .map_or(ps.in_seq + 1, |l| l.0.min(ps.in_seq + 1));
+                rejoin.lost.insert(peer.clone(), (first, rec.applied));
             }
-            if node.config.peer(peer).is_some() {
+            let asked = node.config.peer(peer).is_some();
+            if asked {
                 rejoin.peers.insert(peer.clone(), entry);
             }
             report.peers.push(PeerRejoin {
                 peer: peer.clone(),
+                asked,
                 sealed: (ps.out_seq, rec.sent.max(ps.out_seq)),
                 applied: (ps.in_seq, rec.applied.max(ps.in_seq)),
             });
@@ -323,23 +371,62 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
     Ok(report)
 }
 
+/// The last bundle the backup itself records as sealed: its horizon, and when.
+#[derive(Debug, Default)]
+struct Backup {
+    horizon: u64,
+    sealed_us: i64,
+}
+
+/// How much earlier than the backup's last export an entry after that export's
+/// horizon may say it was written (the export took its horizon, then its clock
+/// reading; the database's and ferry's clocks may differ a little).
+const CLOCK_SLACK_US: i64 = 10 * 60 * 1_000_000;
+
 /// Under the log's write lock: finds the entries written since the restore (local
 /// entries after `after_backup_us`, and everything after the first of them) and moves
 /// them, in order, after `known_upto` and after every position of the backup.
 async fn move_entries(
     conn: &mut Conn,
     after_backup_us: i64,
+    backup: &Backup,
     known_upto: u64,
     report: &mut RejoinReport,
 ) -> Result<(), RejoinError> {
+    // Markers take ferry's clock, not the database's: they are left out of the test.
     let first: Option<Option<u64>> = conn
         .exec_first(
-            "SELECT MIN(change_id) FROM ferry_change WHERE origin IS NULL AND wall_us > ?",
+            format!(
+                "SELECT MIN(change_id) FROM ferry_change \
+                 WHERE origin IS NULL AND op <> '{MARKER}' AND wall_us > ?"
+            ),
             (after_backup_us,),
         )
         .await
         .map_err(DbError::query("finding the entries made since the restore"))?;
     let first = first.flatten();
+    // An entry of the backup after its last export's horizon was written after that
+    // export; one that says it was written well before was written since the restore
+    // by a clock that was behind (and set right later). It cannot be told apart.
+    let early: Option<(u64, i64)> = conn
+        .exec_first(
+            format!(
+                "SELECT change_id, wall_us FROM ferry_change WHERE change_id > ? \
+                 AND change_id < ? AND origin IS NULL AND op <> '{MARKER}' AND wall_us < ? \
+                 ORDER BY change_id LIMIT 1"
+            ),
+            (
+                backup.horizon,
+                first.unwrap_or(u64::MAX),
+                backup.sealed_us.saturating_sub(CLOCK_SLACK_US),
+            ),
+        )
+        .await
+        .map_err(DbError::query("checking the entries of the backup"))?;
+    if let Some((position, wall_us)) = early {
+        let written = utc(conn, wall_us).await?;
+        return Err(RejoinError::Unclear { position, written });
+    }
     let Some(first) = first else {
         // Nothing written since the restore: new entries start after every known one
         // (and after the counter, where a version settled outside the log sits).
@@ -351,8 +438,11 @@ async fn move_entries(
     // local and later than the backup; anything else means a clock that jumped.
     let odd: Option<(u64, i64)> = conn
         .exec_first(
-            "SELECT change_id, wall_us FROM ferry_change WHERE change_id > ? \
-             AND (origin IS NOT NULL OR wall_us <= ?) ORDER BY change_id LIMIT 1",
+            format!(
+                "SELECT change_id, wall_us FROM ferry_change WHERE change_id > ? \
+                 AND (origin IS NOT NULL OR (op <> '{MARKER}' AND wall_us <= ?)) \
+                 ORDER BY change_id LIMIT 1"
+            ),
             (first, after_backup_us),
         )
         .await
@@ -419,16 +509,21 @@ mod tests {
         r.peers.insert(
             "hub".into(),
             RejoinPeer {
-                lost: Some((4, 6)),
+                seen_upto: 70,
                 asked_at: None,
             },
         );
+        r.lost.insert("hub".into(), (4, 6));
         assert!(r.lost("hub", 4) && r.lost("hub", 6));
         assert!(!r.lost("hub", 3) && !r.lost("hub", 7) && !r.lost("spoke", 5));
         assert!(r.asks("hub") && !r.asks("spoke"));
+        assert_eq!((r.seen_by("hub"), r.seen_by("spoke")), (Some(70), None));
         r.peers.get_mut("hub").unwrap().asked_at = Some(90);
         assert!(!r.asks("hub"));
         let text = serde_json::to_string(&r).unwrap();
         assert_eq!(serde_json::from_str::<Rejoin>(&text).unwrap(), r);
+        // The hub answered: its lost bundles are still known.
+        r.peers.remove("hub");
+        assert!(r.lost("hub", 5) && r.seen_by("hub").is_none());
     }
 }

@@ -50,6 +50,52 @@ fn conflict_keys(c: &Cluster, at: &str) -> Vec<(String, String, String, String)>
     keys
 }
 
+/// The rows a restored node changed since the restore (the entries `ferry rejoin`
+/// moved), read right after it.
+fn changed_since_restore(
+    c: &Cluster,
+    restored: &str,
+    report: &Json,
+) -> std::collections::BTreeSet<(String, String)> {
+    let moved_to = report["moved_to"].as_u64().unwrap();
+    block_on(async {
+        let mut db = conn(c.url(restored)).await;
+        db.exec(
+            "SELECT table_name, row_key FROM ferry_change WHERE change_id >= ? AND origin IS NULL",
+            (moved_to,),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+    })
+}
+
+/// Every conflict recorded since `before` (per node: hub, site-a, site-b) is a real one
+/// the restore made: on a row the restored node changed after the restore, without
+/// seeing the version it had lost, with that node's version on one side. Rows changed
+/// elsewhere since the backup came back as fast-forwards, recording nothing.
+fn only_conflicts_the_restore_made(
+    c: &Cluster,
+    restored: &str,
+    before: &[Vec<(String, String, String, String)>],
+    since_restore: &std::collections::BTreeSet<(String, String)>,
+) {
+    for (k, at) in ["hub", "site-a", "site-b"].iter().enumerate() {
+        for key in conflict_keys(c, at) {
+            if before[k].contains(&key) {
+                continue;
+            }
+            let (table, identity, winner, loser) = &key;
+            assert!(
+                since_restore.contains(&(table.clone(), identity.clone()))
+                    && (winner == restored || loser == restored),
+                "{at}: a conflict the restore does not explain: {key:?}"
+            );
+        }
+    }
+}
+
 fn peer<'a>(status: &'a Json, name: &str) -> &'a Json {
     status["peers"]
         .as_array()
@@ -87,6 +133,8 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     let c = Cluster::star(&["hub", "site-a", "site-b"], &Source::Fixture);
     common::generate(c.url("site-a"), 11, 3, 1, 3);
     common::generate(c.url("site-b"), 12, 3, 1, 3);
+    // A location site-a makes before the backup and edits again after the rejoin.
+    add_location(c.url("site-a"), "aaaaaaaa-0000-4000-8000-00000000da00");
     round(&c);
     // A patient site-a registered, which site-b edits after the backup.
     let edited = first_string(
@@ -151,10 +199,18 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
         c.url("site-a"),
         "DELETE FROM ferry_change WHERE row_key = 'x' AND wall_us = 1",
     );
-    // A clock a day behind (as the node's config shifts it) cannot tell them apart.
+    // A clock a day behind (as the node's config shifts it, and setup bakes into the
+    // triggers) cannot tell them apart.
     let config = &c.node("site-a").config;
     let text = std::fs::read_to_string(config).unwrap();
     std::fs::write(config, format!("clock_offset_seconds = -86400\n{text}")).unwrap();
+    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("run `ferry setup`"),
+        "a config out of step with the triggers: {err}"
+    );
+    c.node("site-a").ok(&["setup"]);
     let (code, _, err) = c.node("site-a").run(&["rejoin"]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -163,11 +219,13 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
         "{err}"
     );
     std::fs::write(config, text).unwrap();
+    c.node("site-a").ok(&["setup"]);
     let (code, _, err) = c.node("site-a").run(&["export"]);
     assert_eq!(code, 1, "still behind: {err}");
 
     let report = c.node("site-a").json(&["rejoin", "--json"]);
     assert_eq!(report["peers"][0]["peer"], "hub", "{report}");
+    let since_restore = changed_since_restore(&c, "site-a", &report);
     let sealed = &report["peers"][0]["sealed"];
     assert!(sealed[0].as_u64() < sealed[1].as_u64(), "{report}");
     let applied = &report["peers"][0]["applied"];
@@ -201,6 +259,13 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     // site-a's next bundle asks; the hub applies it and answers with every row.
     let r = c.carry("site-a", "hub");
     assert_eq!(r["applied"].as_array().unwrap().len(), 1, "{r}");
+    // Meanwhile site-a edits a row of its own from the backup: the answer brings the
+    // backup's version of it back, which is no conflict.
+    exec(
+        c.url("site-a"),
+        "UPDATE location SET description = 'edited after the rejoin' \
+         WHERE uuid = 'aaaaaaaa-0000-4000-8000-00000000da00'",
+    );
     let status = c.node("site-a").json(&["status", "--json"]);
     assert_eq!(peer(&status, "hub")["rejoining"], "asked", "{status}");
     let hub_status = c.node("hub").json(&["status", "--json"]);
@@ -229,7 +294,7 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     c.carry("hub", "site-b");
     round(&c);
     for at in ["hub", "site-a", "site-b"] {
-        for l in ["da01", "da02"] {
+        for l in ["da00", "da01", "da02"] {
             let uuid = format!("aaaaaaaa-0000-4000-8000-00000000{l}");
             assert!(has_location(&c, at, &uuid), "{at} lacks location {uuid}");
         }
@@ -245,9 +310,7 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     let a = c.verify("site-a");
     assert_eq!(a, c.verify("hub"));
     assert_eq!(a, c.verify("site-b"));
-    for at in ["hub", "site-a", "site-b"] {
-        assert_eq!(conflicts(&c, at), Vec::<Json>::new(), "conflicts at {at}");
-    }
+    only_conflicts_the_restore_made(&c, "site-a", &[vec![], vec![], vec![]], &since_restore);
 
     // Sync goes on as before: no second full export, and every change is acknowledged.
     common::generate(c.url("site-a"), 16, 2, 1, 2);
@@ -313,19 +376,7 @@ fn a_hub_restored_from_a_backup_rejoins_and_relays_again() {
         .map(|p| p["peer"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["site-a", "site-b"], "{report}");
-    // The rows the hub changed since the restore, without seeing what it lost.
-    let moved_to = report["moved_to"].as_u64().unwrap();
-    let since_restore: std::collections::BTreeSet<(String, String)> = block_on(async {
-        let mut db = conn(c.url("hub")).await;
-        db.exec(
-            "SELECT table_name, row_key FROM ferry_change WHERE change_id >= ? AND origin IS NULL",
-            (moved_to,),
-        )
-        .await
-        .unwrap()
-        .into_iter()
-        .collect()
-    });
+    let since_restore = changed_since_restore(&c, "hub", &report);
 
     for _ in 0..3 {
         round(&c);
@@ -337,22 +388,8 @@ fn a_hub_restored_from_a_backup_rejoins_and_relays_again() {
         }
     }
     // The conflicts from before the failure, recorded again at the hub when it met the
-    // spokes' concurrent versions once more; and the real ones the restore made: a row
-    // the hub changed after it, on its backup's version, where a spoke had changed it
-    // meanwhile. Nothing else (rows changed meanwhile came back as fast-forwards).
-    for (k, at) in ["hub", "site-a", "site-b"].iter().enumerate() {
-        for key in conflict_keys(&c, at) {
-            if before[k].contains(&key) {
-                continue;
-            }
-            let (table, identity, winner, loser) = &key;
-            assert!(
-                since_restore.contains(&(table.clone(), identity.clone()))
-                    && (winner == "hub" || loser == "hub"),
-                "{at}: a conflict the restore does not explain: {key:?}"
-            );
-        }
-    }
+    // spokes' concurrent versions once more; and the real ones the restore made.
+    only_conflicts_the_restore_made(&c, "hub", &before, &since_restore);
     assert_eq!(conflict_keys(&c, "hub"), before[0]);
     let hub = c.verify("hub");
     assert_eq!(hub, c.verify("site-a"));

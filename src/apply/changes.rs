@@ -154,10 +154,12 @@ pub struct Applier<'a> {
     /// Whether a multi-row insert gets consecutive auto-increment ids (InnoDB's lock
     /// mode 0 or 1), so that the ids are known from the first.
     pub consecutive_ids: bool,
-    /// After a restore from a backup (`ferry rejoin`): the log position at or below
-    /// which a row's head is the backup's version, which the peers were sent before the
-    /// failure. A greater version arriving for such a row was made after it, or met it
-    /// as a conflict where it was made: it applies as a fast-forward, recording nothing.
+    /// After a restore from a backup (`ferry rejoin`), until the sender has sent every
+    /// row: the log position at or below which a row's head is the backup's version
+    /// and was sent to the sender before the failure. A greater version arriving for
+    /// such a row was made after it, or met it as a conflict at the sender: it applies
+    /// as a fast-forward, recording nothing. And the backup's version itself arriving
+    /// again, for a row changed here since, is stale.
     pub backup_upto: Option<u64>,
     /// Tables whose rows' versions need no probe unless this run settled them.
     pub fresh: FreshTables,
@@ -498,6 +500,8 @@ impl<'a> Applier<'a> {
                 presumed[i] = false;
             }
         }
+        // Rows changed here since a rejoin: the version each had in the backup.
+        let backup_versions = self.backup_versions(conn, &table, &versions).await?;
         self.timings.versions += probing.elapsed();
         // Where these versions settle in the row's history, when they are not logged:
         // after every entry written so far (the rows are locked), and before any entry
@@ -527,6 +531,7 @@ impl<'a> Applier<'a> {
             self.note_skew(c);
             let rk = row_keys[i].clone();
             let local = versions.get(&rk).cloned();
+            let at_backup = backup_versions.get(&rk);
             let held = || {
                 keys[i]
                     .as_ref()
@@ -541,6 +546,8 @@ impl<'a> Applier<'a> {
                 let from_backup = local.as_ref().is_some_and(|l| l.2 && c.version > l.0);
                 let decision = if from_backup {
                     Decision::FastForward
+                } else if at_backup == Some(&c.version) {
+                    Decision::Stale
                 } else {
                     decide(
                         &c.version,
@@ -824,6 +831,44 @@ impl<'a> Applier<'a> {
             (k, (h.version, h.deleted, from_backup))
         })
         .collect())
+    }
+
+    /// For rows whose head is above [`Applier::backup_upto`] (changed here since the
+    /// rejoin): the version they had in the backup, when the log still shows it.
+    async fn backup_versions(
+        &self,
+        conn: &mut Conn,
+        table: &str,
+        versions: &HashMap<String, (Version, bool, bool)>,
+    ) -> Result<HashMap<String, Version>, ImportError> {
+        let Some(upto) = self.backup_upto else {
+            return Ok(HashMap::new());
+        };
+        let changed: Vec<&str> = versions
+            .iter()
+            .filter(|(_, l)| !l.2)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if changed.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let fresh = &self.fresh;
+        let may_have_record = |k: &str| fresh.may_have_record(table, k);
+        let heads = heads_where(
+            conn,
+            &self.floors,
+            &self.me,
+            table,
+            &changed,
+            Some(upto),
+            &may_have_record,
+        )
+        .await?;
+        Ok(heads
+            .into_iter()
+            .filter(|(_, h)| h.position <= upto)
+            .map(|(k, h)| (k, h.version))
+            .collect())
     }
 
     fn write_error(&self, table: &str, id: &Identity, e: mysql_async::Error) -> ImportError {

@@ -252,6 +252,7 @@ pub async fn import(
     bar: &ProgressBar,
 ) -> Result<ImportReport, ImportError> {
     crate::capture::bookkeeping::check_node(conn, node.name()).await?;
+    crate::capture::bookkeeping::check_current(conn).await?;
     let mut report = ImportReport::default();
     for f in expand(files)? {
         if let Err(e) = take_into_inbox(node, &f) {
@@ -664,9 +665,9 @@ async fn apply_run(
             .await
             .map_err(DbError::query("reading the auto-increment settings"))?;
         applier.consecutive_ids = matches!(modes, Some((0 | 1, 1)));
-        // After a restore from a backup, the rows' versions from the backup are known
-        // to the peers: greater ones arriving are no conflicts (`rejoin`).
-        applier.backup_upto = Rejoin::load(conn).await?.map(|r| r.boundary);
+        // After a restore from a backup, until the sender has sent every row: the
+        // rows' versions from the backup that it was sent (`rejoin`).
+        applier.backup_upto = Rejoin::load(conn).await?.and_then(|r| r.seen_by(&sender));
         // A sender whose database went back in time (restored from a backup, then
         // `ferry rejoin`) asks for every row: its entry for this node is 0, which no
         // other bundle states.

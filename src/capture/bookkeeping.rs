@@ -257,6 +257,26 @@ pub async fn check_node(conn: &mut Conn, node: &str) -> Result<(), super::Captur
     }
 }
 
+/// Refuses ferry tables from an older release (migrations not applied yet: `ferry
+/// setup` applies them), rather than failing later on a missing column. A database
+/// without ferry's tables passes.
+pub async fn check_current(conn: &mut Conn) -> Result<(), super::CaptureError> {
+    if !installed(conn).await? {
+        return Ok(());
+    }
+    let found: usize = get_meta(conn, "bookkeeping_version")
+        .await?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if found < MIGRATIONS.len() {
+        return Err(super::CaptureError::Outdated {
+            found,
+            wanted: MIGRATIONS.len(),
+        });
+    }
+    Ok(())
+}
+
 /// Names of every ferry table and trigger in the current database.
 pub async fn ferry_objects(conn: &mut Conn) -> Result<(Vec<String>, Vec<String>), DbError> {
     let tables: Vec<String> = conn

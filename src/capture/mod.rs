@@ -36,6 +36,8 @@ pub enum CaptureError {
     Drifted { table: String, state: &'static str },
     #[error("ferry's bookkeeping is damaged: {0}\nhint: run `ferry setup` to repair it")]
     Corrupt(String),
+    #[error("ferry's tables in this database are from an older release of ferry (step {found} of {wanted})\nhint: run `ferry setup`: it brings them up to date and changes no data. A database restored from a backup older than the last upgrade needs it too (before `ferry rejoin`, which runs it itself)")]
+    Outdated { found: usize, wanted: usize },
     #[error("this database is node {recorded}'s, but the config names node {config}\nhint: nothing was done; a database belongs to one node, whose bundle numbers it keeps. Use {recorded}'s config with it, or point this config at its own database")]
     OtherNode { recorded: String, config: String },
 }

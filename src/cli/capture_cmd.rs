@@ -225,6 +225,7 @@ pub struct StatusReport {
 pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Result<()> {
     let (mut conn, database) = connect(config).await?;
     let installed = bookkeeping::installed(&mut conn).await?;
+    bookkeeping::check_current(&mut conn).await?;
     let mut report = StatusReport {
         node: config.node.clone(),
         database: database.clone(),

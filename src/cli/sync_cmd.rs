@@ -112,7 +112,12 @@ pub async fn run_rejoin(
             report.moved_entries
         ));
     }
-    let names: Vec<&str> = report.peers.iter().map(|p| p.peer.as_str()).collect();
+    let names: Vec<&str> = report
+        .peers
+        .iter()
+        .filter(|p| p.asked)
+        .map(|p| p.peer.as_str())
+        .collect();
     out.line(format!(
         "next: export and carry bundles as usual. The next bundle for {} asks for every row; \
          each sends them back with its next export once it has applied that bundle. \

@@ -166,6 +166,7 @@ pub async fn export(
         return Err(ExportError::UnknownPeer { peer: p.clone() });
     }
     crate::capture::bookkeeping::check_node(conn, node.name()).await?;
+    crate::capture::bookkeeping::check_current(conn).await?;
     // Once for every peer: it reads the schema and every trigger.
     let drift = drift::detect(conn, &node.db.database).await?;
     if !drift.is_empty() {
