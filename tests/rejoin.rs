@@ -199,6 +199,23 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
         c.url("site-a"),
         "DELETE FROM ferry_change WHERE row_key = 'x' AND wall_us = 1",
     );
+    // The first change since the restore written by a clock two days behind, set right
+    // before the next: it would pass for the backup's, and never travel.
+    let da02 = "row_key = 'aaaaaaaa-0000-4000-8000-00000000da02'";
+    exec(
+        c.url("site-a"),
+        &format!("UPDATE ferry_change SET wall_us = wall_us - 172800000000 WHERE {da02}"),
+    );
+    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("cannot tell the changes made since the restore"),
+        "{err}"
+    );
+    exec(
+        c.url("site-a"),
+        &format!("UPDATE ferry_change SET wall_us = wall_us + 172800000000 WHERE {da02}"),
+    );
     // A clock a day behind (as the node's config shifts it, and setup bakes into the
     // triggers) cannot tell them apart.
     let config = &c.node("site-a").config;
