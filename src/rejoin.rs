@@ -258,11 +258,11 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
         }
         let sealed = ps.out_seq < rec.sent;
         let applied = ps.in_seq < rec.applied;
+        let missing = |what| RejoinError::Unrecorded {
+            peer: peer.clone(),
+            what,
+        };
         if sealed {
-            let missing = |what| RejoinError::Unrecorded {
-                peer: peer.clone(),
-                what,
-            };
             rec.sent_hash
                 .as_ref()
                 .ok_or(missing("hash of the last bundle sealed"))?;
@@ -273,10 +273,6 @@ async fn run(conn: &mut Conn, node: &NodeContext) -> Result<RejoinReport, Rejoin
             known_upto = known_upto.max(upto);
         }
         if applied {
-            let missing = |what| RejoinError::Unrecorded {
-                peer: peer.clone(),
-                what,
-            };
             rec.applied_hash
                 .as_ref()
                 .ok_or(missing("hash of the last bundle applied"))?;

@@ -96,6 +96,14 @@ fn only_conflicts_the_restore_made(
     }
 }
 
+/// `ferry rejoin` at `node` exits 1 with an error that contains `needle` and a hint.
+fn refused(c: &Cluster, node: &str, needle: &str) -> String {
+    let (code, _, err) = c.node(node).run(&["rejoin"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(needle) && err.contains("hint:"), "{err}");
+    err
+}
+
 fn peer<'a>(status: &'a Json, name: &str) -> &'a Json {
     status["peers"]
         .as_array()
@@ -177,23 +185,20 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
         p.retain(|k, _| k == "sent" || k == "applied");
     }
     std::fs::write(&record, old.to_string()).unwrap();
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("the state directory's record of hub lacks what rejoin needs")
-            && err.contains("hint:"),
-        "{err}"
+    refused(
+        &c,
+        "site-a",
+        "the state directory's record of hub lacks what rejoin needs",
     );
     std::fs::write(&record, kept).unwrap();
     exec(
         c.url("site-a"),
         "INSERT INTO ferry_change (table_name, row_key, op, wall_us) VALUES ('location', 'x', 'U', 1)",
     );
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("cannot tell the changes made since the restore"),
-        "{err}"
+    refused(
+        &c,
+        "site-a",
+        "cannot tell the changes made since the restore",
     );
     exec(
         c.url("site-a"),
@@ -206,11 +211,10 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
         c.url("site-a"),
         &format!("UPDATE ferry_change SET wall_us = wall_us - 172800000000 WHERE {da02}"),
     );
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("cannot tell the changes made since the restore"),
-        "{err}"
+    refused(
+        &c,
+        "site-a",
+        "cannot tell the changes made since the restore",
     );
     exec(
         c.url("site-a"),
@@ -221,20 +225,11 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     let config = &c.node("site-a").config;
     let text = std::fs::read_to_string(config).unwrap();
     std::fs::write(config, format!("clock_offset_seconds = -86400\n{text}")).unwrap();
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("run `ferry setup`"),
-        "a config out of step with the triggers: {err}"
-    );
+    // A config out of step with the triggers.
+    refused(&c, "site-a", "run `ferry setup`");
     c.node("site-a").ok(&["setup"]);
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("the database's clock reads")
-            && err.contains("Set this machine's clock right"),
-        "{err}"
-    );
+    let err = refused(&c, "site-a", "the database's clock reads");
+    assert!(err.contains("Set this machine's clock right"), "{err}");
     std::fs::write(config, text).unwrap();
     c.node("site-a").ok(&["setup"]);
     let (code, _, err) = c.node("site-a").run(&["export"]);
@@ -269,9 +264,7 @@ fn a_spoke_restored_from_a_backup_rejoins_and_every_node_converges() {
     assert_eq!(r["refused"], serde_json::json!([]), "{r}");
     assert_eq!(r["duplicates"].as_array().unwrap().len(), 1, "{r}");
     // A second rejoin finds nothing to do.
-    let (code, _, err) = c.node("site-a").run(&["rejoin"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("nothing to rejoin"), "{err}");
+    refused(&c, "site-a", "nothing to rejoin");
 
     // site-a's next bundle asks; the hub applies it and answers with every row.
     let r = c.carry("site-a", "hub");
