@@ -4,7 +4,9 @@
 //! - `ferry_meta`: key/value facts (bookkeeping version, the stored plan and its
 //!   fingerprint, the clock offset baked into the triggers).
 //! - `ferry_table`: per synced table, whether capture is enabled (the operator's
-//!   choice, kept across `setup`) and the table's shape at the last setup (for drift).
+//!   choice, kept across `setup`), the table's shape at the last setup (for drift), and
+//!   the highest id counter export has seen (a truncate sets it back:
+//!   [`counters`](super::counters)).
 //! - `ferry_change`: the change log. `change_id` is an entry's position: triggers append
 //!   local changes (no version: it follows from the entry, see
 //!   [`versions`](super::versions)); the importer appends the changes it applied and must
@@ -171,6 +173,9 @@ pub const MIGRATIONS: &[&str] = &[
     // 21: when the peer's bundles showed that its database went back in time (restored
     // from a backup): its next export is a full one, its own rows included (`rejoin`).
     "ALTER TABLE ferry_peer ADD COLUMN rebuild_us BIGINT NULL",
+    // 22: per table, the highest id counter export has seen: one that went back means
+    // the table was emptied by TRUNCATE TABLE, which no trigger sees (`counters`).
+    "ALTER TABLE ferry_table ADD COLUMN id_counter BIGINT UNSIGNED NULL",
 ];
 
 /// Creates the bookkeeping tables and applies pending migrations. Idempotent.

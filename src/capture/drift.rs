@@ -10,7 +10,8 @@
 //! database restored from a dump made without triggers. Nothing else would notice, and
 //! every change to that table would stay on this node. So drift also names each
 //! trigger of a table switched on that is missing, or whose body is not the one this
-//! release installs (after an upgrade of ferry that changed them).
+//! release installs (after an upgrade of ferry that changed them), and each table
+//! emptied by `TRUNCATE TABLE` ([`super::counters`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -30,6 +31,20 @@ use crate::schema::{Schema, SyncPlan, Table};
 pub struct DriftItem {
     pub table: String,
     pub change: String,
+    pub kind: DriftKind,
+}
+
+/// What kind of difference a [`DriftItem`] is: what the operator does about it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftKind {
+    /// The table's shape changed, or it is new or gone: `ferry setup` on every node.
+    Schema,
+    /// A capture trigger is missing or not this release's: `ferry setup` here.
+    Trigger,
+    /// The table was emptied by `TRUNCATE TABLE` ([`super::counters`]): its rows are
+    /// still at the peers; deal with them, then `ferry setup` here.
+    Truncate,
 }
 
 /// Compares the live schema with the shapes stored at the last setup.
@@ -53,10 +68,12 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     for (name, old) in &known {
         match schema.tables.get(name) {
             None => out.push(DriftItem {
+                kind: DriftKind::Schema,
                 table: name.clone(),
                 change: "table was dropped".into(),
             }),
             Some(new) if new != old => out.push(DriftItem {
+                kind: DriftKind::Schema,
                 table: name.clone(),
                 change: describe(old, new),
             }),
@@ -67,6 +84,7 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     for (name, _) in plan.synced() {
         if !known.contains_key(name) {
             out.push(DriftItem {
+                kind: DriftKind::Schema,
                 table: name.to_string(),
                 change: "new table, not captured yet".into(),
             });
@@ -109,6 +127,7 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     for (table, (rows, cascade)) in missing {
         if !rows.is_empty() {
             out.push(DriftItem {
+                kind: DriftKind::Trigger,
                 change: format!(
                     "{} missing: changes to {table} since {} went missing were not captured",
                     triggers(&rows),
@@ -119,6 +138,7 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
         }
         if !cascade.is_empty() {
             out.push(DriftItem {
+                kind: DriftKind::Trigger,
                 change: format!(
                     "{} missing: rows that a delete of {table} took with it (ON DELETE \
                      CASCADE or SET NULL) since it went missing were not captured",
@@ -130,6 +150,7 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
     }
     for (table, names) in outdated {
         out.push(DriftItem {
+            kind: DriftKind::Trigger,
             change: format!(
                 "{} {} this release of ferry installs",
                 triggers(&names),
@@ -142,6 +163,7 @@ pub async fn detect(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, C
             table,
         });
     }
+    out.extend(super::counters::emptied(conn, database).await?);
     out.sort_by(|a, b| a.table.cmp(&b.table));
     Ok(out)
 }
@@ -210,6 +232,7 @@ mod tests {
     fn a_long_drift_is_summed_up_after_its_first_items() {
         let items: Vec<DriftItem> = (0..5)
             .map(|i| DriftItem {
+                kind: DriftKind::Schema,
                 table: format!("t{i}"),
                 change: "changed".into(),
             })

@@ -8,6 +8,7 @@
 
 pub mod bookkeeping;
 pub mod clock;
+pub mod counters;
 pub mod drift;
 pub mod setup;
 pub mod tables;

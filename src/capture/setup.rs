@@ -114,6 +114,8 @@ pub async fn setup(
         report.triggers_created += 1;
     }
     record_captured(conn, &switched_on).await?;
+    // The operator has dealt with any table emptied by a truncate: counters as they are.
+    super::counters::reset(conn, database, None).await?;
     Ok(report)
 }
 

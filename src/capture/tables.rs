@@ -132,6 +132,8 @@ pub async fn set_enabled(
         });
     }
     install_table_triggers(conn, &plan, &schema, table).await?;
+    // What happened while it was off is not captured, a truncate included.
+    super::counters::reset(conn, database, Some(table)).await?;
     captured.insert(table.to_string());
     record_captured(conn, &captured).await?;
     Ok(!was)

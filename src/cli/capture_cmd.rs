@@ -319,6 +319,13 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
         for line in capture::drift::summary(&report.drift, 10) {
             out.line(format!("          {line}"));
         }
+        if report
+            .drift
+            .iter()
+            .any(|d| d.kind == capture::drift::DriftKind::Truncate)
+        {
+            out.line(format!("          {}", capture::counters::EMPTIED_HINT));
+        }
     }
     if report.conflicts.is_empty() {
         out.line("conflicts none unresolved");

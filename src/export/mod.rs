@@ -54,7 +54,7 @@ use serde::Serialize;
 
 use crate::bundle::{BundleError, BundleMeta, BundleName, BundleWriter};
 use crate::capture::clock::db_now_us;
-use crate::capture::drift::{self, DriftItem};
+use crate::capture::drift::{self, DriftItem, DriftKind};
 use crate::capture::setup::{enabled_tables, installed_clock_offset, stored_plan};
 use crate::capture::versions::Floors;
 use crate::capture::CaptureError;
@@ -87,7 +87,7 @@ pub enum ExportError {
     Row(#[from] RowError),
     #[error(transparent)]
     Sort(#[from] SortError),
-    #[error("the schema or ferry's capture changed since the last setup ({})\nhint: run `ferry setup` first, on every node, so that all nodes read bundles the same way", describe(.0))]
+    #[error("the schema or ferry's capture changed since the last setup ({})\nhint: {}", describe(.0), drift_hint(.0))]
     Drift(Vec<DriftItem>),
     #[error("the clock offset in the config ({config} s) is not the one the triggers were set up with ({installed} s)\nhint: run `ferry setup` to apply it")]
     ClockOffset { config: i64, installed: i64 },
@@ -117,6 +117,14 @@ impl From<FetchError> for ExportError {
 
 fn describe(d: &[DriftItem]) -> String {
     drift::summary(d, 3).join("; ")
+}
+
+fn drift_hint(d: &[DriftItem]) -> &'static str {
+    if d.iter().any(|i| i.kind == DriftKind::Truncate) {
+        crate::capture::counters::EMPTIED_HINT
+    } else {
+        "run `ferry setup` first, on every node, so that all nodes read bundles the same way"
+    }
 }
 
 /// What to export.
@@ -172,6 +180,8 @@ pub async fn export(
     if !drift.is_empty() {
         return Err(ExportError::Drift(drift));
     }
+    // From here, a table's id counter going back is a truncate.
+    crate::capture::counters::record(conn, &node.db.database).await?;
     let mut out = Vec::new();
     for p in names {
         out.push(export_peer(conn, fetch, node, &p, opts).await?);
