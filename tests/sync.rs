@@ -477,6 +477,68 @@ fn changes_captured_before_a_table_is_switched_off_still_travel() {
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
 
+/// Issue 4 (review, regression test): a full export left switched-off tables out
+/// entirely, yet moved the cursor past their captured changes like any export: the
+/// changes captured before the switch-off never travelled, and were pruned once the
+/// peer acknowledged the full bundle. Now a full export seals, of such a table, the
+/// rows the range's entries name (an edit, an insert, a delete).
+#[test]
+fn a_full_export_carries_changes_captured_before_a_table_was_switched_off() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let a = c.url("site-a");
+    common::generate(a, 1, 2, 1, 2);
+    c.carry("site-a", "site-b");
+    c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+
+    rename_location(a, &location_uuid(a, 1), "renamed before switch-off");
+    add_locations(a, "before-switch-off", 3);
+    ferry::dev::mariadb::run_sql_blocking(
+        a,
+        "DELETE FROM location WHERE name = 'before-switch-off-2'",
+    )
+    .unwrap();
+    c.node("site-a").ok(&["tables", "disable", "location"]);
+    c.carry_with("site-a", "site-b", &["--full", "--peer", "site-b"]);
+    // site-b's acknowledgement lets site-a prune what the full bundle covered.
+    c.carry_with("site-b", "site-a", &["--heartbeat"]);
+    c.carry("site-a", "site-b");
+    c.node("site-a").ok(&["tables", "enable", "location"]);
+    let names = |url: &str| -> Vec<String> {
+        block_on(async {
+            let mut db = conn(url).await;
+            db.query(
+                "SELECT name FROM location WHERE name LIKE 'before-switch-off-%' \
+                 OR name = 'renamed before switch-off' ORDER BY name",
+            )
+            .await
+            .unwrap()
+        })
+    };
+    assert_eq!(
+        names(c.url("site-b")),
+        [
+            "before-switch-off-1",
+            "before-switch-off-3",
+            "renamed before switch-off"
+        ]
+    );
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
+/// The uuid of location `id` at the site of `url`.
+fn location_uuid(url: &str, id: u32) -> String {
+    block_on(async {
+        let mut db = conn(url).await;
+        db.query_first(format!(
+            "SELECT uuid FROM location WHERE location_id = {id}"
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+    })
+}
+
 /// Adds `n` locations named `prefix-1`..`prefix-n` at the site of `url`.
 fn add_locations(url: &str, prefix: &str, n: u32) {
     ferry::dev::mariadb::run_sql_blocking(

@@ -290,15 +290,21 @@ impl<'a> Sealer<'a> {
     /// read in the snapshot a batch at a time (by local id; a table without one,
     /// which in OpenMRS is a small association table, at once), their values as they
     /// are now, as in any export (a row changed since travels again in the next
-    /// bundle). Tables sync is switched off for (`enabled` false) are left out.
+    /// bundle). Of a table sync is switched off for (`enabled` false), only the rows
+    /// the range's entries name go, the same way: changes captured before the switch-off
+    /// travel in a full export as in any other (issue 4 review: the cursor moves past
+    /// them all the same).
     pub async fn seal_full(
         &mut self,
         fetch: &mut Conn,
         enabled: &BTreeMap<String, bool>,
+        range: Sorted,
     ) -> Result<u64, ExportError> {
         self.full = true;
+        let mut range = range.peekable();
         for (rank, table) in self.tables.iter().enumerate() {
             if !enabled.get(table).copied().unwrap_or(true) {
+                self.seal_range_rows(fetch, rank, &mut range).await?;
                 continue;
             }
             if !self.fetchers.contains_key(table) {
@@ -358,6 +364,60 @@ impl<'a> Sealer<'a> {
         }
         self.drain(fetch).await?;
         Ok(self.changes)
+    }
+
+    /// In a full export, seals the rows of table `rank` that the range's entries name
+    /// (each once, a tombstone where its last entry is a delete), skipping the entries
+    /// of the tables before it.
+    async fn seal_range_rows(
+        &mut self,
+        fetch: &mut Conn,
+        rank: usize,
+        range: &mut std::iter::Peekable<Sorted>,
+    ) -> Result<(), ExportError> {
+        let mut batch: Vec<Group> = Vec::new();
+        let mut last: Option<(String, Option<i64>, u8)> = None;
+        loop {
+            let item = match range.peek() {
+                Some(Ok(e)) if (e.rank as usize) < rank => {
+                    range.next();
+                    continue;
+                }
+                Some(Ok(e)) if e.rank as usize == rank => match range.next() {
+                    Some(Ok(e)) => Some(e),
+                    _ => unreachable!("peeked"),
+                },
+                Some(Err(_)) => match range.next() {
+                    Some(Err(e)) => return Err(ExportError::Sort(e)),
+                    _ => unreachable!("peeked"),
+                },
+                _ => None,
+            };
+            let same = matches!((&item, &last), (Some(e), Some((k, ..))) if *k == e.row_key);
+            if !same {
+                if let Some((key, row_id, op)) = last.take() {
+                    let op = if op == b'D' { b'D' } else { b'U' };
+                    batch.push(full_group(rank, row_id, key, op));
+                    if batch.len() >= BATCH {
+                        self.flush(fetch, &mut batch).await?;
+                    }
+                }
+            }
+            let Some(e) = item else { break };
+            match &mut last {
+                Some((_, row_id, op)) if same => {
+                    if e.row_id.is_some() {
+                        *row_id = e.row_id;
+                    }
+                    *op = e.op;
+                }
+                _ => last = Some((e.row_key, e.row_id, e.op)),
+            }
+        }
+        if !batch.is_empty() {
+            self.flush(fetch, &mut batch).await?;
+        }
+        Ok(())
     }
 
     /// Stage timings so far.

@@ -380,10 +380,12 @@ async fn export_peer(
                 sealer.include_peer_rows = rebuild.is_some();
                 let changes = if full {
                     // Every row as it stands in the snapshot covers the range's changes
-                    // (the range was read only for its horizon, the peer's next cursor).
-                    drop(range.sorter);
+                    // (the range gives the horizon, the peer's next cursor, and the rows
+                    // of tables switched off whose changes it holds).
                     let enabled = enabled_tables(fetch).await?;
-                    sealer.seal_full(fetch, &enabled).await?
+                    sealer
+                        .seal_full(fetch, &enabled, range.sorter.finish()?)
+                        .await?
                 } else {
                     sealer.seal(fetch, range.sorter.finish()?).await?
                 };
