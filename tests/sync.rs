@@ -539,6 +539,61 @@ fn location_uuid(url: &str, id: u32) -> String {
     })
 }
 
+/// Issue 4 (review, regression test): a patient's identity is its person's uuid. A
+/// person made since the last export may get a new uuid (the peer holds neither), but
+/// the patient's log entry kept the old identity and no entry gave it the new one:
+/// export found the patient under another identity, skipped it, and moved the cursor
+/// past it, so the person arrived without its patient. Now export refuses the new uuid
+/// of a row that other rows take their identity from, as it does for one that rows
+/// refer to; changed back, both travel.
+#[test]
+fn a_new_uuid_for_a_person_made_with_its_patient_is_refused_until_undone() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let a = c.url("site-a");
+    let old = "eeeeeeee-0000-4000-8000-000000000001";
+    let new = "eeeeeeee-0000-4000-8000-000000000002";
+    let sql = |stmt: &str| ferry::dev::mariadb::run_sql_blocking(a, stmt).unwrap();
+    sql(&format!(
+        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{old}'); \
+         INSERT INTO patient (patient_id, creator, date_created, voided) \
+         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{old}'; \
+         UPDATE person SET uuid = '{new}' WHERE uuid = '{old}'"
+    ));
+    let (code, _, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "{err}");
+    for part in [
+        "person row",
+        "a patient row takes its identity from it (by patient.patient_id)",
+        &format!("UPDATE person SET uuid = '{old}' WHERE person_id ="),
+    ] {
+        assert!(err.contains(part), "{part:?} not in {err}");
+    }
+    assert!(
+        c.outbox("site-a", "site-b").is_empty(),
+        "no bundle was written"
+    );
+
+    sql(&format!(
+        "UPDATE person SET uuid = '{old}' WHERE uuid = '{new}'"
+    ));
+    c.carry("site-a", "site-b");
+    let patients = |url: &str| -> u64 {
+        block_on(async {
+            let mut db = conn(url).await;
+            db.query_first(format!(
+                "SELECT COUNT(*) FROM patient p JOIN person s ON s.person_id = p.patient_id \
+                 WHERE s.uuid = '{old}'"
+            ))
+            .await
+            .unwrap()
+            .unwrap()
+        })
+    };
+    assert_eq!((patients(a), patients(c.url("site-b"))), (1, 1));
+    assert_eq!(c.verify("site-a"), c.verify("site-b"));
+}
+
 /// Adds `n` locations named `prefix-1`..`prefix-n` at the site of `url`.
 fn add_locations(url: &str, prefix: &str, n: u32) {
     ferry::dev::mariadb::run_sql_blocking(
