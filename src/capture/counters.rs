@@ -53,8 +53,8 @@ async fn recorded(conn: &mut Conn) -> Result<BTreeMap<String, u64>, DbError> {
 /// `ferry status`.
 pub const EMPTIED_HINT: &str = "a table emptied by TRUNCATE TABLE still has its rows at the \
     peers: if they should go everywhere, empty it the same way on every node; if not, put \
-    them back from a backup. Then run `ferry setup` on this node: it takes the id counters \
-    as they are";
+    them back from a backup (see \"When something is wrong\" in docs/operations.md). Then \
+    run `ferry setup` on this node: it takes the id counters as they are";
 
 /// The tables switched on whose id counter went back below the recorded one, as drift.
 pub async fn emptied(conn: &mut Conn, database: &str) -> Result<Vec<DriftItem>, DbError> {
