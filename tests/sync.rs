@@ -594,6 +594,62 @@ fn a_new_uuid_for_a_person_made_with_its_patient_is_refused_until_undone() {
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
 
+/// Issue 4 (review, regression test): a patient deleted with its person (as OpenMRS's
+/// purge does) stopped the peer's import for good. The bundle deletes the person first
+/// (parents first); the patient's identity, its person's uuid, then found no row, so its
+/// delete counted as a tombstone only, the patient row stayed, and the check of deleted
+/// rows refused the bundle. Now the applier remembers the local ids of the rows it
+/// deleted that other rows take their identity from.
+#[test]
+fn a_patient_deleted_with_its_person_is_deleted_at_the_peer() {
+    let c = Cluster::star(&["hub", "s1"], &Source::Fixture);
+    let s1 = c.url("s1");
+    let p = "22222222-0000-4000-8000-0000000000aa";
+    let sql = |stmt: &str| ferry::dev::mariadb::run_sql_blocking(s1, stmt).unwrap();
+    sql(&format!(
+        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ('U', '1990-05-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
+         INSERT INTO patient (patient_id, creator, date_created, voided) \
+         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{p}'"
+    ));
+    c.carry("s1", "hub");
+    let count = |url: &str, q: &str| -> u64 {
+        block_on(async {
+            let mut db = conn(url).await;
+            db.query_first(q).await.unwrap().unwrap()
+        })
+    };
+    let held = |url: &str| {
+        (
+            count(
+                url,
+                &format!("SELECT COUNT(*) FROM person WHERE uuid = '{p}'"),
+            ),
+            count(
+                url,
+                "SELECT COUNT(*) FROM patient LEFT JOIN person ON person_id = patient_id \
+                 WHERE person.person_id IS NULL",
+            ),
+        )
+    };
+    let patients = |url: &str| count(url, "SELECT COUNT(*) FROM patient");
+    assert_eq!(held(c.url("hub")), (1, 0));
+    let before = patients(c.url("hub"));
+    sql(&format!(
+        "DELETE patient FROM patient JOIN person ON person_id = patient_id WHERE uuid = '{p}'; \
+         DELETE FROM person WHERE uuid = '{p}'"
+    ));
+    let report = c.carry("s1", "hub");
+    assert_eq!(report["applied"][0]["changes"], 2, "{report}");
+    assert_eq!(
+        held(c.url("hub")),
+        (0, 0),
+        "no person, and no patient without one"
+    );
+    assert_eq!(patients(c.url("hub")), before - 1);
+    assert_eq!(c.verify("hub"), c.verify("s1"));
+}
+
 /// Adds `n` locations named `prefix-1`..`prefix-n` at the site of `url`.
 fn add_locations(url: &str, prefix: &str, n: u32) {
     ferry::dev::mariadb::run_sql_blocking(

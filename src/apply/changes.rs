@@ -34,9 +34,11 @@ use crate::export::rows::TableReader;
 use crate::schema::plan::SyncedTable;
 use crate::schema::{Identity as Rule, Schema, SyncPlan, Table};
 
+mod gone;
 mod translate;
 mod write;
 
+use gone::Gone;
 use write::Writes;
 
 /// Changes applied per chunk.
@@ -171,6 +173,8 @@ pub struct Applier<'a> {
     /// What the rows this bundle deleted held in each column a foreign key refers to,
     /// by (table, column): checked at the end (`Applier::check_deletes`).
     deleted: BTreeMap<(String, String), Vec<MyValue>>,
+    /// Local ids of the rows deleted so far that other rows take their identity from.
+    gone: Gone,
     now_us: i64,
     /// When the sender sealed the bundle (its clock), for the skew check.
     pub created_us: i64,
@@ -214,6 +218,7 @@ impl<'a> Applier<'a> {
             fixups: Vec::new(),
             fixup_rows: HashSet::new(),
             deleted: BTreeMap::new(),
+            gone: Gone::new(plan),
             now_us,
             created_us: now_us,
             max_skew_us: i64::MAX / 2,
@@ -462,7 +467,8 @@ impl<'a> Applier<'a> {
         // identity's unique index would refuse it if it existed (see `insert_presumed`).
         let mut clock = Instant::now();
         let ids: Vec<Identity> = changes.iter().map(|c| c.identity.clone()).collect();
-        let keys = resolver.key_values(conn, &table, &ids).await?;
+        let mut keys = resolver.key_values(conn, &table, &ids).await?;
+        self.keys_of_gone(conn, &table, &changes, &mut keys).await?;
         let keyed = clock.elapsed();
         self.timings.keys += keyed;
         let uniques = unique_columns(&table, synced, info);
@@ -639,7 +645,7 @@ impl<'a> Applier<'a> {
         self.timings.unique += lap(&mut clock);
         // 4. Write.
         self.note_deletes(conn, &table, synced, &deletes).await?;
-        for (i, key, _) in &deletes {
+        for (i, key, local_id) in &deletes {
             let cond = key_condition(&synced.identity);
             conn.exec_drop(
                 format!("DELETE FROM {} WHERE {cond}", ident(&table)),
@@ -647,6 +653,7 @@ impl<'a> Applier<'a> {
             )
             .await
             .map_err(DbError::query(format!("deleting a {table} row")))?;
+            self.gone.note(&table, &changes[*i].identity, *local_id);
             self.ids.forget(&table, &row_keys[*i]);
             self.stats.deleted += 1;
         }
