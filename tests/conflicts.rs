@@ -355,6 +355,51 @@ fn two_site_system_id_and_email_collisions_are_suffixed_everywhere() {
     );
 }
 
+/// Issue 4 (review, regression test): one bundle moves a unique value from one row to
+/// another (daemon gives up an email, admin takes it). The receiver checked the
+/// incoming value against the rows as they were before the bundle's own updates, saw a
+/// collision the same bundle removes, and suffixed the taker's email there only. Now a
+/// row that the same chunk gives another value is no holder, and it is written first
+/// (the unique index would refuse the other order).
+#[test]
+fn a_unique_value_moved_between_rows_in_one_bundle_arrives_as_it_is() {
+    const ADMIN: &str = "3ebe6194-d7f2-4faf-a8f1-17a062a505d0";
+    const DAEMON: &str = "65fb8e95-aeec-4e01-a893-4b6dc4b80b60";
+    let c = Cluster::star(&["hub", "s1"], &Source::Fixture);
+    let email = |at: &str, uuid: &str| -> Option<String> {
+        block_on(async {
+            let mut db = conn(c.url(at)).await;
+            db.exec_first("SELECT email FROM users WHERE uuid = ?", (uuid,))
+                .await
+                .unwrap()
+                .flatten()
+        })
+    };
+    let set = |uuid: &str, value: &str| {
+        exec(
+            c.url("s1"),
+            "UPDATE users SET email = ? WHERE uuid = ?",
+            vec![value.into(), uuid.into()],
+        )
+    };
+    set(DAEMON, "a@x");
+    c.carry("s1", "hub");
+    // The bundle holds admin (the lower id) first: written in that order, the unique
+    // index would refuse admin's update while daemon still holds the value.
+    set(DAEMON, "b@x");
+    set(ADMIN, "a@x");
+    c.carry("s1", "hub");
+    let at = |n: &str| (email(n, ADMIN), email(n, DAEMON));
+    assert_eq!(at("s1"), (Some("a@x".into()), Some("b@x".into())));
+    assert_eq!(at("hub"), at("s1"));
+    assert!(
+        conflicts(&c, "hub").is_empty(),
+        "{:?}",
+        conflicts(&c, "hub")
+    );
+    assert_converged(&c);
+}
+
 /// Rule 4: keeping the loser restores it as a new edit that wins everywhere, as a
 /// fast-forward that records nothing more; keeping the winner only marks it resolved.
 #[test]

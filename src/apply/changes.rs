@@ -637,9 +637,12 @@ impl<'a> Applier<'a> {
                 floors: &self.floors,
                 me: &self.me,
             };
-            let found = check.resolve(conn, &writes, &mut translated).await?;
+            let (found, releasing) = check.resolve(conn, &writes, &mut translated).await?;
             self.stats.conflicts += found.len() as u64;
             self.conflicts.extend(found);
+            // Rows giving up a value another row of the chunk takes go first (a unique
+            // index would refuse the other order).
+            updates.sort_by_key(|u| !releasing.contains(&u.0));
         }
 
         self.timings.unique += lap(&mut clock);

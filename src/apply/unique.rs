@@ -112,14 +112,24 @@ pub struct Check<'a> {
 impl Check<'_> {
     /// Resolves every collision of the rows about to be written (`writes`, with their
     /// translated values): suffixes incoming values or renames local rows. Returns the
-    /// conflicts to record.
+    /// conflicts to record, and the writes that give up a value another write of the
+    /// chunk takes (they must be written first).
+    ///
+    /// A row holding a value that the same chunk writes with another value is no
+    /// collision: after the chunk it no longer holds it (issue 4 review: a value moved
+    /// from one row to another in one bundle was suffixed at the receiver only).
     pub async fn resolve(
         &self,
         conn: &mut Conn,
         writes: &[usize],
         translated: &mut HashMap<usize, Vec<MyValue>>,
-    ) -> Result<Vec<NewConflict>, ImportError> {
+    ) -> Result<(Vec<NewConflict>, Vec<usize>), ImportError> {
         let mut out = Vec::new();
+        let mut releasing = Vec::new();
+        let written: HashMap<String, usize> = writes
+            .iter()
+            .map(|&i| (identity_text(&self.changes[i].identity), i))
+            .collect();
         for u in self.columns {
             let mut wanted: Vec<(usize, String)> = Vec::new();
             for &i in writes {
@@ -142,9 +152,24 @@ impl Check<'_> {
                 let c = &self.changes[i];
                 let mine = identity_text(&c.identity);
                 let fold = value.to_lowercase();
-                let Some((other_key, other_value)) = found
+                // The holder gives the value up in this chunk (its new value differs).
+                let released = |k: &str| {
+                    written.get(k).is_some_and(|&j| {
+                        text_of(&translated[&j][u.idx]).is_none_or(|t| t.to_lowercase() != fold)
+                    })
+                };
+                let mut holders = found
                     .iter()
-                    .find(|(k, v)| *k != mine && v.to_lowercase() == fold)
+                    .filter(|(k, v)| *k != mine && v.to_lowercase() == fold);
+                let Some((other_key, other_value)) = holders
+                    .find(|(k, _)| {
+                        if released(k) {
+                            releasing.push(written[k.as_str()]);
+                            false
+                        } else {
+                            true
+                        }
+                    })
                     .cloned()
                 else {
                     continue;
@@ -192,7 +217,7 @@ impl Check<'_> {
                 }
             }
         }
-        Ok(out)
+        Ok((out, releasing))
     }
 
     fn conflict(&self, key: String, u: &UniqueColumn, winner: Side, loser: Side) -> NewConflict {
