@@ -155,7 +155,7 @@ impl Check<'_> {
                 // The holder gives the value up in this chunk (its new value differs).
                 let released = |k: &str| {
                     written.get(k).is_some_and(|&j| {
-                        text_of(&translated[&j][u.idx]).is_none_or(|t| t.to_lowercase() != fold)
+                        !matches!(text_of(&translated[&j][u.idx]), Some(t) if t.to_lowercase() == fold)
                     })
                 };
                 let mut holders = found

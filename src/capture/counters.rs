@@ -91,7 +91,7 @@ pub async fn record(conn: &mut Conn, database: &str) -> Result<(), DbError> {
         .into_iter()
         .filter_map(|(t, was)| {
             let now = *live.get(&t)?;
-            (was.is_none_or(|w| now > w)).then_some((t, now))
+            (!matches!(was, Some(w) if now <= w)).then_some((t, now))
         })
         .collect();
     for (table, now) in grown {
