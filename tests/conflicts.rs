@@ -552,3 +552,99 @@ fn a_run_of_bundles_into_a_new_node_still_sees_the_versions_it_settled() {
     assert_eq!(list[0]["loser"]["node"], "s1", "{}", list[0]);
     assert_eq!(c.verify("s3"), c.verify("hub"));
 }
+
+/// Issue 4 (review, a known problem, regression test for its message and its repair): a
+/// person and its name deleted at one site while another edits the name. Neither side
+/// can apply the other's bundle: the deleting site lacks the person the edit refers
+/// to, the editing site still has a name that refers to the deleted person. The
+/// deleting site's error used to say the person was neither in the bundle nor in the
+/// database and to check the sender's tables; now it says the person was deleted here
+/// and points to the repair, and the repair that docs/operations.md gives ("Known
+/// problems") brings every node to the same rows.
+#[test]
+fn a_delete_meeting_an_edit_of_a_row_that_refers_to_it_is_named_and_repaired() {
+    const N: &str = "33333333-0000-4000-8000-0000000000aa";
+    let c = Cluster::star(&["hub", "s1"], &Source::Fixture);
+    new_person(&c, "hub", P);
+    exec(
+        c.url("hub"),
+        "INSERT INTO person_name (preferred, person_id, given_name, family_name, creator, \
+         date_created, voided, uuid) SELECT 1, person_id, 'Ann', 'Lee', 1, \
+         '2024-01-01 08:00:00', 0, ? FROM person WHERE uuid = ?",
+        vec![N.into(), P.into()],
+    );
+    c.carry("hub", "s1");
+    let s1 = c.url("s1");
+    exec(s1, "DELETE FROM person_name WHERE uuid = ?", vec![N.into()]);
+    exec(s1, "DELETE FROM person WHERE uuid = ?", vec![P.into()]);
+    c.node("s1").ok(&["export"]);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    exec(
+        c.url("hub"),
+        "UPDATE person_name SET given_name = 'Anne' WHERE uuid = ?",
+        vec![N.into()],
+    );
+    c.node("hub").ok(&["export"]);
+    let stick = c.stick.path().to_str().unwrap();
+    let carry = |from: &str, to: &str| {
+        c.node(from).ok(&["send", stick]);
+        c.node(to).ok(&["receive", stick]);
+        let (code, out, err) = c.node(to).run(&["import"]);
+        (code, format!("{out}{err}"))
+    };
+    let (code, err) = carry("s1", "hub");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("person_name.person_id here still refers to"),
+        "{err}"
+    );
+    let (code, err) = carry("hub", "s1");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("to person row {P}, which was deleted here"))
+            && err.contains("Known problems"),
+        "{err}"
+    );
+
+    // The repair, keeping the deletion: the hub deletes the edited name, and its import
+    // goes on; s1 puts the person back without capturing it, imports the edit and the
+    // name's deletion, then deletes the person again.
+    exec(
+        c.url("hub"),
+        "DELETE FROM person_name WHERE uuid = ?",
+        vec![N.into()],
+    );
+    c.node("hub").ok(&["import"]);
+    block_on(async {
+        let mut db = conn(s1).await;
+        db.query_drop("SET @ferry_origin = 'restore'")
+            .await
+            .unwrap();
+        db.exec_drop(
+            "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+             VALUES ('U', '1990-05-01', 1, '2024-01-01 08:00:00', 0, ?)",
+            (P,),
+        )
+        .await
+        .unwrap();
+    });
+    c.node("s1").ok(&["import"]);
+    c.carry("hub", "s1");
+    exec(s1, "DELETE FROM person WHERE uuid = ?", vec![P.into()]);
+    sync_all(&c);
+    for at in ["hub", "s1"] {
+        let left: u64 = block_on(async {
+            let mut db = conn(c.url(at)).await;
+            db.exec_first(
+                "SELECT (SELECT COUNT(*) FROM person WHERE uuid = ?) + \
+                 (SELECT COUNT(*) FROM person_name WHERE uuid = ?)",
+                (P, N),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        });
+        assert_eq!(left, 0, "{at}");
+    }
+    assert_converged(&c);
+}

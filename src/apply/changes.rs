@@ -377,7 +377,26 @@ impl<'a> Applier<'a> {
             .filter(|(_, _, deleted, _)| !deleted)
             .map(|(i, ..)| identity_text(&changes[*i].identity))
             .collect();
-        let local_values = read_values(conn, &reader, &keys).await?;
+        let local_values = match read_values(conn, &reader, &keys).await {
+            // A local row that lost a delete refers to a row this run deleted: the
+            // delete check's refusal, said now (reading it in uuid space cannot).
+            Err(ImportError::Row(crate::export::rows::RowError::Dangling {
+                table: child,
+                column,
+                target,
+                value,
+                ..
+            })) if self.deleted.keys().any(|(t, _)| *t == target) => {
+                return Err(ImportError::StillReferenced {
+                    table: target,
+                    child,
+                    column,
+                    example: value,
+                    sender: self.sender.clone(),
+                });
+            }
+            r => r?,
+        };
         for (i, local_version, local_deleted, incoming_wins) in list {
             let c = &changes[*i];
             let key = identity_text(&c.identity);
@@ -797,6 +816,7 @@ impl<'a> Applier<'a> {
             identity: id.0.join(", "),
             sender: self.sender.clone(),
             also: Default::default(),
+            deleted_here: false,
         }))
     }
 

@@ -115,7 +115,7 @@ pub enum ImportError {
 
 /// A reference that resolves to no row (boxed in [`ImportError`] to keep it small).
 #[derive(Debug, thiserror::Error)]
-#[error("{table} row {row} refers through {column} to {target} row {identity}, which is neither in the bundle from {sender} nor in this database{}\nhint: check that {target} is enabled on {sender} (`ferry tables` there) and that no bundle from {sender} is missing; nothing of this bundle was applied, it stays in the inbox", named_also(also))]
+#[error("{table} row {row} refers through {column} to {target} row {identity}, {}", self.why())]
 pub struct MissingReference {
     pub table: String,
     pub row: String,
@@ -125,9 +125,34 @@ pub struct MissingReference {
     pub sender: String,
     /// Other rows (table, identity) the bundle refers to and nobody has.
     pub also: BTreeSet<(String, String)>,
+    /// The first row missing was deleted here: a delete met an edit of a row that
+    /// refers to it (a known problem, docs/operations.md).
+    pub deleted_here: bool,
 }
 
 impl MissingReference {
+    fn why(&self) -> String {
+        let (target, sender) = (&self.target, &self.sender);
+        if self.deleted_here {
+            format!(
+                "which was deleted here: {sender} changed a row that refers to it, not knowing \
+                 of the delete{}\nhint: decide whether the deleted row or the change should \
+                 stay, and follow \"Known problems\" in docs/operations.md (a row deleted at one \
+                 node while another edits a row that refers to it); nothing of this bundle was \
+                 applied, it stays in the inbox",
+                named_also(&self.also)
+            )
+        } else {
+            format!(
+                "which is neither in the bundle from {sender} nor in this database{}\nhint: check \
+                 that {target} is enabled on {sender} (`ferry tables` there) and that no bundle \
+                 from {sender} is missing; nothing of this bundle was applied, it stays in the \
+                 inbox",
+                named_also(&self.also)
+            )
+        }
+    }
+
     /// Notes another row the bundle lacks (the first one named is not repeated).
     pub fn also_missing(&mut self, target: &str, identity: String) {
         if (target, identity.as_str()) != (self.target.as_str(), self.identity.as_str()) {
@@ -820,6 +845,7 @@ mod tests {
             identity: "l1".into(),
             sender: "site-a".into(),
             also: BTreeSet::new(),
+            deleted_here: false,
         };
         let alone = m.to_string();
         assert!(alone.contains("nor in this database\nhint: "), "{alone}");

@@ -355,6 +355,7 @@ impl<'a> Applier<'a> {
                                 identity: identity.clone(),
                                 sender: self.sender.clone(),
                                 also: Default::default(),
+                                deleted_here: false,
                             })
                             .also_missing(&f.target, identity);
                         continue;
@@ -410,7 +411,10 @@ impl<'a> Applier<'a> {
             }
         }
         match missing {
-            Some(m) => Err(ImportError::MissingReference(Box::new(m))),
+            Some(mut m) => {
+                m.deleted_here = deleted_here(conn, &m.target, &m.identity).await?;
+                Err(ImportError::MissingReference(Box::new(m)))
+            }
             None => Ok(()),
         }
     }
@@ -539,4 +543,19 @@ impl<'a> Applier<'a> {
         }
         Ok(())
     }
+}
+
+/// Whether the row of `table` with identity text `key` was deleted here: a tombstone in
+/// `ferry_row`, or a delete in the log.
+async fn deleted_here(conn: &mut Conn, table: &str, key: &str) -> Result<bool, DbError> {
+    let found: Option<i64> = conn
+        .exec_first(
+            "SELECT 1 FROM ferry_row WHERE table_name = ? AND row_key = ? AND deleted = 1 \
+             UNION ALL SELECT 1 FROM ferry_change FORCE INDEX (ferry_change_row) \
+             WHERE table_name = ? AND row_key = ? AND op = 'D' LIMIT 1",
+            (table, key, table, key),
+        )
+        .await
+        .map_err(DbError::query("reading the deleted rows"))?;
+    Ok(found.is_some())
 }
