@@ -378,20 +378,15 @@ impl<'a> Sealer<'a> {
         let mut batch: Vec<Group> = Vec::new();
         let mut last: Option<(String, Option<i64>, u8)> = None;
         loop {
-            let item = match range.peek() {
-                Some(Ok(e)) if (e.rank as usize) < rank => {
-                    range.next();
-                    continue;
-                }
-                Some(Ok(e)) if e.rank as usize == rank => match range.next() {
-                    Some(Ok(e)) => Some(e),
-                    _ => unreachable!("peeked"),
-                },
-                Some(Err(_)) => match range.next() {
-                    Some(Err(e)) => return Err(ExportError::Sort(e)),
-                    _ => unreachable!("peeked"),
-                },
-                _ => None,
+            // The entries of the tables before it: their full scans cover them.
+            while range
+                .next_if(|e| matches!(e, Ok(e) if (e.rank as usize) < rank))
+                .is_some()
+            {}
+            let item = match range.next_if(|e| !matches!(e, Ok(e) if e.rank as usize > rank)) {
+                Some(Ok(e)) => Some(e),
+                Some(Err(e)) => return Err(ExportError::Sort(e)),
+                None => None,
             };
             let same = matches!((&item, &last), (Some(e), Some((k, ..))) if *k == e.row_key);
             if !same {
