@@ -128,19 +128,14 @@ pub fn triggers_for(
     };
     let (new_key, old_key) = (key_of("NEW")?, key_of("OLD")?);
     let row_id = |row: &str| local_id(info, row);
-    let entry_at = |op: &str, row: &str, key: &str, cols: &str, wall: &str| {
+    let entry = |op: &str, row: &str, key: &str, cols: &str| {
         format!(
-            "({}, {}, {key}, '{op}', {cols}, {wall})",
+            "({}, {}, {key}, '{op}', {cols}, {})",
             literal(table),
             row_id(row),
+            now_us(clock_offset_us)
         )
     };
-    let now = now_us(clock_offset_us);
-    let entry = |op: &str, row: &str, key: &str, cols: &str| entry_at(op, row, key, cols, &now);
-    // A change of a row this node changed before is written after that change even
-    // when the clock was set back since (issue 4 review: its version was then smaller
-    // than the one it replaced, which its peers had, and nodes could part ways).
-    let after = |key: &str| after_row(table, key, &now);
     // One statement per write: its entries take consecutive positions (below).
     let insert = |entries: &[String]| {
         format!(
@@ -183,7 +178,7 @@ pub fn triggers_for(
             ),
             Event::Delete => format!(
                 "IF {ORIGIN_VARIABLE} IS NULL THEN {}; END IF",
-                insert(&[entry_at("D", "OLD", &old_key, "NULL", &after(&old_key))])
+                insert(&[entry("D", "OLD", &old_key, "NULL")])
             ),
             Event::Update => format!(
                 "BEGIN DECLARE ferry_cols TEXT; IF {ORIGIN_VARIABLE} IS NULL THEN \
@@ -191,16 +186,10 @@ pub fn triggers_for(
                  IF {identity_changed} THEN {}; \
                  ELSEIF ferry_cols <> '' THEN {}; END IF; END IF; END",
                 insert(&[
-                    entry_at("D", "OLD", &old_key, "NULL", &after(&old_key)),
+                    entry("D", "OLD", &old_key, "NULL"),
                     entry("I", "NEW", &new_key, "NULL")
                 ]),
-                insert(&[entry_at(
-                    "U",
-                    "NEW",
-                    &new_key,
-                    "ferry_cols",
-                    &after(&new_key)
-                )]),
+                insert(&[entry("U", "NEW", &new_key, "ferry_cols")]),
             ),
             Event::Cascade => continue, // not in `ALL`: below, where deletes cascade
         };
@@ -437,21 +426,6 @@ fn local_id(table: &Table, row: &str) -> String {
         [pk] if table.column(pk).is_some_and(|c| c.is_integer()) => format!("{row}.{}", ident(pk)),
         _ => "NULL".to_string(),
     }
-}
-
-/// The wall time of a change of the row of `table` with identity `key` (SQL): `now`,
-/// or just after this node's latest change of that row where that is later (the clock
-/// was set back since), in the log or folded into `ferry_row` by pruning. Its version
-/// is then greater than the one it replaces (floors take care of versions received).
-fn after_row(table: &str, key: &str, now: &str) -> String {
-    let t = literal(table);
-    format!(
-        "GREATEST({now}, \
-         COALESCE((SELECT MAX(wall_us) FROM {CHANGE_TABLE} \
-         WHERE table_name = {t} AND row_key = {key} AND origin IS NULL), -1) + 1, \
-         COALESCE((SELECT version_wall FROM ferry_row \
-         WHERE table_name = {t} AND row_key = {key}), -1) + 1)"
-    )
 }
 
 /// Wall time in microseconds since the epoch at the moment of the write, independent of

@@ -21,13 +21,9 @@
 //!   an entry written later, which may take that very position, wins the tie), and
 //!   pruning folds there the latest version of the entries it deletes.
 //!
-//! Positions order a row's history. Versions follow it too: an update or delete trigger
-//! writes its wall time after this node's latest change of the row, should the clock
-//! have been set back since ([`crate::capture::triggers`]), so a later edit never gets a
-//! smaller version than the one it replaced (nodes holding the first would take the
-//! second on top of it, while the editing node let a concurrent version between the two
-//! win, and they parted ways). The apply rules still treat an edit on top of the local
-//! version as a fast-forward whatever its version (bundles of older releases).
+//! Positions order a row's history, not versions: a wall clock stepping back can give a
+//! later edit a smaller version, and the apply rules treat an edit on top of the local
+//! version as a fast-forward whatever its version.
 
 use std::collections::HashMap;
 
