@@ -359,8 +359,9 @@ fn two_site_system_id_and_email_collisions_are_suffixed_everywhere() {
 /// another (daemon gives up an email, admin takes it). The receiver checked the
 /// incoming value against the rows as they were before the bundle's own updates, saw a
 /// collision the same bundle removes, and suffixed the taker's email there only. Now a
-/// row that the same chunk gives another value is no holder, and it is written first
-/// (the unique index would refuse the other order).
+/// row that the same chunk gives another value is no holder, and the value it gives up
+/// is parked before the updates (the unique index would refuse one order, and a swap in
+/// both).
 #[test]
 fn a_unique_value_moved_between_rows_in_one_bundle_arrives_as_it_is() {
     const ADMIN: &str = "3ebe6194-d7f2-4faf-a8f1-17a062a505d0";
@@ -391,6 +392,21 @@ fn a_unique_value_moved_between_rows_in_one_bundle_arrives_as_it_is() {
     c.carry("s1", "hub");
     let at = |n: &str| (email(n, ADMIN), email(n, DAEMON));
     assert_eq!(at("s1"), (Some("a@x".into()), Some("b@x".into())));
+    assert_eq!(at("hub"), at("s1"));
+    assert!(
+        conflicts(&c, "hub").is_empty(),
+        "{:?}",
+        conflicts(&c, "hub")
+    );
+    assert_converged(&c);
+
+    // The two swap their values (through a third one at s1): no order of the two
+    // updates suits the index, so the values given up are parked first.
+    set(ADMIN, "tmp@x");
+    set(DAEMON, "a@x");
+    set(ADMIN, "b@x");
+    c.carry("s1", "hub");
+    assert_eq!(at("s1"), (Some("b@x".into()), Some("a@x".into())));
     assert_eq!(at("hub"), at("s1"));
     assert!(
         conflicts(&c, "hub").is_empty(),

@@ -386,7 +386,10 @@ impl<'a> Applier<'a> {
                 target,
                 value,
                 ..
-            })) if self.deleted.keys().any(|(t, _)| *t == target) => {
+            })) if self.deleted.iter().any(|((t, _), gone)| {
+                *t == target && gone.iter().any(|v| value_text(v) == value)
+            }) =>
+            {
                 return Err(ImportError::StillReferenced {
                     table: target,
                     child,
@@ -659,9 +662,27 @@ impl<'a> Applier<'a> {
             let (found, releasing) = check.resolve(conn, &writes, &mut translated).await?;
             self.stats.conflicts += found.len() as u64;
             self.conflicts.extend(found);
-            // Rows giving up a value another row of the chunk takes go first (a unique
-            // index would refuse the other order).
-            updates.sort_by_key(|u| !releasing.contains(&u.0));
+            // Values another row of the chunk takes are parked first, so that the
+            // unique index takes the updates in any order (two rows swapping values
+            // included); each row's own update then writes its new value.
+            for (n, (i, idx)) in releasing.into_iter().enumerate() {
+                let Some((_, key, _)) = updates.iter().find(|u| u.0 == i) else {
+                    continue;
+                };
+                let cond = key_condition(&synced.identity);
+                let mut params = vec![MyValue::from(format!("~ferry{n}"))];
+                params.extend(key.iter().cloned());
+                conn.exec_drop(
+                    format!(
+                        "UPDATE {} SET {} = ? WHERE {cond}",
+                        ident(&table),
+                        ident(&synced.columns[idx])
+                    ),
+                    params,
+                )
+                .await
+                .map_err(DbError::query(format!("parking a unique value of {table}")))?;
+            }
         }
 
         self.timings.unique += lap(&mut clock);

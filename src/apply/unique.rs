@@ -113,7 +113,8 @@ impl Check<'_> {
     /// Resolves every collision of the rows about to be written (`writes`, with their
     /// translated values): suffixes incoming values or renames local rows. Returns the
     /// conflicts to record, and the writes that give up a value another write of the
-    /// chunk takes (they must be written first).
+    /// chunk takes, with the column (their values are parked first: see
+    /// `Applier::park`).
     ///
     /// A row holding a value that the same chunk writes with another value is no
     /// collision: after the chunk it no longer holds it (issue 4 review: a value moved
@@ -123,7 +124,7 @@ impl Check<'_> {
         conn: &mut Conn,
         writes: &[usize],
         translated: &mut HashMap<usize, Vec<MyValue>>,
-    ) -> Result<(Vec<NewConflict>, Vec<usize>), ImportError> {
+    ) -> Result<(Vec<NewConflict>, Vec<(usize, usize)>), ImportError> {
         let mut out = Vec::new();
         let mut releasing = Vec::new();
         let written: HashMap<String, usize> = writes
@@ -164,7 +165,7 @@ impl Check<'_> {
                 let Some((other_key, other_value)) = holders
                     .find(|(k, _)| {
                         if released(k) {
-                            releasing.push(written[k.as_str()]);
+                            releasing.push((written[k.as_str()], u.idx));
                             false
                         } else {
                             true
