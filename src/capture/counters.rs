@@ -8,8 +8,8 @@
 //! `ferry_table.id_counter` remembers, per table switched on, the highest counter
 //! export has seen ([`record`]), and a live counter below it is drift ([`emptied`]):
 //! `ferry status` names it and export refuses, until the operator has dealt with the
-//! rows and `ferry setup` (or `ferry tables enable`, or `ferry rejoin` after a restore)
-//! takes the counters as they are ([`reset`]).
+//! rows and `ferry setup` (or `ferry tables enable`) takes the counters as they are
+//! ([`reset`]). A database restored from a backup brings its own record with it.
 //!
 //! What it cannot see: a truncate whose table got back above its recorded counter
 //! before the next export (a small table refilled at once), a table without an

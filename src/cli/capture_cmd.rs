@@ -263,7 +263,8 @@ pub async fn status(config: &Config, args: JsonArgs, out: &Output) -> anyhow::Re
             .unwrap_or((0, 0, None));
         report.pending_changes = local;
         report.pending_forwarded = forwarded;
-        report.oldest_pending_age_s = oldest.map(|us| (now_us() - us) / 1_000_000);
+        // A change written after a clock was set back can carry a later time than now.
+        report.oldest_pending_age_s = oldest.map(|us| ((now_us() - us) / 1_000_000).max(0));
         report.drift = capture::drift::detect(&mut conn, &database).await?;
         report.server_warnings = capture::setup::server_warnings(&mut conn).await?;
         report.peers = peer_status(config, &mut conn).await?;
