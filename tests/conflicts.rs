@@ -389,31 +389,28 @@ fn a_unique_value_moved_between_rows_in_one_bundle_arrives_as_it_is() {
     // index would refuse admin's update while daemon still holds the value.
     set(DAEMON, "b@x");
     set(ADMIN, "a@x");
-    c.carry("s1", "hub");
-    let at = |n: &str| (email(n, ADMIN), email(n, DAEMON));
-    assert_eq!(at("s1"), (Some("a@x".into()), Some("b@x".into())));
-    assert_eq!(at("hub"), at("s1"));
-    assert!(
-        conflicts(&c, "hub").is_empty(),
-        "{:?}",
-        conflicts(&c, "hub")
-    );
-    assert_converged(&c);
+    // The hub holds s1's values exactly, with no conflict recorded.
+    let arrived = |admin: &str, daemon: &str| {
+        c.carry("s1", "hub");
+        for at in ["s1", "hub"] {
+            let got = (email(at, ADMIN), email(at, DAEMON));
+            assert_eq!(got, (Some(admin.into()), Some(daemon.into())), "{at}");
+        }
+        assert!(
+            conflicts(&c, "hub").is_empty(),
+            "{:?}",
+            conflicts(&c, "hub")
+        );
+        assert_converged(&c);
+    };
+    arrived("a@x", "b@x");
 
     // The two swap their values (through a third one at s1): no order of the two
     // updates suits the index, so the values given up are parked first.
     set(ADMIN, "tmp@x");
     set(DAEMON, "a@x");
     set(ADMIN, "b@x");
-    c.carry("s1", "hub");
-    assert_eq!(at("s1"), (Some("b@x".into()), Some("a@x".into())));
-    assert_eq!(at("hub"), at("s1"));
-    assert!(
-        conflicts(&c, "hub").is_empty(),
-        "{:?}",
-        conflicts(&c, "hub")
-    );
-    assert_converged(&c);
+    arrived("b@x", "a@x");
 }
 
 /// Rule 4: keeping the loser restores it as a new edit that wins everywhere, as a
