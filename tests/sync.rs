@@ -554,11 +554,8 @@ fn a_new_uuid_for_a_person_made_with_its_patient_is_refused_until_undone() {
     let new = "eeeeeeee-0000-4000-8000-000000000002";
     let sql = |stmt: &str| ferry::dev::mariadb::run_sql_blocking(a, stmt).unwrap();
     sql(&format!(
-        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
-         VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{old}'); \
-         INSERT INTO patient (patient_id, creator, date_created, voided) \
-         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{old}'; \
-         UPDATE person SET uuid = '{new}' WHERE uuid = '{old}'"
+        "{} UPDATE person SET uuid = '{new}' WHERE uuid = '{old}'",
+        person_with_patient(old)
     ));
     let (code, _, err) = c.node("site-a").run(&["export"]);
     assert_eq!(code, 1, "{err}");
@@ -606,12 +603,7 @@ fn a_patient_deleted_with_its_person_is_deleted_at_the_peer() {
     let s1 = c.url("s1");
     let p = "22222222-0000-4000-8000-0000000000aa";
     let sql = |stmt: &str| ferry::dev::mariadb::run_sql_blocking(s1, stmt).unwrap();
-    sql(&format!(
-        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
-         VALUES ('U', '1990-05-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
-         INSERT INTO patient (patient_id, creator, date_created, voided) \
-         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{p}'"
-    ));
+    sql(&person_with_patient(p));
     c.carry("s1", "hub");
     let count = |url: &str, q: &str| -> u64 {
         block_on(async {
@@ -648,6 +640,16 @@ fn a_patient_deleted_with_its_person_is_deleted_at_the_peer() {
     );
     assert_eq!(patients(c.url("hub")), before - 1);
     assert_eq!(c.verify("hub"), c.verify("s1"));
+}
+
+/// SQL that makes a person with `uuid` and its patient row (each statement ends in `;`).
+fn person_with_patient(uuid: &str) -> String {
+    format!(
+        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{uuid}'); \
+         INSERT INTO patient (patient_id, creator, date_created, voided) \
+         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{uuid}';"
+    )
 }
 
 /// Adds `n` locations named `prefix-1`..`prefix-n` at the site of `url`.
