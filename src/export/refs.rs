@@ -72,6 +72,85 @@ struct Span {
 
 impl Span {
     const ABSENT: u32 = u32::MAX;
+    /// In [`IntKeys`]'s window: no key here.
+    const NONE: u32 = u32::MAX - 1;
+}
+
+/// How far past the end of [`IntKeys`]'s window a key may lie and still extend it.
+const WINDOW_GAP: i64 = 64;
+
+/// Integer keys of one generation: a window indexed by the key itself for keys that
+/// come nearly in order (rows learned in id order, and the references to them), a hash
+/// map for the rest. Learning a million obs in id order then costs an append each,
+/// not a probe of a map larger than the cache. The window grows by at most
+/// [`WINDOW_GAP`] per key and never past twice [`CACHE_ENTRIES`] places.
+#[derive(Debug, Default)]
+struct IntKeys {
+    base: i64,
+    window: Vec<Span>,
+    in_window: usize,
+    rest: FxHashMap<i64, Span>,
+}
+
+impl IntKeys {
+    fn len(&self) -> usize {
+        self.in_window + self.rest.len()
+    }
+
+    /// The place of `k` in the window, if the window covers it.
+    fn place_of(&self, k: i64) -> Option<usize> {
+        let off = k.checked_sub(self.base)?;
+        (off >= 0 && (off as u64) < self.window.len() as u64).then_some(off as usize)
+    }
+
+    fn get(&self, k: i64) -> Option<Span> {
+        if let Some(at) = self.place_of(k) {
+            let s = self.window[at];
+            if s.len != Span::NONE {
+                return Some(s);
+            }
+        }
+        if self.rest.is_empty() {
+            return None;
+        }
+        self.rest.get(&k).copied()
+    }
+
+    fn insert(&mut self, k: i64, span: Span) {
+        if self.window.is_empty() {
+            self.base = k;
+        }
+        let end = self.base.saturating_add(self.window.len() as i64);
+        let fits = k >= end
+            && k - end < WINDOW_GAP
+            && self.window.len() + ((k - end) as usize) < 2 * CACHE_ENTRIES;
+        if fits {
+            let none = Span {
+                at: 0,
+                len: Span::NONE,
+            };
+            self.window.resize((k - self.base) as usize, none);
+            self.window.push(span);
+            self.in_window += 1;
+        } else if let Some(at) = self.place_of(k) {
+            if self.window[at].len == Span::NONE {
+                self.in_window += 1;
+            }
+            self.window[at] = span;
+        } else {
+            self.rest.insert(k, span);
+            return;
+        }
+        if !self.rest.is_empty() {
+            self.rest.remove(&k);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.window.clear();
+        self.in_window = 0;
+        self.rest.clear();
+    }
 }
 
 /// Identities by local key, one generation of one target (hashed with FxHash: these
@@ -81,7 +160,7 @@ impl Span {
 /// generation has grown, and dropping a generation frees no string one by one.
 #[derive(Debug, Default)]
 struct KeyMap {
-    ints: FxHashMap<i64, Span>,
+    ints: IntKeys,
     texts: FxHashMap<Vec<u8>, Span>,
     arena: String,
 }
@@ -93,7 +172,7 @@ impl KeyMap {
 
     fn span(&self, k: &RawKey) -> Option<Span> {
         match k {
-            RawKey::Int(i) => self.ints.get(i).copied(),
+            RawKey::Int(i) => self.ints.get(*i),
             RawKey::Text(b) => self.texts.get(b).copied(),
         }
     }
@@ -114,8 +193,10 @@ impl KeyMap {
         let span = place(&mut self.arena, v);
         match k {
             RawKey::Int(i) => self.ints.insert(i, span),
-            RawKey::Text(b) => self.texts.insert(b, span),
-        };
+            RawKey::Text(b) => {
+                self.texts.insert(b, span);
+            }
+        }
     }
 
     /// Remembers `k` unless it is held already (one probe).
@@ -123,8 +204,9 @@ impl KeyMap {
         use std::collections::hash_map::Entry;
         match k {
             RawKey::Int(i) => {
-                if let Entry::Vacant(e) = self.ints.entry(i) {
-                    e.insert(place(&mut self.arena, Some(v)));
+                if self.ints.get(i).is_none() {
+                    let span = place(&mut self.arena, Some(v));
+                    self.ints.insert(i, span);
                 }
             }
             RawKey::Text(b) => {
@@ -385,6 +467,44 @@ pub(super) fn padded_params(keys: &[RawKey]) -> Vec<MyValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys in order go to the window, keys far off or behind it to the map; a key
+    /// the map holds that the window comes to cover is found, and moves on an insert.
+    #[test]
+    fn int_keys_in_a_window_and_a_map_answer_alike() {
+        let span = |at| Span { at, len: 1 };
+        let mut keys = IntKeys::default();
+        keys.insert(100, span(0));
+        keys.insert(101, span(1));
+        keys.insert(110, span(2)); // a gap inside WINDOW_GAP: the window grows
+        keys.insert(50, span(3)); // behind the window: the map
+        keys.insert(1_000, span(4)); // far past it: the map
+        assert_eq!((keys.window.len(), keys.rest.len(), keys.len()), (11, 2, 5));
+        for (k, at) in [(100, 0), (101, 1), (110, 2), (50, 3), (1_000, 4)] {
+            assert_eq!(keys.get(k).map(|s| s.at), Some(at), "key {k}");
+        }
+        for k in [99, 102, 109, 111, 999] {
+            assert!(keys.get(k).is_none(), "key {k}");
+        }
+        // The window comes to cover 1,000 (in steps within the gap): the map still
+        // answers, until an insert of 1,000 moves it into the window.
+        for k in (160..=1_060).step_by(50) {
+            keys.insert(k, span(9));
+        }
+        assert_eq!(keys.get(1_000).map(|s| s.at), Some(4));
+        keys.insert(1_000, span(5));
+        assert_eq!(keys.get(1_000).map(|s| s.at), Some(5));
+        assert_eq!(keys.rest.len(), 1);
+        assert_eq!(keys.len(), 4 + 19 + 1);
+        keys.clear();
+        assert!(keys.get(100).is_none() && keys.get(50).is_none() && keys.len() == 0);
+        // Growth stops at twice CACHE_ENTRIES places: the rest goes to the map.
+        for k in 0..(2 * CACHE_ENTRIES as i64 + 10) {
+            keys.insert(k * 2, span(0));
+        }
+        assert!(keys.window.len() <= 2 * CACHE_ENTRIES);
+        assert!(keys.get(4 * CACHE_ENTRIES as i64 + 18).is_some());
+    }
 
     #[test]
     fn a_generation_tells_known_absent_and_unknown_apart_and_learns_once() {
