@@ -3,7 +3,9 @@
 //! The range is read inside the export's snapshot, in chunks of [`LOG_CHUNK`] entries.
 //! Each entry is decoded into a compact [`Item`] only when its table is synced (a
 //! marker or an entry of a table that is not synced costs a lookup), placed
-//! ([`Placer`]: an identity's entries sort together) and pushed into the [`Sorter`].
+//! ([`Placer`]: an identity's entries sort together) and pushed into the [`Sorter`]:
+//! placing and sorting (spills included) run on a thread of their own (`ferry-sort`),
+//! fed batches of [`SORT_BATCH`] entries, while the reading thread decodes the next.
 //! Local entries are read with [`LOCAL_COLUMNS`] until the first entry an import
 //! logged, and with every column ([`LogEntry::COLUMNS`]) from there on. Without a
 //! settled horizon, the range ends at the first gap in positions ([`Contiguous`]).
@@ -17,7 +19,7 @@ use mysql_async::Conn;
 use rustc_hash::FxHashMap;
 
 use super::horizon::Contiguous;
-use super::sorter::{Item, Placer, Sorter};
+use super::sorter::{Item, Placer, SortError, Sorter};
 use super::ExportError;
 use crate::capture::versions::LogEntry;
 use crate::db::DbError;
@@ -56,8 +58,61 @@ pub(super) async fn read_range(
     settled: Option<u64>,
     ranks: &FxHashMap<String, u32>,
 ) -> Result<Range, ExportError> {
-    let mut sorter = Sorter::new(node.dirs.root());
-    let mut placer = Placer::default();
+    // Placing and sorting (spills included) run on a thread of their own, fed batches
+    // of entries, while this one reads and decodes the next.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(4);
+    let root = node.dirs.root().to_path_buf();
+    let sorting = std::thread::Builder::new()
+        .name("ferry-sort".into())
+        .spawn(move || -> Result<(Sorter, Placer), SortError> {
+            let mut sorter = Sorter::new(&root);
+            let mut placer = Placer::default();
+            for batch in rx {
+                for mut item in batch {
+                    placer.place(&mut item);
+                    sorter.push(item)?;
+                }
+            }
+            Ok((sorter, placer))
+        })
+        .map_err(|e| SortError {
+            dir: node.dirs.root().display().to_string(),
+            detail: format!("cannot start the sorting thread: {e}"),
+        })?;
+    let read = read_items(fetch, peer, cursor, settled, ranks, &tx).await;
+    drop(tx);
+    let sorted = sorting.join().unwrap_or_else(|_| {
+        Err(SortError {
+            dir: node.dirs.root().display().to_string(),
+            detail: "the sorting thread failed".into(),
+        })
+    });
+    let (end, entries) = read?;
+    let (sorter, placer) = sorted?;
+    Ok(Range {
+        sorter,
+        horizon: settled.unwrap_or(end),
+        entries,
+        renamed: placer.renamed,
+    })
+}
+
+/// Entries handed to the sorting thread at a time.
+const SORT_BATCH: usize = 4096;
+
+/// Reads the range into batches for the sorting thread; returns the end of the
+/// unbroken run read and the count of entries that did not come from the peer. Stops
+/// early (without an error of its own) when the sorting thread has stopped: its error
+/// is the one to report.
+async fn read_items(
+    fetch: &mut Conn,
+    peer: &str,
+    cursor: u64,
+    settled: Option<u64>,
+    ranks: &FxHashMap<String, u32>,
+    tx: &std::sync::mpsc::SyncSender<Vec<Item>>,
+) -> Result<(u64, u64), ExportError> {
+    let mut batch: Vec<Item> = Vec::with_capacity(SORT_BATCH);
     let mut run = Contiguous::after(cursor);
     let mut entries = 0;
     // The last position read, and whether entries with an origin were met.
@@ -124,7 +179,7 @@ pub(super) async fn read_range(
             };
             let local =
                 origin_null && (!wide || matches!(row.as_ref(9), Some(mysql_async::Value::NULL)));
-            let mut item = if local {
+            let item = if local {
                 let op = match row.as_ref(4) {
                     Some(mysql_async::Value::Bytes(b)) => <[u8]>::first(b).copied().unwrap_or(b'U'),
                     _ => b'U',
@@ -147,18 +202,21 @@ pub(super) async fn read_range(
             if item.origin() != Some(peer) && item.via() != Some(peer) {
                 entries += 1;
             }
-            placer.place(&mut item);
-            sorter.push(item)?;
+            batch.push(item);
+            if batch.len() == SORT_BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(SORT_BATCH));
+                if tx.send(full).is_err() {
+                    return Ok((run.end, entries)); // the sorting thread stopped
+                }
+            }
         }
         drop(result);
         if !switched && (!more || read < LOG_CHUNK) {
             break;
         }
     }
-    Ok(Range {
-        sorter,
-        horizon: settled.unwrap_or(run.end),
-        entries,
-        renamed: placer.renamed,
-    })
+    if !batch.is_empty() {
+        let _ = tx.send(batch);
+    }
+    Ok((run.end, entries))
 }
