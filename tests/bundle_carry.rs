@@ -348,3 +348,57 @@ fn init_force_keeps_the_peers() {
     };
     assert_eq!(peers(&after), peers(&before));
 }
+
+/// Regression (issue 4, found by review): a torn copy of a bundle that the inbox
+/// already holds intact (a second, damaged stick) was refused as a "conflict" that
+/// "was tampered with or re-sealed", not named for what it is (truncated).
+#[test]
+fn a_torn_copy_of_a_bundle_already_in_the_inbox_is_named_truncated() {
+    let root = tempfile::tempdir().unwrap();
+    let stick = root.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let nodes = setup(root.path());
+    let (a, hub) = (&nodes[0], &nodes[1]);
+    let stick_s = stick.to_str().unwrap();
+    a.seal("hub", 1, [0; 32]);
+    a.ok(&["send", stick_s]);
+    hub.ok(&["receive", stick_s]);
+    assert_eq!(hub.inbox(), vec![file("clinic-a", "hub", 1)]);
+    // The same bundle arrives again on a damaged stick, cut halfway.
+    let path = StateDirs::new(&a.state()).outbox_bundles("hub").unwrap()[0]
+        .1
+        .clone();
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(
+        stick.join(file("clinic-a", "hub", 1)),
+        &whole[..whole.len() / 2],
+    )
+    .unwrap();
+    let (_code, out, err) = hub.ferry(&["receive", stick_s, "--json"]);
+    let got: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(got["refused"][0]["kind"], "truncated", "{got:#}");
+}
+
+/// Regression (issue 4, found by review): `ferry receive` pointed at the node's own
+/// inbox (a folder rsync'd straight into it, a cron job's wrong path) deleted the
+/// bundles waiting there: each was "the same" as itself, so the "carrier copy" went.
+#[test]
+fn receive_from_the_inbox_itself_keeps_the_bundles() {
+    let root = tempfile::tempdir().unwrap();
+    let stick = root.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let nodes = setup(root.path());
+    let (a, hub) = (&nodes[0], &nodes[1]);
+    let stick_s = stick.to_str().unwrap();
+    a.seal("hub", 1, [0; 32]);
+    a.ok(&["send", stick_s]);
+    hub.ok(&["receive", stick_s]);
+    assert_eq!(hub.inbox(), vec![file("clinic-a", "hub", 1)]);
+    let inbox = StateDirs::new(&hub.state()).inbox();
+    let (code, out, err) = hub.ferry(&["receive", inbox.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        hub.inbox(),
+        vec![file("clinic-a", "hub", 1)],
+        "the bundle left the inbox unapplied: exit {code}\n{out}{err}"
+    );
+}

@@ -162,3 +162,68 @@ fn a_corrupt_later_bundle_of_a_run_is_the_one_quarantined() {
     assert_eq!(common::applied_seqs(&r), vec![2, 3, 4], "{r}");
     assert_eq!(c.verify("site-a"), c.verify("site-b"));
 }
+
+/// Regression (issue 4, found by review): two imports started together (the daemon's
+/// pass and a manual import) both listed the inbox before taking the import lock; the
+/// one that waited then failed (exit 1, "cannot read" the file the other had applied
+/// and removed) instead of finding it already applied.
+#[test]
+fn two_imports_started_together_both_succeed() {
+    use std::process::{Command, Stdio};
+    let c = Cluster::star(&["hub", "clinic"], &Source::Fixture);
+    sql(
+        c.url("hub"),
+        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ('F', '1990-05-01', 1, '2024-01-01 08:00:00', 0, '22222222-0000-4000-8000-00000000000a')",
+    );
+    let stick = c.stick.path().to_str().unwrap().to_string();
+    c.node("hub").ok(&["export"]);
+    c.node("hub").ok(&["send", &stick]);
+    c.node("clinic").ok(&["receive", &stick]);
+    let config = c.node("clinic").config.clone();
+    let outputs = block_on(async {
+        // Stands for an import already running: both new ones list the inbox, then wait.
+        let mut lock = conn(c.url("clinic")).await;
+        let got: Option<i64> = lock
+            .query_first("SELECT GET_LOCK(CONCAT('ferry-import-', DATABASE()), 60)")
+            .await
+            .unwrap();
+        assert_eq!(got, Some(1));
+        let spawn = || {
+            Command::new(env!("CARGO_BIN_EXE_ferry"))
+                .arg("--config")
+                .arg(&config)
+                .args(["import", "--json"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (spawn(), spawn());
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        lock.query_drop("DO RELEASE_LOCK(CONCAT('ferry-import-', DATABASE()))")
+            .await
+            .unwrap();
+        [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()]
+    });
+    let mut applied = 0;
+    for o in &outputs {
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert_eq!(o.status.code(), Some(0), "an import failed:\n{out}\n{err}");
+        let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+        applied += rep["applied"].as_array().map_or(0, |a| a.len());
+    }
+    assert_eq!(applied, 1, "the bundle applied once, by one of the two");
+    let n: Option<u64> = block_on(async {
+        let mut db = conn(c.url("clinic")).await;
+        db.query_first(
+            "SELECT COUNT(*) FROM person WHERE uuid = '22222222-0000-4000-8000-00000000000a'",
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(n, Some(1));
+}

@@ -288,22 +288,6 @@ pub async fn import(
             });
         }
     }
-    let mut by_sender: BTreeMap<String, Vec<(BundleName, PathBuf)>> = BTreeMap::new();
-    for (name, path) in node.dirs.inbox_bundles()? {
-        if name.recipient != node.name() {
-            let e = ImportError::NotForMe {
-                path: path.clone(),
-                recipient: name.recipient.clone(),
-                me: node.name().to_string(),
-            };
-            quarantine(node, &path, &e, &mut report)?;
-            continue;
-        }
-        by_sender
-            .entry(name.sender.clone())
-            .or_default()
-            .push((name, path));
-    }
     // One import at a time per database: then only this one writes `ferry_row`, which
     // lets it skip looking for versions of rows new to it ([`fresh`]). An import that
     // went ahead without the lock would break that for the one holding it.
@@ -312,11 +296,45 @@ pub async fn import(
             waited: node.config.import_wait_seconds,
         });
     }
+    // Listed under the lock: an import that held it before may have applied (and
+    // removed) what was here when this one started (issue 4: two imports started
+    // together, the second failed on the file the first had removed).
+    let by_sender = match list_inbox(node, &mut report) {
+        Ok(b) => b,
+        Err(e) => {
+            release_lock(conn, IMPORT_LOCK).await;
+            return Err(e);
+        }
+    };
     let mut fresh = FreshTables::new(true);
     let result = import_locked(conn, node, by_sender, &mut fresh, &mut report, bar).await;
     release_lock(conn, IMPORT_LOCK).await;
     result?;
     Ok(report)
+}
+
+/// The inbox's bundles by sender; those addressed to another node go to quarantine.
+fn list_inbox(
+    node: &NodeContext,
+    report: &mut ImportReport,
+) -> Result<BTreeMap<String, Vec<(BundleName, PathBuf)>>, ImportError> {
+    let mut by_sender: BTreeMap<String, Vec<(BundleName, PathBuf)>> = BTreeMap::new();
+    for (name, path) in node.dirs.inbox_bundles()? {
+        if name.recipient != node.name() {
+            let e = ImportError::NotForMe {
+                path: path.clone(),
+                recipient: name.recipient.clone(),
+                me: node.name().to_string(),
+            };
+            quarantine(node, &path, &e, report)?;
+            continue;
+        }
+        by_sender
+            .entry(name.sender.clone())
+            .or_default()
+            .push((name, path));
+    }
+    Ok(by_sender)
 }
 
 /// The named lock imports take (per database).
@@ -492,6 +510,8 @@ async fn import_sender(
     for (name, path) in files {
         if name.seq <= ps.in_seq {
             match bundle::verify_named(&path, &file_name(&path), &node.peers) {
+                // Gone meanwhile, or unreadable for now: not the file's fault.
+                Err(e) if !e.is_refusal() => continue,
                 Err(e) => quarantine(node, &path, &ImportError::Bundle(e), report)?,
                 Ok(v) => {
                     let applied = state::ledger_hash(conn, sender, name.seq).await?;

@@ -192,10 +192,31 @@ pub fn receive(
             if same {
                 // Our own copy is safe in the inbox; a relayed one stays on the carrier,
                 // which may be on its way to the recipient.
-                if own {
+                // Never the inbox copy itself (`ferry receive` given the inbox; issue 4:
+                // it deleted the bundles waiting there).
+                let itself = fs::canonicalize(&path).ok() == fs::canonicalize(&target).ok();
+                if own && !itself {
                     remove_source(&path)?;
                 }
                 report.duplicates.push(file);
+            } else if let Err(e) = check(&path, &file, &name, own, rx) {
+                // The carrier's copy is damaged: name the defect, not a conflict
+                // (issue 4: a torn copy was reported as tampered with).
+                if !e.is_refusal() {
+                    return Err(TransportError::Io {
+                        action: "check",
+                        path,
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+                let reason = e.to_string();
+                let q = state.quarantine_file(&path, &reason)?;
+                report.refused.push(Refused {
+                    file,
+                    kind: e.kind().into(),
+                    reason,
+                    quarantined: q,
+                });
             } else {
                 let reason = format!(
                     "{file} differs from the bundle of the same name already received\n\
