@@ -32,6 +32,8 @@ pub enum RowError {
     },
     #[error("{table} has a row whose identity is empty or malformed ({key:?})\nhint: give the row a uuid, or switch the table off with `ferry tables disable {table}`")]
     BadIdentity { table: String, key: String },
+    #[error("{table} row {row_id} was written before the row it takes its identity from (foreign key checks off?), and that row still does not exist\nhint: insert the missing row (for a patient, its person) or delete this one, then export again")]
+    NoIdentity { table: String, row_id: i64 },
     #[error("{table}.{column} holds a value ferry cannot read as {data_type}: {detail}")]
     Decode {
         table: String,
