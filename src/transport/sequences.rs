@@ -137,11 +137,29 @@ impl Sequences {
         })
     }
 
+    /// Reads, changes and writes the record under an exclusive lock on
+    /// `sequences.lock` beside it: export and import run at once (they take different
+    /// database locks) and each records here; without it, one could write back the
+    /// other's old figures (issue 4, found by review), and a rejoin would then put a
+    /// chain back one bundle short.
     fn update(
         dirs: &StateDirs,
         peer: &str,
         f: impl FnOnce(&mut PeerSequences),
     ) -> Result<(), TransportError> {
+        let lock_path = path(dirs).with_extension("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open", &lock_path))?;
+        // Released when `lock` is closed, at the end of this function or of the process.
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_error("lock", &lock_path)(std::io::Error::last_os_error()));
+        }
         let mut s = Sequences::load(dirs);
         let before = s.peers.get(peer).cloned();
         f(s.peers.entry(peer.to_string()).or_default());
@@ -157,6 +175,29 @@ impl Sequences {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 4, found by review): export and import record at once; no
+    /// update may write back the other's old figures.
+    #[test]
+    fn records_made_at_once_by_two_writers_are_both_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = StateDirs::new(dir.path());
+        const N: u64 = 200;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for seq in 1..=N {
+                    Sequences::record_sent(&dirs, "hub", &committed(seq), seq).unwrap();
+                }
+            });
+            scope.spawn(|| {
+                for seq in 1..=N {
+                    Sequences::record_applied(&dirs, "hub", &committed(seq)).unwrap();
+                }
+            });
+        });
+        let s = Sequences::load(&dirs);
+        assert_eq!((s.peers["hub"].sent, s.peers["hub"].applied), (N, N));
+    }
 
     #[test]
     fn a_database_behind_the_record_is_named_and_one_level_or_ahead_passes() {
