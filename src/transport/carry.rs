@@ -56,7 +56,14 @@ pub fn send(
     let mut keep = BTreeMap::new();
     for (name, path) in bundles {
         let file = name.file_name();
-        let hash = hex::encode(file_sha256(&path).map_err(io_error("read", &path))?);
+        // Gone since the listing: acknowledged, and pruned by an import meanwhile (a
+        // watcher's import and a send run at once; issue 4, found by review: the send
+        // failed).
+        let Some(sum) = hash_unless_gone(&path)? else {
+            bar.inc(1);
+            continue;
+        };
+        let hash = hex::encode(sum);
         let target = dest.join(&file);
         let carried = !again && ledger.get(&file) == Some(&hash);
         let present = !carried
@@ -65,7 +72,15 @@ pub fn send(
         if carried || present {
             report.skipped.push(file.clone());
         } else {
-            copy_atomic(&path, &target)?;
+            match copy_atomic(&path, &target) {
+                Err(TransportError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && !path.exists() =>
+                {
+                    bar.inc(1);
+                    continue; // pruned between the hash and the copy, as above
+                }
+                other => other?,
+            }
             // Read the copy back: cheap media sometimes write something else.
             let written = file_sha256(&target).map_err(io_error("read back", &target))?;
             if hex::encode(written) != hash {
@@ -286,8 +301,22 @@ fn copy_to_temp(src: &Path, tmp: &Path) -> Result<(), TransportError> {
     out.sync_all().map_err(io_error("sync", tmp))
 }
 
+/// The file's SHA-256, or `None` when it no longer exists.
+fn hash_unless_gone(path: &Path) -> Result<Option<[u8; 32]>, TransportError> {
+    match file_sha256(path) {
+        Ok(h) => Ok(Some(h)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("read", path)(e)),
+    }
+}
+
+/// Removes a bundle taken from the carrier; one already gone was taken by another
+/// `receive` running at once (not an error).
 fn remove_source(path: &Path) -> Result<(), TransportError> {
-    fs::remove_file(path).map_err(io_error("remove", path))?;
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io_error("remove", path))?,
+    }
     if let Some(dir) = path.parent() {
         atomic::sync_dir(dir).map_err(io_error("sync", dir))?;
     }
@@ -313,4 +342,25 @@ fn check(
     };
     header.check_named(file, name)?;
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 4, found by review): a bundle pruned from the outbox while
+    /// `send` ran, or taken from the carrier by another `receive`, failed the run.
+    #[test]
+    fn a_bundle_gone_meanwhile_is_no_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().join("ferry.a.b.0000000000000001.bundle");
+        std::fs::write(&here, b"x").unwrap();
+        assert!(hash_unless_gone(&here).unwrap().is_some());
+        remove_source(&here).unwrap();
+        assert!(!here.exists());
+        assert_eq!(hash_unless_gone(&here).unwrap(), None);
+        remove_source(&here).unwrap();
+        // Other failures still fail: a directory cannot be read as a file.
+        assert!(hash_unless_gone(dir.path()).is_err());
+    }
 }
