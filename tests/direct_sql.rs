@@ -213,3 +213,22 @@ fn a_patient_inserted_before_its_person_then_edited_travels_as_one_row_in_one_bu
     );
     assert_same(&c);
 }
+
+/// A row of a uuid table whose uuid was never given is still refused as such (its
+/// identity is empty when logged and when read), not as a row written too early.
+#[test]
+fn a_person_without_a_uuid_is_refused_as_one() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    sql(
+        c.url("site-a"),
+        "INSERT INTO person (gender, creator, date_created, voided, uuid) \
+         VALUES ('F', 1, '2024-01-01 08:00:00', 0, '')",
+    );
+    let (code, _out, err) = c.node("site-a").run(&["export"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("person has a row whose identity is empty or malformed")
+            && err.contains("hint: give the row a uuid"),
+        "{err}"
+    );
+}

@@ -64,13 +64,14 @@ impl Group {
 
 /// Whether an entry's identity text was unknown when the trigger logged it: empty (a
 /// subclass row written before its parent, foreign key checks off) or a composite key
-/// with a part missing (a `user_role` written before its user). Such an entry names
+/// with a part null (a `user_role` written before its user; an empty text part is a
+/// value, refused where identities are checked). Such an entry names
 /// its row by local id only; the row's identity is the one it has when it is read.
 pub fn identity_unknown(key: &str) -> bool {
     key.is_empty()
         || (key.starts_with('[')
             && serde_json::from_str::<Vec<serde_json::Value>>(key)
-                .is_ok_and(|parts| parts.iter().any(|p| p.is_null() || p.as_str() == Some(""))))
+                .is_ok_and(|parts| parts.iter().any(|p| p.is_null())))
 }
 
 /// A batch waiting for its rows.
@@ -768,9 +769,19 @@ impl<'a> Sealer<'a> {
                     let key = if unknown {
                         current = fetcher.key_of(cache, row);
                         if identity_unknown(&current) {
-                            return Err(super::rows::RowError::NoIdentity {
-                                table: table.clone(),
-                                row_id: g.row_id.unwrap_or_default(),
+                            // Taken from another row that is missing, or a column
+                            // that is empty (a uuid never given).
+                            let from_another = fetcher.keys_need_cache() || arity > 1;
+                            return Err(if from_another {
+                                super::rows::RowError::NoIdentity {
+                                    table: table.clone(),
+                                    row_id: g.row_id.unwrap_or_default(),
+                                }
+                            } else {
+                                super::rows::RowError::BadIdentity {
+                                    table: table.clone(),
+                                    key: current.into_owned(),
+                                }
                             }
                             .into());
                         }
