@@ -349,21 +349,30 @@ fn init_force_keeps_the_peers() {
     assert_eq!(peers(&after), peers(&before));
 }
 
+/// clinic-a seals bundle 1 for the hub and carries it on a stick (`<root>/stick`);
+/// the hub receives it into its inbox.
+fn one_bundle_received() -> (tempfile::TempDir, Vec<Node>) {
+    let root = tempfile::tempdir().unwrap();
+    let stick = root.path().join("stick");
+    std::fs::create_dir(&stick).unwrap();
+    let nodes = setup(root.path());
+    let stick_s = stick.to_str().unwrap();
+    nodes[0].seal("hub", 1, [0; 32]);
+    nodes[0].ok(&["send", stick_s]);
+    nodes[1].ok(&["receive", stick_s]);
+    assert_eq!(nodes[1].inbox(), vec![file("clinic-a", "hub", 1)]);
+    (root, nodes)
+}
+
 /// Regression (issue 4, found by review): a torn copy of a bundle that the inbox
 /// already holds intact (a second, damaged stick) was refused as a "conflict" that
 /// "was tampered with or re-sealed", not named for what it is (truncated).
 #[test]
 fn a_torn_copy_of_a_bundle_already_in_the_inbox_is_named_truncated() {
-    let root = tempfile::tempdir().unwrap();
-    let stick = root.path().join("stick");
-    std::fs::create_dir(&stick).unwrap();
-    let nodes = setup(root.path());
+    let (root, nodes) = one_bundle_received();
     let (a, hub) = (&nodes[0], &nodes[1]);
+    let stick = root.path().join("stick");
     let stick_s = stick.to_str().unwrap();
-    a.seal("hub", 1, [0; 32]);
-    a.ok(&["send", stick_s]);
-    hub.ok(&["receive", stick_s]);
-    assert_eq!(hub.inbox(), vec![file("clinic-a", "hub", 1)]);
     // The same bundle arrives again on a damaged stick, cut halfway.
     let path = StateDirs::new(&a.state()).outbox_bundles("hub").unwrap()[0]
         .1
@@ -384,16 +393,8 @@ fn a_torn_copy_of_a_bundle_already_in_the_inbox_is_named_truncated() {
 /// bundles waiting there: each was "the same" as itself, so the "carrier copy" went.
 #[test]
 fn receive_from_the_inbox_itself_keeps_the_bundles() {
-    let root = tempfile::tempdir().unwrap();
-    let stick = root.path().join("stick");
-    std::fs::create_dir(&stick).unwrap();
-    let nodes = setup(root.path());
-    let (a, hub) = (&nodes[0], &nodes[1]);
-    let stick_s = stick.to_str().unwrap();
-    a.seal("hub", 1, [0; 32]);
-    a.ok(&["send", stick_s]);
-    hub.ok(&["receive", stick_s]);
-    assert_eq!(hub.inbox(), vec![file("clinic-a", "hub", 1)]);
+    let (_root, nodes) = one_bundle_received();
+    let hub = &nodes[1];
     let inbox = StateDirs::new(&hub.state()).inbox();
     let (code, out, err) = hub.ferry(&["receive", inbox.to_str().unwrap(), "--json"]);
     assert_eq!(

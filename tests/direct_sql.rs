@@ -25,6 +25,18 @@ fn count(url: &str, q: &str) -> u64 {
     })
 }
 
+/// SQL that inserts patient `id`, then its person (uuid `uuid`), foreign key checks off.
+fn patient_before_person(id: u32, uuid: &str) -> String {
+    format!(
+        "SET FOREIGN_KEY_CHECKS = 0; \
+         INSERT INTO patient (patient_id, creator, date_created, voided) \
+         VALUES ({id}, 1, '2024-01-01 08:00:00', 0); \
+         INSERT INTO person (person_id, gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ({id}, 'F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{uuid}'); \
+         SET FOREIGN_KEY_CHECKS = 1"
+    )
+}
+
 /// site-a exports (which must succeed), site-b receives and imports; then both
 /// nodes' `verify` must be equal.
 fn carry_and_compare(c: &Cluster) {
@@ -81,17 +93,7 @@ fn a_patient_inserted_before_its_person_reaches_the_peer() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     let a = c.url("site-a");
     let p = "ffffffff-0000-4000-8000-000000000002";
-    sql(
-        a,
-        &format!(
-            "SET FOREIGN_KEY_CHECKS = 0; \
-             INSERT INTO patient (patient_id, creator, date_created, voided) \
-             VALUES (900001, 1, '2024-01-01 08:00:00', 0); \
-             INSERT INTO person (person_id, gender, birthdate, creator, date_created, voided, uuid) \
-             VALUES (900001, 'F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
-             SET FOREIGN_KEY_CHECKS = 1"
-        ),
-    );
+    sql(a, &patient_before_person(900001, p));
     let q = format!(
         "SELECT COUNT(*) FROM patient JOIN person ON person_id = patient_id WHERE uuid = '{p}'"
     );
@@ -186,13 +188,8 @@ fn a_patient_inserted_before_its_person_then_edited_travels_as_one_row_in_one_bu
     sql(
         a,
         &format!(
-            "SET FOREIGN_KEY_CHECKS = 0; \
-             INSERT INTO patient (patient_id, creator, date_created, voided) \
-             VALUES (900004, 1, '2024-01-01 08:00:00', 0); \
-             INSERT INTO person (person_id, gender, birthdate, creator, date_created, voided, uuid) \
-             VALUES (900004, 'F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
-             SET FOREIGN_KEY_CHECKS = 1; \
-             UPDATE patient SET date_changed = '2024-02-02 09:00:00' WHERE patient_id = 900004"
+            "{}; UPDATE patient SET date_changed = '2024-02-02 09:00:00' WHERE patient_id = 900004",
+            patient_before_person(900004, p)
         ),
     );
     let out = c.node("site-a").json(&["export", "--json"]);

@@ -217,21 +217,7 @@ pub fn receive(
             } else if let Err(e) = check(&path, &file, &name, own, rx) {
                 // The carrier's copy is damaged: name the defect, not a conflict
                 // (issue 4: a torn copy was reported as tampered with).
-                if !e.is_refusal() {
-                    return Err(TransportError::Io {
-                        action: "check",
-                        path,
-                        source: std::io::Error::other(e.to_string()),
-                    });
-                }
-                let reason = e.to_string();
-                let q = state.quarantine_file(&path, &reason)?;
-                report.refused.push(Refused {
-                    file,
-                    kind: e.kind().into(),
-                    reason,
-                    quarantined: q,
-                });
+                refuse(state, path, file, e, &mut report)?;
             } else {
                 let reason = format!(
                     "{file} differs from the bundle of the same name already received\n\
@@ -267,21 +253,7 @@ pub fn receive(
             }
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                if !e.is_refusal() {
-                    return Err(TransportError::Io {
-                        action: "check",
-                        path,
-                        source: std::io::Error::other(e.to_string()),
-                    });
-                }
-                let reason = e.to_string();
-                let q = state.quarantine_file(&path, &reason)?;
-                report.refused.push(Refused {
-                    file,
-                    kind: e.kind().into(),
-                    reason,
-                    quarantined: q,
-                });
+                refuse(state, path, file, e, &mut report)?;
             }
         }
     }
@@ -299,6 +271,33 @@ fn copy_to_temp(src: &Path, tmp: &Path) -> Result<(), TransportError> {
     let mut out = fs::File::create(tmp).map_err(io_error("write", tmp))?;
     std::io::copy(&mut input, &mut out).map_err(io_error("copy", tmp))?;
     out.sync_all().map_err(io_error("sync", tmp))
+}
+
+/// Quarantines a carrier's copy that failed its check, naming the defect; an error
+/// that is not the file's (I/O) stops the run.
+fn refuse(
+    state: &StateDirs,
+    path: PathBuf,
+    file: String,
+    e: BundleError,
+    report: &mut ReceiveReport,
+) -> Result<(), TransportError> {
+    if !e.is_refusal() {
+        return Err(TransportError::Io {
+            action: "check",
+            path,
+            source: std::io::Error::other(e.to_string()),
+        });
+    }
+    let reason = e.to_string();
+    let quarantined = state.quarantine_file(&path, &reason)?;
+    report.refused.push(Refused {
+        file,
+        kind: e.kind().into(),
+        reason,
+        quarantined,
+    });
+    Ok(())
 }
 
 /// The file's SHA-256, or `None` when it no longer exists.
