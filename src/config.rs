@@ -22,7 +22,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}\nhint: fix the file by hand or write it again with `ferry init --force`")]
+    #[error("config file {path} is not valid: {message}\nhint: fix the file by hand at the place named above; settings go above the first [[peer]] table (a line after it belongs to that peer)")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} already exists\nhint: pass --force to overwrite it")]
     Exists { path: PathBuf },
@@ -37,10 +37,23 @@ pub enum ConfigError {
     DbUrl { url: String, why: String },
     #[error("peer {name:?} is declared twice\nhint: remove one of the [[peer]] entries from the config file")]
     DuplicatePeer { name: String },
+    #[error("this node, {name:?}, is listed as its own {as_what}\nhint: remove {name:?} from the config file's {as_what} entries (a node never sends bundles to itself)")]
+    SelfPeer { name: String, as_what: &'static str },
 }
 
-/// A peer node this node exchanges bundles with.
+impl ConfigError {
+    /// Whether the error is a mistake in the config or the command (exit code 2),
+    /// not a failure to write it.
+    pub fn is_usage(&self) -> bool {
+        !matches!(self, ConfigError::Write { .. })
+    }
+}
+
+/// A peer node this node exchanges bundles with. Unknown fields are refused: a
+/// setting written after a `[[peer]]` table belongs to that peer in TOML, and would
+/// otherwise be ignored without a word (issue 4, found by review).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     /// The peer's node name, as it appears in bundle headers.
     pub name: String,
@@ -109,25 +122,41 @@ impl Config {
 
     /// Reads and validates the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads the config file at `path` without validating it (`ferry init --force`
+    /// keeps what it can of a config that no longer validates).
+    pub fn parse(path: &Path) -> Result<Config, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
         let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.message().to_string(),
+            // With the line and column, and the line itself.
+            message: e.to_string().trim_end().to_string(),
         })?;
         config.path = path.to_path_buf();
-        config.validate()?;
         Ok(config)
     }
 
-    /// Checks what serde cannot: the node name, the URL and unique peers.
+    /// Checks what serde cannot: the node name, the URL, unique peers other than
+    /// this node.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_node_name(&self.node)?;
         crate::db::DbUrl::parse(&self.database)?;
+        let own = |as_what| ConfigError::SelfPeer {
+            name: self.node.clone(),
+            as_what,
+        };
         for (i, peer) in self.peers.iter().enumerate() {
             validate_node_name(&peer.name)?;
+            if peer.name == self.node {
+                return Err(own("[[peer]]"));
+            }
             if self.peers[..i].iter().any(|p| p.name == peer.name) {
                 return Err(ConfigError::DuplicatePeer {
                     name: peer.name.clone(),
@@ -136,6 +165,9 @@ impl Config {
         }
         for name in &self.relay_for {
             validate_node_name(name)?;
+            if *name == self.node {
+                return Err(own("relay_for"));
+            }
         }
         Ok(())
     }

@@ -318,8 +318,8 @@ fn world_readable_key_is_refused() {
     assert!(err.contains("readable by other users"), "{err}");
 }
 
-/// Issue 4: `ferry init --force` (which an invalid config's error recommends, and an
-/// operator uses to change the database URL) rewrote the config without its peers:
+/// Issue 4: `ferry init --force` (which an operator uses to change the database URL)
+/// rewrote the config without its peers:
 /// export then said "no peers configured" and exited 0. It now keeps them.
 #[test]
 fn init_force_keeps_the_peers() {

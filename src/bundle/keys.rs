@@ -25,7 +25,7 @@ pub const KEY_FILE: &str = "node.key";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error(
-        "cannot read key file {path}: {source}\nhint: run `ferry init` to create this node's keys"
+        "cannot read key file {path}: {source}\nhint: check `state_dir` in the config and --config; restore node.key from a backup. Only if it is lost for good, run `ferry init --force` and have every peer run `ferry peer add --replace` with the new key (`ferry key`)"
     )]
     Read {
         path: PathBuf,

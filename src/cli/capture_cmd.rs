@@ -6,7 +6,7 @@ use clap::Args;
 
 use mysql_async::prelude::*;
 
-use super::Output;
+use super::{Output, UsageError};
 use crate::capture::{self, bookkeeping, tables::TableState};
 use crate::config::Config;
 use crate::db::DbUrl;
@@ -31,7 +31,9 @@ pub fn init(path: &Path, args: InitArgs, out: &Output) -> anyhow::Result<()> {
     let mut config = Config::new(path, &args.node, &args.db)?;
     if args.force && path.exists() {
         // Rewriting the database URL or node name must not silently forget the peers.
-        match Config::load(path) {
+        // A config that parses but no longer validates (a bad URL) keeps its fields;
+        // the merged one is validated.
+        match Config::parse(path) {
             Ok(old) => {
                 config = Config {
                     node: config.node,
@@ -47,11 +49,18 @@ pub fn init(path: &Path, args: InitArgs, out: &Output) -> anyhow::Result<()> {
                     ));
                 }
             }
-            Err(e) => out.line(format!(
-                "warning: the old config could not be read, so its peers are not kept ({})
-                 hint: add them again with `ferry peer add NAME KEY`",
-                e.to_string().lines().next().unwrap_or_default()
-            )),
+            // A config that cannot be read is not replaced: its peers, `relay_for` and
+            // `state_dir` (where the keys are) would be lost without a word (issue 4,
+            // found by review).
+            Err(e @ crate::config::ConfigError::Parse { .. }) => {
+                return Err(UsageError(format!(
+                    "{} cannot be read, and writing a new one would lose its peers, relay_for and state_dir ({})\nhint: fix it by hand at the place named, or move it away and run `ferry init` again",
+                    path.display(),
+                    e.to_string().lines().next().unwrap_or_default()
+                ))
+                .into())
+            }
+            Err(_) => {} // gone or unreadable as a file: nothing to keep
         }
     }
     config.save(args.force)?;

@@ -120,14 +120,9 @@ pub fn main() -> i32 {
         Ok(()) => EXIT_OK,
         Err(e) => {
             let code = if e.downcast_ref::<UsageError>().is_some()
-                || matches!(
-                    e.downcast_ref::<crate::config::ConfigError>(),
-                    Some(crate::config::ConfigError::Read { .. })
-                        | Some(crate::config::ConfigError::Parse { .. })
-                        | Some(crate::config::ConfigError::Exists { .. })
-                        | Some(crate::config::ConfigError::NodeName { .. })
-                        | Some(crate::config::ConfigError::DbUrl { .. })
-                )
+                || e
+                    .downcast_ref::<crate::config::ConfigError>()
+                    .is_some_and(crate::config::ConfigError::is_usage)
                 // A table argument that names no table, or one ferry cannot switch.
                 || matches!(
                     e.downcast_ref::<crate::capture::CaptureError>(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::Output;
+use super::{Output, UsageError};
 use crate::apply::{import, ImportReport};
 use crate::config::Config;
 use crate::export::{export, ExportOptions};
@@ -44,7 +44,23 @@ pub struct ImportArgs {
 }
 
 /// `ferry export`.
-pub async fn run_export(config: Config, args: ExportArgs, out: &Output) -> anyhow::Result<()> {
+pub async fn run_export(config: Config, mut args: ExportArgs, out: &Output) -> anyhow::Result<()> {
+    // Checked before anything connects: a mistyped peer is a usage error, and a peer
+    // named twice seals one bundle (issue 4, found by review).
+    if let Some(unknown) = args.peers.iter().find(|p| config.peer(p).is_none()) {
+        let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+        return Err(UsageError(format!(
+            "{unknown} is not a peer of this node\nhint: the peers are: {} (add a new one with `ferry peer add NAME KEY`)",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    }
+    args.peers.sort();
+    args.peers.dedup();
     let node = NodeContext::load(config)?;
     let mut conn = node.db.connect().await?;
     let mut fetch = node.db.connect().await?;
