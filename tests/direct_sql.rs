@@ -229,3 +229,37 @@ fn a_person_without_a_uuid_is_refused_as_one() {
         "{err}"
     );
 }
+
+/// A patient moved by the cascade and edited again in the same range: its entries at
+/// the old and the new local id both name it, so it travels twice in one bundle; the
+/// peer ends with the later edit.
+#[test]
+fn a_patient_moved_by_the_cascade_and_edited_again_arrives_as_edited() {
+    let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
+    let a = c.url("site-a");
+    let p = "ffffffff-0000-4000-8000-000000000007";
+    sql(
+        a,
+        &format!(
+            "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+             VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
+             INSERT INTO patient (patient_id, creator, date_created, voided) \
+             SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{p}'; \
+             UPDATE person SET person_id = person_id + 100000 WHERE uuid = '{p}'; \
+             UPDATE patient JOIN person ON person_id = patient_id \
+             SET patient.date_changed = '2024-03-03 10:00:00' WHERE uuid = '{p}'"
+        ),
+    );
+    carry_and_compare(&c);
+    let q = format!(
+        "SELECT COUNT(*) FROM patient JOIN person ON person_id = patient_id \
+         WHERE uuid = '{p}' AND patient.date_changed = '2024-03-03 10:00:00'"
+    );
+    assert_eq!(
+        count(c.url("site-b"), &q),
+        1,
+        "the patient arrived as edited"
+    );
+    let conflicts = c.node("site-b").ok(&["conflicts", "--json"]);
+    assert!(!conflicts.contains("patient"), "{conflicts}");
+}
