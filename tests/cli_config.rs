@@ -6,23 +6,16 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{Cluster, Node, Source};
 
-/// Runs `ferry --config CONFIG ARGS` (no database needed); returns (code, stdout, stderr).
-fn ferry(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+use common::ferry_with as ferry;
+
+/// Appends `text` to the config file; returns the whole file as it is now.
+fn append(config: &std::path::Path, text: &str) -> String {
+    let mut all = std::fs::read_to_string(config).unwrap();
+    all.push_str(text);
+    std::fs::write(config, &all).unwrap();
+    all
 }
 
 /// A node `clinic-a` (config, keys) with peer `hub`; no database behind it.
@@ -64,9 +57,7 @@ fn a_setting_appended_after_a_peer_table_is_refused_not_ignored() {
     // a [[peer]] table last; a setting appended to the file lands in that peer and is
     // ignored, even with a value of the wrong type.
     let (_dir, config, _) = offline_node();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("import_wait_seconds = \"half an hour\"\n");
-    std::fs::write(&config, text).unwrap();
+    append(&config, "import_wait_seconds = \"half an hour\"\n");
     let (code, _, err) = ferry(&config, &["key"]);
     assert_eq!(
         code, 2,
@@ -83,9 +74,7 @@ fn relay_for_written_after_a_peer_table_is_refused_not_ignored() {
     // TOML puts every key after `[[peer]]` into that peer: `relay_for` written at the
     // end of the file configures nothing, and ferry says nothing.
     let (_dir, config, _) = offline_node();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("relay_for = [\"clinic-b\"]\n");
-    std::fs::write(&config, text).unwrap();
+    append(&config, "relay_for = [\"clinic-b\"]\n");
     let (code, _, err) = ferry(&config, &["key"]);
     assert_eq!(
         code, 2,
@@ -98,11 +87,10 @@ fn relay_for_written_after_a_peer_table_is_refused_not_ignored() {
 fn this_node_listed_as_its_own_peer_is_refused() {
     let (_dir, config, _) = offline_node();
     let own = ferry(&config, &["key"]).1.trim().to_string();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[[peer]]\nname = \"clinic-a\"\npublic_key = \"{own}\"\n"
-    ));
-    std::fs::write(&config, text).unwrap();
+    append(
+        &config,
+        &format!("\n[[peer]]\nname = \"clinic-a\"\npublic_key = \"{own}\"\n"),
+    );
     let (code, _, err) = ferry(&config, &["key"]);
     assert_eq!(
         code, 2,
@@ -135,11 +123,10 @@ fn init_force_cannot_rename_the_node_to_one_of_its_peers() {
 #[test]
 fn a_peer_declared_twice_is_a_usage_error_like_any_other_config_mistake() {
     let (_dir, config, hub_key) = offline_node();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&format!(
-        "\n[[peer]]\nname = \"hub\"\npublic_key = \"{hub_key}\"\n"
-    ));
-    std::fs::write(&config, text).unwrap();
+    append(
+        &config,
+        &format!("\n[[peer]]\nname = \"hub\"\npublic_key = \"{hub_key}\"\n"),
+    );
     let (code, _, err) = ferry(&config, &["key"]);
     assert!(err.contains("declared twice"), "{err}");
     assert_eq!(
@@ -151,9 +138,7 @@ fn a_peer_declared_twice_is_a_usage_error_like_any_other_config_mistake() {
 #[test]
 fn a_syntax_error_in_the_config_names_its_line() {
     let (_dir, config, _) = offline_node();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\nimport_wait_seconds = 10 minutes\n");
-    std::fs::write(&config, text).unwrap();
+    append(&config, "\nimport_wait_seconds = 10 minutes\n");
     let (code, _, err) = ferry(&config, &["key"]);
     assert_eq!(code, 2);
     assert!(err.contains("at line"), "no line number in: {err}");
@@ -185,9 +170,7 @@ fn a_missing_key_file_does_not_send_the_operator_to_ferry_init() {
 #[test]
 fn init_force_does_not_replace_a_config_it_cannot_read() {
     let (_dir, config, _) = offline_node();
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str("\nimport_wait_seconds = 10 minutes\n");
-    std::fs::write(&config, &text).unwrap();
+    let text = append(&config, "\nimport_wait_seconds = 10 minutes\n");
     let (code, _, err) = ferry(
         &config,
         &[

@@ -25,6 +25,18 @@ fn count(url: &str, q: &str) -> u64 {
     })
 }
 
+/// SQL that inserts a person (uuid `uuid`) and its patient, then moves the person's
+/// id (the patient moves with it: `ON UPDATE CASCADE`, no trigger).
+fn patient_whose_person_id_moves(uuid: &str) -> String {
+    format!(
+        "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
+         VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{uuid}'); \
+         INSERT INTO patient (patient_id, creator, date_created, voided) \
+         SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{uuid}'; \
+         UPDATE person SET person_id = person_id + 100000 WHERE uuid = '{uuid}'"
+    )
+}
+
 /// SQL that inserts patient `id`, then its person (uuid `uuid`), foreign key checks off.
 fn patient_before_person(id: u32, uuid: &str) -> String {
     format!(
@@ -66,16 +78,7 @@ fn a_patient_whose_person_id_changed_before_export_reaches_the_peer() {
     let c = Cluster::star(&["site-a", "site-b"], &Source::Fixture);
     let a = c.url("site-a");
     let p = "ffffffff-0000-4000-8000-000000000001";
-    sql(
-        a,
-        &format!(
-            "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
-             VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
-             INSERT INTO patient (patient_id, creator, date_created, voided) \
-             SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{p}'; \
-             UPDATE person SET person_id = person_id + 100000 WHERE uuid = '{p}'"
-        ),
-    );
+    sql(a, &patient_whose_person_id_moves(p));
     let q = format!(
         "SELECT COUNT(*) FROM patient JOIN person ON person_id = patient_id WHERE uuid = '{p}'"
     );
@@ -241,13 +244,9 @@ fn a_patient_moved_by_the_cascade_and_edited_again_arrives_as_edited() {
     sql(
         a,
         &format!(
-            "INSERT INTO person (gender, birthdate, creator, date_created, voided, uuid) \
-             VALUES ('F', '1990-01-01', 1, '2024-01-01 08:00:00', 0, '{p}'); \
-             INSERT INTO patient (patient_id, creator, date_created, voided) \
-             SELECT person_id, 1, '2024-01-01 08:00:00', 0 FROM person WHERE uuid = '{p}'; \
-             UPDATE person SET person_id = person_id + 100000 WHERE uuid = '{p}'; \
-             UPDATE patient JOIN person ON person_id = patient_id \
-             SET patient.date_changed = '2024-03-03 10:00:00' WHERE uuid = '{p}'"
+            "{}; UPDATE patient JOIN person ON person_id = patient_id \
+             SET patient.date_changed = '2024-03-03 10:00:00' WHERE uuid = '{p}'",
+            patient_whose_person_id_moves(p)
         ),
     );
     carry_and_compare(&c);

@@ -143,16 +143,7 @@ pub fn peer(config_path: &Path, cmd: PeerCommand, out: &Output) -> anyhow::Resul
 fn remove_peer(config_path: &Path, name: &str, out: &Output) -> anyhow::Result<()> {
     let mut config = load(config_path)?;
     let Some(at) = config.peers.iter().position(|p| p.name == name) else {
-        let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-        return Err(UsageError(format!(
-            "there is no peer named {name}\nhint: the peers are: {}",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ))
-        .into());
+        return Err(super::no_such_peer(&config, format!("there is no peer named {name}")).into());
     };
     config.peers.remove(at);
     config.save(true)?;

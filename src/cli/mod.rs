@@ -144,6 +144,20 @@ pub fn main() -> i32 {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// The usage error for a peer name the config does not declare: `what` says what was
+/// wrong, the hint lists the peers there are.
+pub fn no_such_peer(config: &crate::config::Config, what: String) -> UsageError {
+    let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+    UsageError(format!(
+        "{what}\nhint: the peers are: {}",
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    ))
+}
+
 fn format_error(e: &anyhow::Error) -> String {
     // Typed errors already carry their cause and hint; show the chain once.
     let mut text = e.to_string();

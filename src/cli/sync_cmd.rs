@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{Output, UsageError};
+use super::Output;
 use crate::apply::{import, ImportReport};
 use crate::config::Config;
 use crate::export::{export, ExportOptions};
@@ -48,16 +48,10 @@ pub async fn run_export(config: Config, mut args: ExportArgs, out: &Output) -> a
     // Checked before anything connects: a mistyped peer is a usage error, and a peer
     // named twice seals one bundle (issue 4, found by review).
     if let Some(unknown) = args.peers.iter().find(|p| config.peer(p).is_none()) {
-        let known: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-        return Err(UsageError(format!(
-            "{unknown} is not a peer of this node\nhint: the peers are: {} (add a new one with `ferry peer add NAME KEY`)",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ))
-        .into());
+        let what = format!(
+            "{unknown} is not a peer of this node (add a new one with `ferry peer add NAME KEY`)"
+        );
+        return Err(super::no_such_peer(&config, what).into());
     }
     args.peers.sort();
     args.peers.dedup();

@@ -130,17 +130,7 @@ impl Node {
 
     /// Runs `ferry ARGS` for this node; returns (exit code, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        ferry_with(&self.config, args)
     }
 
     /// Runs `ferry ARGS`, asserts success, returns stdout.
@@ -393,4 +383,21 @@ pub fn bundle_changes(node: &Node, path: &Path) -> Vec<ferry::bundle::Change> {
         out.push(c);
     }
     out
+}
+
+/// Runs `ferry --config CONFIG ARGS` (no database needed unless ARGS need one);
+/// returns (exit code, stdout, stderr).
+#[allow(dead_code)]
+pub fn ferry_with(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
